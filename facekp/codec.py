@@ -1,0 +1,157 @@
+"""Gaussian heatmap codec: keypoints <-> heatmaps, with unbiased sub-pixel decoding.
+
+Coordinate convention (UDP-style, shared by ``encode`` and ``decode``): points are in
+input-crop pixels with the centre of the top-left pixel at (0, 0). Heatmap cell ``(i, j)``
+covers input pixels ``[j*s, (j+1)*s)`` horizontally for stride ``s``, so its centre is at input
+coordinate ``(j + 0.5) * s - 0.5``. Targets are Gaussians centred on the exact sub-pixel point
+(no rounding), so decoding a clean target gives the point back.
+
+Decoding is DARK (Zhang et al., CVPR 2020): argmax, Gaussian smoothing, then one Newton step
+on the log-heatmap. Where the local Hessian is not negative definite (flat or multi-peaked
+heatmaps) it falls back to Newell's quarter-pixel shift towards the higher neighbour.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+class HeatmapCodec:
+    """Encode keypoints to Gaussian heatmaps and decode heatmaps back to keypoints.
+
+    Args:
+        input_size: side of the square input crop, in pixels.
+        stride: input pixels per heatmap pixel.
+        sigma: standard deviation of target Gaussians, in heatmap pixels.
+        blur_kernel: side of the smoothing kernel used before the Taylor step (odd; 1 disables it).
+    """
+
+    def __init__(self, input_size: int = 96, stride: int = 4, sigma: float = 1.0, blur_kernel: int = 5) -> None:
+        if input_size % stride:
+            raise ValueError(f"input_size {input_size} is not divisible by stride {stride}")
+        if blur_kernel < 1 or blur_kernel % 2 == 0:
+            raise ValueError(f"blur_kernel must be a positive odd integer, got {blur_kernel}")
+        self.input_size = input_size
+        self.stride = stride
+        self.sigma = float(sigma)
+        self.blur_kernel = blur_kernel
+        self.heatmap_size = input_size // stride
+
+    # -- coordinates -----------------------------------------------------------------
+    def to_heatmap(self, points: torch.Tensor) -> torch.Tensor:
+        """Input-crop pixel coordinates -> heatmap pixel coordinates."""
+        return (points + 0.5) / self.stride - 0.5
+
+    def from_heatmap(self, coords: torch.Tensor) -> torch.Tensor:
+        """Heatmap pixel coordinates -> input-crop pixel coordinates."""
+        return (coords + 0.5) * self.stride - 0.5
+
+    # -- encode ----------------------------------------------------------------------
+    def encode(self, points: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Gaussian target heatmaps.
+
+        Args:
+            points: ``(..., K, 2)`` float (x, y) in input-crop pixels.
+            mask: ``(..., K)`` bool, False where a keypoint is missing; its heatmap is all zeros.
+
+        Returns:
+            ``(..., K, H, W)`` float32 heatmaps with peak 1 at each visible point.
+        """
+        points = torch.as_tensor(points, dtype=torch.float32)
+        hm = self.to_heatmap(points)
+        grid = torch.arange(self.heatmap_size, dtype=torch.float32, device=points.device)
+        gx = torch.exp(-((grid - hm[..., 0:1]) ** 2) / (2 * self.sigma**2))  # (..., K, W)
+        gy = torch.exp(-((grid - hm[..., 1:2]) ** 2) / (2 * self.sigma**2))  # (..., K, H)
+        heatmaps = gy.unsqueeze(-1) * gx.unsqueeze(-2)
+        if mask is not None:
+            heatmaps = heatmaps * torch.as_tensor(mask, device=points.device)[..., None, None].to(heatmaps.dtype)
+        return heatmaps
+
+    # -- decode ----------------------------------------------------------------------
+    def decode(self, heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sub-pixel keypoints from heatmaps.
+
+        Args:
+            heatmaps: ``(N, K, H, W)`` network output.
+
+        Returns:
+            ``points`` ``(N, K, 2)`` float32 (x, y) in input-crop pixels, and ``confidence``
+            ``(N, K)`` in [0, 1]: the heatmap peak value, clipped.
+        """
+        if heatmaps.ndim != 4:
+            raise ValueError(f"heatmaps must have shape (N, K, H, W), got {tuple(heatmaps.shape)}")
+        heatmaps = heatmaps.float()
+        n, k, h, w = heatmaps.shape
+        flat = heatmaps.reshape(n, k, h * w)
+        peak, index = flat.max(dim=-1)
+        ix = index % w
+        iy = torch.div(index, w, rounding_mode="floor")
+        coords = torch.stack((ix, iy), dim=-1).to(torch.float32)
+        coords = coords + self._refine(heatmaps, ix, iy)
+        return self.from_heatmap(coords), peak.clamp(0.0, 1.0)
+
+    def _refine(self, heatmaps: torch.Tensor, ix: torch.Tensor, iy: torch.Tensor) -> torch.Tensor:
+        """Sub-pixel offset (N, K, 2) added to the integer argmax."""
+        n, k, h, w = heatmaps.shape
+        logh = self._smoothed_log(heatmaps)  # (N, K, H + 2, W + 2): one cell of padding
+        flat = logh.reshape(n, k, (h + 2) * (w + 2))
+        cx, cy = ix + 1, iy + 1
+
+        def at(dx: int, dy: int) -> torch.Tensor:
+            return flat.gather(-1, ((cy + dy) * (w + 2) + (cx + dx)).unsqueeze(-1)).squeeze(-1)
+
+        c = at(0, 0)
+        right, left, down, up = at(1, 0), at(-1, 0), at(0, 1), at(0, -1)
+        dx = 0.5 * (right - left)
+        dy = 0.5 * (down - up)
+        dxx = right - 2 * c + left
+        dyy = down - 2 * c + up
+        dxy = 0.25 * (at(1, 1) - at(1, -1) - at(-1, 1) + at(-1, -1))
+        det = dxx * dyy - dxy * dxy
+        safe_det = torch.where(det.abs() > 1e-12, det, torch.ones_like(det))
+        # offset = -H^-1 g for the 2x2 Hessian H = [[dxx, dxy], [dxy, dyy]].
+        ox = -(dyy * dx - dxy * dy) / safe_det
+        oy = -(dxx * dy - dxy * dx) / safe_det
+        taylor_ok = (det > 1e-12) & (dxx < 0) & (ox.abs() <= 1.0) & (oy.abs() <= 1.0)
+        quarter = 0.25 * torch.stack((torch.sign(dx), torch.sign(dy)), dim=-1)
+        return torch.where(taylor_ok.unsqueeze(-1), torch.stack((ox, oy), dim=-1), quarter)
+
+    def _smoothed_log(self, heatmaps: torch.Tensor) -> torch.Tensor:
+        """Log of the Gaussian-smoothed heatmaps (DARK's modulation), padded by one cell.
+
+        Padding extrapolates the log-heatmap quadratically, which continues a Gaussian
+        exactly, so peaks on the border decode as well as inner ones. Extrapolated values
+        are capped at each map's maximum so noise at the border cannot create a new peak.
+        """
+        n, k, h, w = heatmaps.shape
+        radius = self.blur_kernel // 2
+        logh = torch.log(heatmaps.clamp_min(1e-10))
+        cap = logh.amax(dim=(2, 3), keepdim=True)
+        padded = _pad_quadratic(logh, radius + 1).minimum(cap)
+        if radius == 0:
+            return padded
+        sigma = max(self.sigma * 0.5, 0.5)
+        t = torch.arange(-radius, radius + 1, dtype=heatmaps.dtype, device=heatmaps.device)
+        g = torch.exp(-(t**2) / (2 * sigma**2))
+        g = g / g.sum()
+        x = padded.exp().reshape(n * k, 1, h + 2 * radius + 2, w + 2 * radius + 2)
+        x = F.conv2d(F.conv2d(x, g.view(1, 1, 1, -1)), g.view(1, 1, -1, 1)).reshape(n, k, h + 2, w + 2)
+        # Keep each map's maximum, so the smoothed log stays on the scale of the input.
+        x = x * (cap.exp() / x.amax(dim=(2, 3), keepdim=True).clamp_min(1e-10))
+        return torch.log(x.clamp_min(1e-10))
+
+    def config(self) -> dict:
+        return {"input_size": self.input_size, "stride": self.stride, "sigma": self.sigma, "blur_kernel": self.blur_kernel}
+
+
+
+def _pad_quadratic(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """Pad the last two dims by ``pad`` cells each side, extrapolating quadratically."""
+    for dim in (-1, -2):
+        for _ in range(pad):
+            first = 3 * x.narrow(dim, 0, 1) - 3 * x.narrow(dim, 1, 1) + x.narrow(dim, 2, 1)
+            n = x.shape[dim]
+            last = 3 * x.narrow(dim, n - 1, 1) - 3 * x.narrow(dim, n - 2, 1) + x.narrow(dim, n - 3, 1)
+            x = torch.cat((first, x, last), dim=dim)
+    return x

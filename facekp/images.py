@@ -1,0 +1,110 @@
+"""Turn any supported image input into a float32 grayscale array, or say clearly why not."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Union
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .errors import InvalidImageError
+
+#: What ``Detector.predict`` accepts: an array (H, W), (H, W, 1), (H, W, 3) RGB or (H, W, 4)
+#: RGBA, uint8 or float in [0, 1]; a PIL image; a path; a torch tensor laid out like the
+#: arrays or channels-first (C, H, W).
+ImageInput = Union[np.ndarray, Image.Image, str, os.PathLike, torch.Tensor]
+
+MIN_SIDE = 8
+
+
+def load_gray(image: ImageInput) -> np.ndarray:
+    """Return ``image`` as an (H, W) float32 array in [0, 1] (ITU-R BT.601 luma for colour).
+
+    Raises:
+        FileNotFoundError: a path that does not exist.
+        InvalidImageError: anything that is not a decodable image of at least 8x8 pixels
+            with finite values in range.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        return _check(_read_path(Path(image)), f"image file {os.fspath(image)!r}")
+    if isinstance(image, Image.Image):
+        return _check(_from_pil(image), "PIL image")
+    if isinstance(image, torch.Tensor):
+        return _check(_from_array(_tensor_to_hwc(image)), "tensor")
+    if isinstance(image, np.ndarray):
+        return _check(_from_array(image), "array")
+    raise InvalidImageError(
+        f"unsupported image type {type(image).__name__}; expected a numpy array, PIL image, "
+        "path (str or pathlib.Path) or torch tensor"
+    )
+
+
+def _read_path(path: Path) -> np.ndarray:
+    if not path.exists():
+        raise FileNotFoundError(f"image file not found: {path}")
+    if path.is_dir():
+        raise InvalidImageError(f"{path} is a directory, expected an image file")
+    try:
+        with Image.open(path) as im:
+            return _from_pil(im)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise InvalidImageError(f"cannot read {path} as an image ({exc})") from exc
+
+
+def _from_pil(im: Image.Image) -> np.ndarray:
+    if im.mode in ("I", "I;16", "I;16B", "F"):
+        arr = np.asarray(im, dtype=np.float32)
+        peak = 65535.0 if im.mode.startswith("I") else 1.0
+        return arr / peak
+    return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+
+
+def _tensor_to_hwc(t: torch.Tensor) -> np.ndarray:
+    arr = t.detach().cpu()
+    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
+        arr = arr.permute(1, 2, 0)  # channels-first, as torchvision lays images out
+    if arr.dtype in (torch.float16, torch.bfloat16):
+        arr = arr.float()
+    return arr.numpy()
+
+
+def _from_array(arr: np.ndarray) -> np.ndarray:
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+        raise InvalidImageError(
+            f"image array has shape {arr.shape}; expected (H, W), (H, W, 1), (H, W, 3) RGB or (H, W, 4) RGBA"
+        )
+    if arr.size == 0:
+        raise InvalidImageError(f"image array is empty (shape {arr.shape})")
+    if arr.dtype == np.uint8:
+        arr = arr.astype(np.float32) / 255.0
+    elif arr.dtype == np.uint16:
+        arr = arr.astype(np.float32) / 65535.0
+    elif arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.floating):
+        raise InvalidImageError(
+            f"unsupported image dtype {arr.dtype}; expected uint8, uint16 or float with values in [0, 1]"
+        )
+    else:
+        arr = arr.astype(np.float32, copy=False)
+        if not np.isfinite(arr).all():
+            raise InvalidImageError("image contains NaN or infinite values")
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo < 0.0 or hi > 1.0:
+            raise InvalidImageError(
+                f"float image values span [{lo:g}, {hi:g}]; expected [0, 1] (divide uint8 data by 255)"
+            )
+    if arr.ndim == 3:
+        arr = cv2.cvtColor(np.ascontiguousarray(arr[:, :, :3]), cv2.COLOR_RGB2GRAY)
+    return np.ascontiguousarray(arr)
+
+
+def _check(gray: np.ndarray, what: str) -> np.ndarray:
+    h, w = gray.shape[:2]
+    if min(h, w) < MIN_SIDE:
+        raise InvalidImageError(f"{what} is {w}x{h} pixels; faces need at least {MIN_SIDE}x{MIN_SIDE}")
+    return gray
