@@ -1,0 +1,93 @@
+"""Random geometric and photometric augmentation around the canonical frame."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from ..keypoints import FLIP_INDEX
+from ..preprocess import CANONICAL_CENTER, CANONICAL_SIZE, apply_affine, compose_affine, similarity_transform, warp
+
+_FLIP = np.array([[-1.0, 0.0, CANONICAL_SIZE - 1.0], [0.0, 1.0, 0.0]])  # mirror in pixel-centre coords
+
+
+@dataclass(frozen=True)
+class Perturbation:
+    """Ranges of a random similarity applied to the canonical frame (uniform in +/- each)."""
+
+    scale: float = 0.0  # relative, e.g. 0.13 for +/-13%
+    rotation: float = 0.0  # degrees
+    shift: float = 0.0  # crop pixels, per axis
+
+    def sample(self, rng: np.random.Generator) -> np.ndarray:
+        """2x3 affine acting on canonical-crop coordinates."""
+        s = 1.0 + rng.uniform(-self.scale, self.scale)
+        a = rng.uniform(-self.rotation, self.rotation)
+        t = rng.uniform(-self.shift, self.shift, size=2)
+        c = (CANONICAL_CENTER, CANONICAL_CENTER)
+        return similarity_transform(c, s, a, out_center=(c[0] + t[0], c[1] + t[1]))
+
+
+#: Perturbed-crop evaluation protocol (issue #3): scale +/-13%, rotation +/-15 deg, shift +/-6 px.
+EVAL_PERTURBATION = Perturbation(scale=0.13, rotation=15.0, shift=6.0)
+
+
+@dataclass(frozen=True)
+class Augmenter:
+    """Training augmentation. Geometry is wider than the perturbed evaluation, so crops from a
+    face detector, which are never perfectly framed, stay in distribution."""
+
+    geometry: Perturbation = Perturbation(scale=0.2, rotation=25.0, shift=9.0)
+    flip: bool = True
+    brightness: float = 0.25
+    contrast: float = 0.35
+    blur_p: float = 0.25
+    noise_p: float = 0.25
+    occlusion_p: float = 0.3
+
+    def transform(self, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
+        """Random 2x3 affine on canonical coordinates, and whether it mirrors."""
+        m = self.geometry.sample(rng)
+        flipped = self.flip and rng.random() < 0.5
+        return (compose_affine(_FLIP, m) if flipped else m), flipped
+
+    def photometric(self, crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Random lighting, blur, noise and occlusion on a float crop in [0, 1]."""
+        gain = 1.0 + rng.uniform(-self.contrast, self.contrast)
+        crop = (crop - crop.mean()) * gain + crop.mean() + rng.uniform(-self.brightness, self.brightness)
+        crop = np.clip(crop, 0.0, 1.0) ** np.exp(rng.uniform(-0.4, 0.4))  # gamma
+        if rng.random() < self.blur_p:
+            crop = cv2.GaussianBlur(crop, (0, 0), rng.uniform(0.5, 1.5))
+        if rng.random() < self.noise_p:
+            crop = crop + rng.normal(0.0, rng.uniform(0.01, 0.06), crop.shape).astype(np.float32)
+        if rng.random() < self.occlusion_p:
+            w, h = rng.integers(10, 40, size=2)
+            x, y = rng.integers(0, CANONICAL_SIZE - w), rng.integers(0, CANONICAL_SIZE - h)
+            crop[y : y + h, x : x + w] = rng.uniform(0.0, 1.0)
+        return np.clip(crop, 0.0, 1.0).astype(np.float32)
+
+
+def make_crop(
+    image: np.ndarray,
+    points: np.ndarray,
+    mask: np.ndarray,
+    frame: np.ndarray,
+    jitter: np.ndarray | None = None,
+    flipped: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Warp a sample into a 96x96 crop through ``jitter @ frame`` and move its points along.
+
+    Returns the float32 crop in [0, 1], the (15, 2) points in crop pixels (left/right swapped
+    when ``flipped``) and the mask, with points pushed outside the crop masked out.
+    """
+    m = frame if jitter is None else compose_affine(jitter, frame)
+    src = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image
+    crop = warp(src, m, CANONICAL_SIZE)
+    pts = apply_affine(m, points.astype(np.float32))
+    mask = mask.copy()
+    if flipped:
+        pts, mask = pts[list(FLIP_INDEX)], mask[list(FLIP_INDEX)]
+    inside = ((pts >= -0.5) & (pts <= CANONICAL_SIZE - 0.5)).all(axis=1)
+    return crop, pts, mask & inside

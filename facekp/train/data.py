@@ -1,0 +1,179 @@
+"""Training data: 68-point 300-W folders and Kaggle ``training.csv``, as 15-keypoint samples."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..keypoints import KEYPOINT_NAMES, NUM_KEYPOINTS
+from ..preprocess import canonical_transform
+
+#: iBUG/300-W 68-point indices (0-based) for each of the 15 keypoints; a tuple is averaged.
+IBUG68_TO_15: tuple[tuple[int, ...], ...] = (
+    tuple(range(42, 48)),  # left_eye_center
+    tuple(range(36, 42)),  # right_eye_center
+    (42,),  # left_eye_inner_corner
+    (45,),  # left_eye_outer_corner
+    (39,),  # right_eye_inner_corner
+    (36,),  # right_eye_outer_corner
+    (22,),  # left_eyebrow_inner_end
+    (26,),  # left_eyebrow_outer_end
+    (21,),  # right_eyebrow_inner_end
+    (17,),  # right_eyebrow_outer_end
+    (30,),  # nose_tip
+    (54,),  # mouth_left_corner
+    (48,),  # mouth_right_corner
+    (51,),  # mouth_center_top_lip
+    (57,),  # mouth_center_bottom_lip
+)
+
+KAGGLE_IMAGE_SIDE = 96
+
+
+@dataclass
+class Sample:
+    """One annotated face.
+
+    ``image`` is (H, W) uint8 grayscale; ``points`` (15, 2) float32 pixel-centre coordinates in
+    it; ``mask`` (15,) bool, False for missing keypoints; ``frame`` the 2x3 affine from image
+    pixels to the canonical 96x96 Kaggle frame.
+    """
+
+    image: np.ndarray
+    points: np.ndarray
+    mask: np.ndarray
+    frame: np.ndarray
+    subset: str = ""
+    identity: str = ""
+    name: str = field(default="", compare=False)
+
+
+def map_68_to_15(points68: np.ndarray) -> np.ndarray:
+    """(68, 2) iBUG landmarks -> (15, 2) facekp keypoints."""
+    points68 = np.asarray(points68, dtype=np.float64)
+    if points68.shape != (68, 2):
+        raise ValueError(f"expected (68, 2) landmarks, got shape {points68.shape}")
+    return np.stack([points68[list(idx)].mean(axis=0) for idx in IBUG68_TO_15]).astype(np.float32)
+
+
+def read_pts(path: Path) -> np.ndarray:
+    """Read a 300-W ``.pts`` file into an (n_points, 2) array."""
+    lines = [ln.strip() for ln in Path(path).read_text().splitlines() if ln.strip()]
+    try:
+        start, end = lines.index("{"), lines.index("}")
+        header = dict(ln.split(":", 1) for ln in lines[:start])
+        n = int(header["n_points"])
+        pts = np.array([[float(v) for v in ln.split()] for ln in lines[start + 1 : end]], dtype=np.float64)
+    except (ValueError, KeyError) as exc:
+        raise ValueError(f"{path} is not a valid 300-W .pts file ({exc})") from exc
+    if pts.shape != (n, 2):
+        raise ValueError(f"{path} declares {n} points but holds {len(pts)}")
+    return pts
+
+
+def load_pts_folder(root: str | Path, subsets: tuple[str, ...] | None = None) -> list[Sample]:
+    """Every ``NAME.jpg`` (or .png) with a 68-point ``NAME.pts`` beside it, under ``root``.
+
+    Uses ``root/index.csv`` (columns ``image``, ``subset``, ``identity``) when present;
+    otherwise walks the tree, taking the first folder level as the subset and the file stem as
+    the identity.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder not found: {root}")
+    index = root / "index.csv"
+    if index.exists():
+        with index.open(newline="") as f:
+            rows = [(root / r["image"], r["subset"], r["identity"]) for r in csv.DictReader(f)]
+    else:
+        rows = []
+        for pts in sorted(root.rglob("*.pts")):
+            image = next((pts.with_suffix(ext) for ext in (".jpg", ".png", ".jpeg") if pts.with_suffix(ext).exists()), None)
+            if image is not None:
+                rel = image.relative_to(root)
+                rows.append((image, rel.parts[0] if len(rel.parts) > 1 else "", rel.stem))
+    samples = []
+    for image_path, subset, identity in rows:
+        if subsets and subset not in subsets:
+            continue
+        points = map_68_to_15(read_pts(image_path.with_suffix(".pts")))
+        mask = np.ones(NUM_KEYPOINTS, dtype=bool)
+        with Image.open(image_path) as im:
+            gray = np.asarray(im.convert("L"), dtype=np.uint8)
+        samples.append(
+            Sample(gray, points, mask, canonical_transform(points), subset, identity, str(image_path.relative_to(root)))
+        )
+    if not samples:
+        raise ValueError(f"no annotated faces found under {root}")
+    return samples
+
+
+KAGGLE_COLUMNS: tuple[str, ...] = tuple(f"{name}_{axis}" for name in KEYPOINT_NAMES for axis in "xy")
+
+
+def parse_kaggle_image(text: str, where: str) -> np.ndarray:
+    """Kaggle's ``Image`` field: 9216 space-separated 0-255 values -> (96, 96) uint8."""
+    values = np.array(text.split(), dtype=np.float64) if text.strip() else np.empty(0)
+    if values.size != KAGGLE_IMAGE_SIDE**2:
+        raise ValueError(f"{where}: Image has {values.size} pixel values, expected {KAGGLE_IMAGE_SIDE**2}")
+    if values.min() < 0 or values.max() > 255:
+        raise ValueError(f"{where}: pixel values must lie in [0, 255]")
+    return values.reshape(KAGGLE_IMAGE_SIDE, KAGGLE_IMAGE_SIDE).astype(np.uint8)
+
+
+def load_kaggle_csv(path: str | Path) -> list[Sample]:
+    """Kaggle ``training.csv``: 30 coordinate columns (empty where missing) and ``Image``.
+
+    Missing keypoints get ``mask`` False (masked out of the loss, never imputed). Kaggle
+    images already are in the canonical frame, so ``frame`` is the identity. Each row is its
+    own identity (the CSV does not tell who is who).
+    """
+    path = Path(path)
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in (*KAGGLE_COLUMNS, "Image") if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path} lacks Kaggle columns {missing}")
+        samples = []
+        for i, row in enumerate(reader):
+            where = f"{path}, row {i + 2}"
+            coords = np.array([float(row[c]) if row[c].strip() else np.nan for c in KAGGLE_COLUMNS])
+            points = coords.reshape(NUM_KEYPOINTS, 2)
+            mask = ~np.isnan(points).any(axis=1)
+            if mask.sum() < 2:
+                raise ValueError(f"{where}: fewer than two labelled keypoints")
+            image = parse_kaggle_image(row["Image"], where)
+            samples.append(
+                Sample(image, np.nan_to_num(points).astype(np.float32), mask, np.eye(2, 3), "kaggle", f"row{i}", where)
+            )
+    return samples
+
+
+def load_dataset(path: str | Path, subsets: tuple[str, ...] | None = None) -> list[Sample]:
+    """A Kaggle CSV file or a folder of 68-point ``.pts`` annotations."""
+    path = Path(path)
+    if path.suffix.lower() == ".csv" and path.is_file():
+        return load_kaggle_csv(path)
+    return load_pts_folder(path, subsets)
+
+
+def split_by_identity(samples: list[Sample], val_fraction: float = 0.15, seed: int = 0) -> tuple[list[Sample], list[Sample]]:
+    """Split so that no identity is on both sides; reproducible for a given seed.
+
+    Each identity goes to validation when a seeded hash of it falls below ``val_fraction``,
+    so the split does not depend on the order of the samples, nor on which other faces exist.
+    """
+
+    def draw(identity: str) -> float:
+        digest = hashlib.sha256(f"{seed}:{identity}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64
+
+    train, val = [], []
+    for s in samples:
+        (val if draw(f"{s.subset}/{s.identity}") < val_fraction else train).append(s)
+    return train, val

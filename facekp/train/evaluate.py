@@ -1,0 +1,98 @@
+"""Accuracy of a model on annotated faces, in the canonical 96x96 frame."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..codec import HeatmapCodec
+from ..keypoints import FLIP_INDEX, KEYPOINT_NAMES
+from ..preprocess import standardize
+from .augment import Perturbation, make_crop
+from .data import Sample
+
+
+def make_eval_crops(
+    samples: list[Sample], perturbation: Perturbation | None = None, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Crops (N, 96, 96), points (N, 15, 2) and masks (N, 15) for evaluation.
+
+    Canonical crops when ``perturbation`` is None, else one seeded random perturbation per face.
+    """
+    rng = np.random.default_rng(seed)
+    crops, points, masks = [], [], []
+    for s in samples:
+        jitter = perturbation.sample(rng) if perturbation is not None else None
+        crop, pts, mask = make_crop(s.image, s.points, s.mask, s.frame, jitter)
+        crops.append(crop)
+        points.append(pts)
+        masks.append(mask)
+    return np.stack(crops), np.stack(points), np.stack(masks)
+
+
+@torch.inference_mode()
+def predict_crops(
+    model: torch.nn.Module, codec: HeatmapCodec, crops: np.ndarray, batch_size: int = 256, flip_test: bool = False
+) -> np.ndarray:
+    """(N, 15, 2) predicted points, in crop pixels, for (N, 96, 96) crops in [0, 1]."""
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(crops), batch_size):
+        x = torch.from_numpy(standardize(crops[i : i + batch_size]))[:, None].to(device)
+        heatmaps = model(x)[-1]
+        if flip_test:
+            mirrored = model(x.flip(-1))[-1].flip(-1)[:, list(FLIP_INDEX)]
+            heatmaps = 0.5 * (heatmaps + mirrored)
+        points, _ = codec.decode(heatmaps)
+        out.append(points.cpu().numpy())
+    return np.concatenate(out)
+
+
+def keypoint_metrics(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> dict:
+    """RMSE (Kaggle's, per coordinate, px), NME by eye-centre distance, and hit rates.
+
+    Args:
+        pred, truth: (N, 15, 2) points in the same pixel frame.
+        mask: (N, 15) True where ``truth`` is labelled.
+    """
+    err2 = ((pred - truth) ** 2).sum(-1)  # squared Euclidean error, (N, 15)
+    m = mask.astype(bool)
+    dist = np.sqrt(err2)
+    eyes = np.linalg.norm(truth[:, 0] - truth[:, 1], axis=-1)
+    has_eyes = m[:, 0] & m[:, 1]
+    per_face_nme = np.array(
+        [dist[i, m[i]].mean() / eyes[i] for i in range(len(pred)) if has_eyes[i]]
+    )
+    per_kp = {
+        name: float(np.sqrt(err2[m[:, k], k].mean() / 2)) if m[:, k].any() else float("nan")
+        for k, name in enumerate(KEYPOINT_NAMES)
+    }
+    return {
+        "rmse": float(np.sqrt(err2[m].mean() / 2)),
+        "nme": float(per_face_nme.mean()) if len(per_face_nme) else float("nan"),
+        "within_1px": float((dist[m] <= 1).mean()),
+        "within_2px": float((dist[m] <= 2).mean()),
+        "within_3px": float((dist[m] <= 3).mean()),
+        "faces": int(len(pred)),
+        "per_keypoint_rmse": per_kp,
+    }
+
+
+def evaluate(
+    model: torch.nn.Module,
+    codec: HeatmapCodec,
+    samples: list[Sample],
+    perturbation: Perturbation | None = None,
+    seed: int = 0,
+    flip_test: bool = False,
+) -> dict:
+    """Metrics overall and per subset (``by_subset``) on canonical or perturbed crops."""
+    crops, truth, mask = make_eval_crops(samples, perturbation, seed)
+    pred = predict_crops(model, codec, crops, flip_test=flip_test)
+    result = keypoint_metrics(pred, truth, mask)
+    subsets = np.array([s.subset for s in samples])
+    result["by_subset"] = {
+        name: {k: v for k, v in keypoint_metrics(pred[subsets == name], truth[subsets == name], mask[subsets == name]).items() if k != "per_keypoint_rmse"}
+        for name in sorted(set(subsets))
+    }
+    return result

@@ -1,0 +1,234 @@
+"""The training loop: masked heatmap MSE with intermediate supervision, checkpoints, resume."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..codec import HeatmapCodec
+from ..model import HourglassConfig, StackedHourglass
+from ..preprocess import standardize
+from .augment import EVAL_PERTURBATION, Augmenter, make_crop
+from .data import Sample, load_dataset, split_by_identity
+from .evaluate import evaluate
+
+log = logging.getLogger("facekp.train")
+
+
+@dataclass
+class FitConfig:
+    """Everything that defines a training run (saved as ``fit_config.json`` in the run folder)."""
+
+    data: str
+    out: str
+    hourglass: HourglassConfig = field(default_factory=HourglassConfig)
+    sigma: float = 1.0
+    epochs: int = 100
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 2.0
+    val_fraction: float = 0.15
+    seed: int = 0
+    device: str = "cpu"
+    checkpoint_minutes: float = 5.0
+    max_steps: int | None = None  # stop early after this many optimizer steps (tests, smoke runs)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["hourglass"] = self.hourglass.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FitConfig":
+        d = dict(d)
+        d["hourglass"] = HourglassConfig.from_dict(d["hourglass"])
+        return cls(**d)
+
+
+def heatmap_loss(outputs: list[torch.Tensor], target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """MSE over visible keypoints' heatmaps, summed over stacks (intermediate supervision)."""
+    weight = mask.to(target.dtype)[..., None, None]
+    visible = weight.sum().clamp_min(1.0) * target.shape[-1] * target.shape[-2]
+    return sum(((out - target) ** 2 * weight).sum() / visible for out in outputs)
+
+
+def make_batch(
+    samples: list[Sample], indices: np.ndarray, augmenter: Augmenter, codec: HeatmapCodec, seed: int, epoch: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Augmented inputs (B, 1, 96, 96), target heatmaps (B, K, h, w) and masks (B, K).
+
+    Each sample's randomness comes from (seed, epoch, index), so a resumed run sees exactly
+    the batches the interrupted one would have.
+    """
+    crops, points, masks = [], [], []
+    for i in indices:
+        rng = np.random.default_rng([seed, epoch, int(i)])
+        s = samples[i]
+        jitter, flipped = augmenter.transform(rng)
+        crop, pts, mask = make_crop(s.image, s.points, s.mask, s.frame, jitter, flipped)
+        crops.append(augmenter.photometric(crop, rng))
+        points.append(pts)
+        masks.append(mask)
+    x = torch.from_numpy(standardize(np.stack(crops)))[:, None]
+    mask = torch.from_numpy(np.stack(masks))
+    return x, codec.encode(torch.from_numpy(np.stack(points)), mask), mask
+
+
+class Trainer:
+    """Runs (or resumes) one training run in ``config.out``."""
+
+    def __init__(self, config: FitConfig, train: list[Sample] | None = None, val: list[Sample] | None = None) -> None:
+        self.config = config
+        self.out = Path(config.out)
+        if train is None:
+            train, val = split_by_identity(load_dataset(config.data), config.val_fraction, config.seed)
+        self.train, self.val = train, val or []
+        if not self.train:
+            raise ValueError("the training split is empty")
+        torch.manual_seed(config.seed)
+        self.device = torch.device(config.device)
+        self.model = StackedHourglass(config.hourglass).to(self.device)
+        self.codec = HeatmapCodec(config.hourglass.input_size, config.hourglass.heatmap_stride, config.sigma)
+        self.augmenter = Augmenter()
+        self.steps_per_epoch = math.ceil(len(self.train) / config.batch_size)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        total = config.epochs * self.steps_per_epoch
+        warmup = max(1, int(config.warmup_epochs * self.steps_per_epoch))
+
+        def lr_factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor)
+        self.step = 0
+        self.history: list[dict] = []
+        self.best_rmse = float("inf")
+
+    # -- checkpoints -------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out / "last.pt"
+
+    def save_checkpoint(self) -> None:
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
+            "history": json.dumps(self.history),
+            "best_rmse": self.best_rmse,
+            "config": json.dumps(self.config.to_dict()),
+        }
+        tmp = self.checkpoint_path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.checkpoint_path)  # atomic: an interrupted save never corrupts last.pt
+
+    def load_checkpoint(self) -> None:
+        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
+        saved = FitConfig.from_dict(json.loads(state["config"]))
+        if saved.hourglass != self.config.hourglass:
+            raise ValueError(
+                f"{self.checkpoint_path} holds a {saved.hourglass} model, but this run asks for {self.config.hourglass}"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = int(state["step"])
+        self.history = json.loads(state["history"])
+        self.best_rmse = float(state["best_rmse"])
+
+    # -- the loop ----------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> list[dict]:
+        cfg = self.config
+        self.out.mkdir(parents=True, exist_ok=True)
+        if resume and self.checkpoint_path.exists():
+            self.load_checkpoint()
+            log.info("resumed from %s at step %d", self.checkpoint_path, self.step)
+        elif self.checkpoint_path.exists():
+            raise FileExistsError(f"{self.checkpoint_path} exists: pass --resume to continue that run, or choose another --out")
+        (self.out / "fit_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        total = cfg.epochs * self.steps_per_epoch
+        if cfg.max_steps is not None:
+            total = min(total, cfg.max_steps)
+        last_save = time.monotonic()
+        bar = tqdm(total=total, initial=self.step, desc="fit", unit="step", dynamic_ncols=True)
+        while self.step < total:
+            epoch, pos = divmod(self.step, self.steps_per_epoch)
+            order = np.random.default_rng([cfg.seed, epoch]).permutation(len(self.train))
+            self.model.train()
+            losses = []
+            for b in range(pos, self.steps_per_epoch):
+                if self.step >= total:
+                    break
+                idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+                x, target, mask = make_batch(self.train, idx, self.augmenter, self.codec, cfg.seed, epoch)
+                loss = heatmap_loss(self.model(x.to(self.device)), target.to(self.device), mask.to(self.device))
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                self.scheduler.step()
+                self.step += 1
+                losses.append(float(loss.detach()))
+                bar.update(1)
+                bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.2e}", lr=f"{self.scheduler.get_last_lr()[0]:.1e}")
+                if time.monotonic() - last_save > cfg.checkpoint_minutes * 60:
+                    self.save_checkpoint()
+                    last_save = time.monotonic()
+            if self.step % self.steps_per_epoch == 0 or self.step >= total:
+                self._end_epoch(epoch, losses)
+                self.save_checkpoint()
+                last_save = time.monotonic()
+        bar.close()
+        return self.history
+
+    def _end_epoch(self, epoch: int, losses: list[float]) -> None:
+        record = {"epoch": epoch, "step": self.step, "train_loss": float(np.mean(losses)) if losses else float("nan")}
+        if self.val:
+            self.model.eval()
+            record["val_rmse"] = evaluate(self.model, self.codec, self.val)["rmse"]
+            record["val_rmse_perturbed"] = evaluate(self.model, self.codec, self.val, EVAL_PERTURBATION, seed=1)["rmse"]
+            if record["val_rmse"] < self.best_rmse:
+                self.best_rmse = record["val_rmse"]
+                torch.save(self.model.state_dict(), self.out / "best.pt")
+        self.history.append(record)
+        with (self.out / "log.jsonl").open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        log.info("epoch %s", record)
+        tqdm.write(json.dumps(record))
+        plot_history(self.history, self.out / "curves.png")
+
+
+def plot_history(history: list[dict], path: Path) -> None:
+    """Training loss and validation RMSE per epoch, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax1.plot(epochs, [h["train_loss"] for h in history], label="train loss")
+    ax1.set_yscale("log")
+    ax1.set_xlabel("epoch")
+    ax1.set_title("heatmap MSE (sum over stacks)")
+    if "val_rmse" in history[0]:
+        ax2.plot(epochs, [h["val_rmse"] for h in history], label="canonical crops")
+        ax2.plot(epochs, [h["val_rmse_perturbed"] for h in history], label="perturbed crops")
+        ax2.set_ylim(top=min(6.0, max(h["val_rmse_perturbed"] for h in history)))
+        ax2.legend()
+    ax2.set_xlabel("epoch")
+    ax2.set_title("validation RMSE (px, 96x96)")
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
