@@ -43,6 +43,26 @@ def load_gray(image: ImageInput) -> np.ndarray:
     )
 
 
+def load_rgb(image: ImageInput) -> np.ndarray:
+    """Return ``image`` as an (H, W, 3) uint8 RGB array (gray inputs are replicated), for drawing."""
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        load_gray(path)  # the same checks and messages as for prediction
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    arr = _tensor_to_hwc(image) if isinstance(image, torch.Tensor) else np.asarray(image)
+    load_gray(arr)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.dtype != np.uint8:
+        arr = np.round(arr.astype(np.float64) * (255.0 if arr.dtype.kind == "f" else 255.0 / 65535.0)).astype(np.uint8)
+    if arr.ndim == 2:
+        return np.repeat(arr[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(arr[:, :, :3])
+
+
 def _read_path(path: Path) -> np.ndarray:
     if not path.exists():
         raise FileNotFoundError(f"image file not found: {path}")

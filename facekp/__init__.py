@@ -1,0 +1,22 @@
+"""facekp: 15 facial keypoints with a stacked hourglass network, on CPU or CUDA.
+
+>>> from facekp import Detector
+>>> points = Detector().predict("face.jpg")   # (15, 2) float32, (x, y) in image pixels
+"""
+
+from .detector import Detector
+from .errors import ChecksumError, DeviceError, FacekpError, InvalidImageError, WeightsError
+from .keypoints import KEYPOINT_NAMES
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Detector",
+    "KEYPOINT_NAMES",
+    "FacekpError",
+    "InvalidImageError",
+    "WeightsError",
+    "ChecksumError",
+    "DeviceError",
+    "__version__",
+]

@@ -1,0 +1,66 @@
+"""What a saved model needs besides its tensors: ``config.json``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .keypoints import KEYPOINT_NAMES
+from .model import HourglassConfig
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Architecture, heatmap codec and input conventions of a saved model.
+
+    Attributes:
+        hourglass: network architecture.
+        sigma: target Gaussian standard deviation, in heatmap pixels.
+        keypoint_names: output order; must be facekp's 15 names.
+        normalization: how a 96x96 crop in [0, 1] becomes network input ("standardize": per-crop
+            zero mean and unit variance).
+        box_to_frame: optional calibration from a face detector's box to the canonical frame
+            (``scale``: canonical RMS radius / box side; ``offset``: centroid - box centre,
+            in box sides), fitted by ``facekp-train calibrate``.
+    """
+
+    hourglass: HourglassConfig = field(default_factory=HourglassConfig)
+    sigma: float = 1.0
+    keypoint_names: tuple[str, ...] = KEYPOINT_NAMES
+    normalization: str = "standardize"
+    box_to_frame: dict | None = None
+
+    def __post_init__(self) -> None:
+        if tuple(self.keypoint_names) != KEYPOINT_NAMES:
+            raise ValueError(f"keypoint_names {list(self.keypoint_names)} differ from facekp's {list(KEYPOINT_NAMES)}")
+        if self.normalization != "standardize":
+            raise ValueError(f"unknown normalization {self.normalization!r}; this facekp knows 'standardize'")
+        if self.hourglass.num_keypoints != len(KEYPOINT_NAMES):
+            raise ValueError(f"the network predicts {self.hourglass.num_keypoints} heatmaps, expected {len(KEYPOINT_NAMES)}")
+
+    def to_dict(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            "architecture": "stacked_hourglass",
+            "hourglass": self.hourglass.to_dict(),
+            "sigma": self.sigma,
+            "keypoint_names": list(self.keypoint_names),
+            "normalization": self.normalization,
+            "box_to_frame": self.box_to_frame,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DetectorConfig":
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ValueError(f"config format_version {version!r} is not supported; this facekp reads version {FORMAT_VERSION}")
+        if data.get("architecture") != "stacked_hourglass":
+            raise ValueError(f"unknown architecture {data.get('architecture')!r}; expected 'stacked_hourglass'")
+        return cls(
+            hourglass=HourglassConfig.from_dict(data["hourglass"]),
+            sigma=float(data["sigma"]),
+            keypoint_names=tuple(data["keypoint_names"]),
+            normalization=data["normalization"],
+            box_to_frame=data.get("box_to_frame"),
+        )

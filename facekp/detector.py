@@ -1,0 +1,188 @@
+"""The user-facing :class:`Detector`: face crop in, 15 sub-pixel keypoints out."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .codec import HeatmapCodec
+from .config import DetectorConfig
+from .errors import DeviceError, InvalidImageError
+from .images import ImageInput, load_gray
+from .keypoints import FLIP_INDEX
+from .model import StackedHourglass, fuse_conv_bn
+from .preprocess import apply_affine, invert_affine, letterbox_transform, standardize, warp
+from .weights import default_entry, download_from_hub, find_entry, load_bundled, load_model, save_model
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; other values are checked to exist here."""
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise DeviceError(f"invalid device {device!r}; expected 'auto', 'cpu', 'cuda', 'cuda:N' or a torch.device") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {device!r} was asked for, but CUDA is not available on this machine; use 'cpu' or 'auto'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type != "cpu":
+        raise DeviceError(f"device type {dev.type!r} is not supported; expected 'cpu' or 'cuda'")
+    return dev
+
+
+class Detector:
+    """Finds facekp's 15 keypoints (see :data:`facekp.KEYPOINT_NAMES`) on face crops.
+
+    Args:
+        weights: ``None`` for the default model bundled with the package, a model name from
+            ``weights_manifest.json``, a ``.safetensors`` file, or a folder written by
+            :meth:`save_pretrained`.
+        device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``
+            or a :class:`torch.device`.
+        batch_size: crops per forward pass in :meth:`predict_batch`.
+        flip_test: also run each crop mirrored and average the heatmaps (slower, slightly
+            more accurate).
+
+    Coordinates everywhere are (x, y) in pixels of the image passed in, with the pixel-centre
+    convention: the centre of the top-left pixel is (0, 0), its top-left corner (-0.5, -0.5).
+    """
+
+    def __init__(
+        self,
+        weights: str | Path | None = None,
+        *,
+        device: str | torch.device = "auto",
+        batch_size: int = 64,
+        flip_test: bool = False,
+    ) -> None:
+        if weights is None:
+            model, config = load_bundled(default_entry())
+        elif Path(weights).exists():
+            model, config = load_model(weights)
+        elif isinstance(weights, str) and "/" not in weights and "\\" not in weights and not weights.endswith(".safetensors"):
+            model, config = load_bundled(find_entry(weights))
+        else:
+            raise FileNotFoundError(f"weights not found: {weights}")
+        self._init(model, config, device, batch_size, flip_test)
+
+    def _init(self, model: StackedHourglass, config: DetectorConfig, device, batch_size: int, flip_test: bool) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.device = resolve_device(device)
+        self.config = config
+        self.batch_size = batch_size
+        self.flip_test = flip_test
+        self.codec = HeatmapCodec(config.hourglass.input_size, config.hourglass.heatmap_stride, config.sigma)
+        self._model = model.eval()
+        # Inference runs a copy with BatchNorm folded into the convolutions, in channels-last
+        # layout (faster on CPU); `model` stays the trainable, savable original.
+        self._net = fuse_conv_bn(copy.deepcopy(model)).to(self.device, memory_format=torch.channels_last).eval()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        repo_id: str,
+        *,
+        revision: str | None = None,
+        device: str | torch.device = "auto",
+        cache_dir: str | Path | None = None,
+        **kwargs,
+    ) -> "Detector":
+        """Load ``config.json`` + ``model.safetensors`` from a Hugging Face Hub repository.
+
+        Downloads go through ``huggingface_hub`` (so ``HF_ENDPOINT``, ``HF_HOME``,
+        ``HF_HUB_OFFLINE`` and the shared cache apply) and are verified by sha256.
+        """
+        folder = download_from_hub(repo_id, revision=revision, cache_dir=cache_dir)
+        return cls(folder, device=device, **kwargs)
+
+    def save_pretrained(self, folder: str | Path, overwrite: bool = False) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` (the layout :meth:`from_pretrained` reads)."""
+        save_model(self._model, self.config, folder, overwrite=overwrite)
+        return Path(folder)
+
+    @property
+    def model(self) -> StackedHourglass:
+        """The underlying network (unfused, in eval mode)."""
+        return self._model
+
+    # -- prediction ----------------------------------------------------------------------
+    def predict(self, img: ImageInput, return_confidence: bool = False):
+        """Keypoints of one face crop.
+
+        The crop (any size, at least 8x8) is scaled uniformly so its longer side spans the
+        network's 96 pixels and centred; the shorter side is padded by repeating the border
+        (letterbox, no stretching). The transform is inverted on the output, so a crop scaled
+        2.5x gives points scaled 2.5x.
+
+        Returns:
+            ``(15, 2)`` float32 (x, y) in the input image's pixels; with ``return_confidence``
+            also ``(15,)`` float32 confidences in [0, 1] (heatmap peak heights).
+        """
+        points, confidence = self.predict_batch([img], return_confidence=True)
+        return (points[0], confidence[0]) if return_confidence else points[0]
+
+    def predict_batch(
+        self, images: Sequence[ImageInput], batch_size: int | None = None, return_confidence: bool = False
+    ):
+        """Keypoints of many face crops, ``batch_size`` crops per forward pass.
+
+        Returns:
+            ``(N, 15, 2)`` float32 points (and ``(N, 15)`` confidences with ``return_confidence``),
+            each in its own input image's pixel coordinates.
+        """
+        if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
+            images = list(images)
+        if not isinstance(images, Sequence) or isinstance(images, (str, bytes)):
+            raise InvalidImageError(f"predict_batch takes a sequence of images, got {type(images).__name__}")
+        grays = [load_gray(img) for img in images]
+        transforms = [letterbox_transform(g.shape[1], g.shape[0], self.config.hourglass.input_size) for g in grays]
+        points, confidence = self.predict_framed(grays, np.stack(transforms) if grays else np.empty((0, 2, 3)), batch_size)
+        return (points, confidence) if return_confidence else points
+
+    def predict_framed(
+        self, grays: Sequence[np.ndarray], transforms: np.ndarray, batch_size: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Run the network on ``grays[i]`` warped through ``transforms[i]`` (2x3, image -> crop).
+
+        The lower-level entry used by :meth:`predict_batch` and face detection. ``grays`` are
+        (H, W) float32 in [0, 1]. Returns points ``(N, 15, 2)`` in each image's pixels and
+        confidences ``(N, 15)``.
+        """
+        k = self.config.hourglass.num_keypoints
+        if len(grays) == 0:
+            return np.empty((0, k, 2), np.float32), np.empty((0, k), np.float32)
+        size = self.config.hourglass.input_size
+        crops = np.stack([warp(g, m, size) for g, m in zip(grays, transforms)])
+        points, confidence = self._run(crops, batch_size or self.batch_size)
+        return apply_affine(invert_affine(transforms), points), confidence
+
+    @torch.inference_mode()
+    def _run(self, crops: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """(N, S, S) crops in [0, 1] -> points (N, K, 2) in crop pixels and confidences (N, K)."""
+        points, confidence = [], []
+        for start in range(0, len(crops), batch_size):
+            x = torch.from_numpy(standardize(crops[start : start + batch_size]))[:, None]
+            x = x.to(self.device, memory_format=torch.channels_last, non_blocking=True)
+            heatmaps = self._net.predict_heatmaps(x)
+            if self.flip_test:
+                mirrored = self._net.predict_heatmaps(x.flip(-1)).flip(-1)[:, list(FLIP_INDEX)]
+                heatmaps = 0.5 * (heatmaps + mirrored)
+            p, c = self.codec.decode(heatmaps)
+            points.append(p.cpu().numpy())
+            confidence.append(c.cpu().numpy())
+        return np.concatenate(points), np.concatenate(confidence).astype(np.float32)
+
+    def __repr__(self) -> str:
+        h = self.config.hourglass
+        return (
+            f"Detector(stacks={h.num_stacks}, channels={h.channels}, heatmap={h.heatmap_size}x{h.heatmap_size}, "
+            f"device={self.device}, flip_test={self.flip_test})"
+        )

@@ -1,0 +1,233 @@
+"""Model files: safetensors + config.json, sha256 verification, the manifest and the Hub.
+
+A saved model is a folder with ``config.json`` (:class:`~facekp.config.DetectorConfig`) and
+``model.safetensors``; the config is also embedded in the safetensors metadata, so a single
+``.safetensors`` file is self-describing. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from .config import DetectorConfig
+from .errors import ChecksumError, WeightsError
+from .model import StackedHourglass
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+_METADATA_KEY = "facekp_config"
+
+
+# -- files ---------------------------------------------------------------------------------
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_model(model: StackedHourglass, config: DetectorConfig, folder: str | Path, overwrite: bool = False) -> Path:
+    """Write ``config.json`` and ``model.safetensors`` into ``folder``; returns the weights path.
+
+    Refuses to replace existing files unless ``overwrite`` is True.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    targets = [folder / CONFIG_NAME, folder / WEIGHTS_NAME]
+    existing = [str(p) for p in targets if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{', '.join(existing)} already exist; pass overwrite=True to replace them")
+    config_json = json.dumps(config.to_dict(), indent=2)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(targets[1]), metadata={_METADATA_KEY: config_json})
+    targets[0].write_text(config_json + "\n")
+    return targets[1]
+
+
+def load_model(path: str | Path) -> tuple[StackedHourglass, DetectorConfig]:
+    """Build the network from a ``.safetensors`` file or a folder written by :func:`save_model`."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"weights not found: {path}")
+    if path.is_dir():
+        config_path, weights_path = path / CONFIG_NAME, path / WEIGHTS_NAME
+        for p in (config_path, weights_path):
+            if not p.exists():
+                raise WeightsError(f"{path} is not a saved facekp model: {p.name} is missing")
+        config = _parse_config(config_path.read_text(), str(config_path))
+    else:
+        weights_path, config = path, None
+    try:
+        state = load_file(str(weights_path))
+        if config is None:
+            with safe_open(str(weights_path), "pt") as f:
+                meta = f.metadata() or {}
+            if _METADATA_KEY not in meta:
+                raise WeightsError(
+                    f"{weights_path} carries no facekp config in its metadata; load the folder written by "
+                    "save_pretrained (config.json + model.safetensors) instead"
+                )
+            config = _parse_config(meta[_METADATA_KEY], f"{weights_path} metadata")
+    except (SafetensorError, OSError) as exc:
+        raise WeightsError(f"{weights_path} is not a readable safetensors file (truncated or corrupt?): {exc}") from exc
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise WeightsError(f"{weights_path} holds NaN or infinite values in {bad[:3]}; the file is corrupt")
+    model = StackedHourglass(config.hourglass)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        summary = str(exc).splitlines()[0]
+        raise WeightsError(
+            f"{weights_path} does not fit the architecture {config.hourglass} ({summary}); "
+            "is it a model of another architecture?"
+        ) from exc
+    return model.eval(), config
+
+
+def _parse_config(text: str, where: str) -> DetectorConfig:
+    try:
+        return DetectorConfig.from_dict(json.loads(text))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise WeightsError(f"invalid facekp model config in {where}: {exc}") from exc
+
+
+# -- manifest ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ManifestEntry:
+    """One published model of ``weights_manifest.json``."""
+
+    name: str
+    file: str
+    sha256: str
+    size: int
+    config: dict
+    bundled: bool = True
+    repo_id: str | None = None
+    revision: str | None = None
+    metrics: dict | None = None
+
+    @property
+    def path(self) -> Path:
+        """Where the bundled file lies inside the installed package."""
+        return Path(str(resources.files("facekp") / "weights" / self.file))
+
+
+def read_manifest(path: str | Path | None = None) -> dict:
+    """The manifest shipped with the package (or the one at ``path``)."""
+    source = Path(path) if path else Path(str(resources.files("facekp") / "weights_manifest.json"))
+    return json.loads(source.read_text())
+
+
+def manifest_entries(path: str | Path | None = None) -> list[ManifestEntry]:
+    return [ManifestEntry(**m) for m in read_manifest(path)["models"]]
+
+
+def default_entry() -> ManifestEntry:
+    manifest = read_manifest()
+    name = manifest.get("default")
+    if not name:
+        raise WeightsError(
+            "this facekp build ships no trained default weights yet; pass a .safetensors file or a "
+            "save_pretrained folder to Detector(weights=...), or use Detector.from_pretrained(repo_id)"
+        )
+    return find_entry(name)
+
+
+def find_entry(name: str) -> ManifestEntry:
+    entries = {e.name: e for e in manifest_entries()}
+    if name not in entries:
+        raise WeightsError(f"no model named {name!r} in weights_manifest.json; known: {sorted(entries)}")
+    return entries[name]
+
+
+def verify_file(path: str | Path, expected_sha256: str, what: str) -> None:
+    actual = sha256_file(path)
+    if actual != expected_sha256.lower():
+        raise ChecksumError(f"{what}: sha256 {actual} differs from the published {expected_sha256}; the file is corrupt or tampered with")
+
+
+def load_bundled(entry: ManifestEntry) -> tuple[StackedHourglass, DetectorConfig]:
+    """Load a manifest model from the package, verified against its sha256."""
+    if not entry.bundled:
+        raise WeightsError(f"model {entry.name!r} is not bundled; load it with Detector.from_pretrained({entry.repo_id!r})")
+    if not entry.path.exists():
+        raise WeightsError(f"bundled weights {entry.path} are missing from the installed package")
+    verify_file(entry.path, entry.sha256, f"bundled weights {entry.path}")
+    return load_model(entry.path)
+
+
+# -- Hugging Face Hub ----------------------------------------------------------------------
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SHA1 = re.compile(r"^[0-9a-f]{40}$")
+
+
+def download_from_hub(repo_id: str, revision: str | None = None, cache_dir: str | Path | None = None) -> Path:
+    """Download (or reuse from the cache) ``config.json`` + ``model.safetensors``; return the folder.
+
+    The weights are verified: against the manifest's sha256 when the repository is published
+    there, else against the Hub's own hash of the file (the ETag, which the cache keeps as the
+    blob's name: sha256 for LFS files, the git blob sha1 otherwise). A mismatch removes the
+    file from the cache and raises :class:`~facekp.errors.ChecksumError`.
+    """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    entry = next((e for e in manifest_entries() if e.repo_id == repo_id), None)
+    if revision is None and entry is not None:
+        revision = entry.revision
+    try:
+        files = {
+            name: Path(hf_hub_download(repo_id, name, revision=revision, cache_dir=cache_dir, library_name="facekp"))
+            for name in (CONFIG_NAME, WEIGHTS_NAME)
+        }
+    except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as exc:
+        raise WeightsError(f"{repo_id}@{revision or 'main'} has no facekp model (config.json + model.safetensors): {exc}") from exc
+    except LocalEntryNotFoundError as exc:
+        raise WeightsError(f"{repo_id} is not in the local cache and the Hub cannot be reached (offline?): {exc}") from exc
+    weights = files[WEIGHTS_NAME]
+    try:
+        if entry is not None and (revision == entry.revision):
+            verify_file(weights, entry.sha256, f"{repo_id}/{WEIGHTS_NAME}")
+        else:
+            _verify_against_etag(weights, f"{repo_id}/{WEIGHTS_NAME}")
+    except ChecksumError:
+        _evict(weights)
+        raise
+    return weights.parent
+
+
+def _verify_against_etag(path: Path, what: str) -> None:
+    blob = Path(os.path.realpath(path))
+    etag = blob.name
+    if _SHA256.match(etag):
+        verify_file(path, etag, what)
+    elif _SHA1.match(etag):
+        h = hashlib.sha1(f"blob {blob.stat().st_size}\0".encode())
+        h.update(blob.read_bytes())
+        if h.hexdigest() != etag:
+            raise ChecksumError(f"{what}: git blob sha1 {h.hexdigest()} differs from the Hub's {etag}; the file is corrupt or tampered with")
+    else:
+        raise WeightsError(f"{what}: the cache holds no Hub hash to verify the file against (blob {blob})")
+
+
+def _evict(path: Path) -> None:
+    """Remove a downloaded file and its cache blob, so the next call downloads it afresh."""
+    blob = Path(os.path.realpath(path))
+    for p in {path, blob}:
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass
+
