@@ -47,11 +47,10 @@ class Augmenter:
     noise_p: float = 0.25
     occlusion_p: float = 0.3
 
-    def transform(self, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
-        """Random 2x3 affine on canonical coordinates, and whether it mirrors."""
+    def transform(self, rng: np.random.Generator) -> np.ndarray:
+        """Random 2x3 affine on canonical coordinates, mirrored half of the time when ``flip``."""
         m = self.geometry.sample(rng)
-        flipped = self.flip and rng.random() < 0.5
-        return (compose_affine(_FLIP, m) if flipped else m), flipped
+        return compose_affine(_FLIP, m) if self.flip and rng.random() < 0.5 else m
 
     def photometric(self, crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Random lighting, blur, noise and occlusion on a float crop in [0, 1]."""
@@ -75,19 +74,19 @@ def make_crop(
     mask: np.ndarray,
     frame: np.ndarray,
     jitter: np.ndarray | None = None,
-    flipped: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Warp a sample into a 96x96 crop through ``jitter @ frame`` and move its points along.
 
-    Returns the float32 crop in [0, 1], the (15, 2) points in crop pixels (left/right swapped
-    when ``flipped``) and the mask, with points pushed outside the crop masked out.
+    Returns the float32 crop in [0, 1], the (15, 2) points in crop pixels and the mask, with
+    points pushed outside the crop masked out. When the transform mirrors the image, left and
+    right keypoints swap names, so the subject's left eye stays on the crop's right.
     """
     m = frame if jitter is None else compose_affine(jitter, frame)
     src = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image
     crop = warp(src, m, CANONICAL_SIZE)
     pts = apply_affine(m, points.astype(np.float32))
     mask = mask.copy()
-    if flipped:
+    if np.linalg.det(m[:, :2]) < 0:
         pts, mask = pts[list(FLIP_INDEX)], mask[list(FLIP_INDEX)]
     inside = ((pts >= -0.5) & (pts <= CANONICAL_SIZE - 0.5)).all(axis=1)
     return crop, pts, mask & inside

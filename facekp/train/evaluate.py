@@ -8,7 +8,7 @@ import torch
 from ..codec import HeatmapCodec
 from ..keypoints import FLIP_INDEX, KEYPOINT_NAMES
 from ..preprocess import standardize
-from .augment import Perturbation, make_crop
+from .augment import EVAL_PERTURBATION, Perturbation, make_crop
 from .data import Sample
 
 
@@ -96,3 +96,27 @@ def evaluate(
         for name in sorted(set(subsets))
     }
     return result
+
+
+def evaluation_report(model, codec, samples, flip_test: bool = False) -> dict:
+    """Metrics on canonical and on randomly perturbed crops (seeded)."""
+    return {
+        "canonical": evaluate(model, codec, samples, flip_test=flip_test),
+        "perturbed": evaluate(model, codec, samples, EVAL_PERTURBATION, seed=1, flip_test=flip_test),
+    }
+
+
+def format_report(report: dict) -> str:
+    """Markdown tables of an :func:`evaluation_report`."""
+    lines = ["| crops | RMSE px | NME | <=1 px | <=2 px | <=3 px | faces |", "|---|---|---|---|---|---|---|"]
+    for kind, r in report.items():
+        rows = [(kind, r)] + [(f"{kind} / {name}", s) for name, s in r["by_subset"].items()]
+        for label, m in rows:
+            lines.append(
+                f"| {label} | {m['rmse']:.3f} | {100 * m['nme']:.2f}% | {100 * m['within_1px']:.1f}% | "
+                f"{100 * m['within_2px']:.1f}% | {100 * m['within_3px']:.1f}% | {m['faces']} |"
+            )
+    lines += ["", "| keypoint | RMSE canonical | RMSE perturbed |", "|---|---|---|"]
+    for name, v in report["canonical"]["per_keypoint_rmse"].items():
+        lines.append(f"| {name} | {v:.3f} | {report['perturbed']['per_keypoint_rmse'][name]:.3f} |")
+    return "\n".join(lines)

@@ -73,8 +73,7 @@ def make_batch(
     for i in indices:
         rng = np.random.default_rng([seed, epoch, int(i)])
         s = samples[i]
-        jitter, flipped = augmenter.transform(rng)
-        crop, pts, mask = make_crop(s.image, s.points, s.mask, s.frame, jitter, flipped)
+        crop, pts, mask = make_crop(s.image, s.points, s.mask, s.frame, augmenter.transform(rng))
         crops.append(augmenter.photometric(crop, rng))
         points.append(pts)
         masks.append(mask)
@@ -149,13 +148,26 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------
     def fit(self, resume: bool = False) -> list[dict]:
-        cfg = self.config
+        """Train until ``epochs`` (or ``max_steps``); logs to ``train.log`` in the run folder."""
         self.out.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(self.out / "train.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        try:
+            return self._fit(resume)
+        finally:
+            log.removeHandler(handler)
+            handler.close()
+
+    def _fit(self, resume: bool) -> list[dict]:
+        cfg = self.config
         if resume and self.checkpoint_path.exists():
             self.load_checkpoint()
             log.info("resumed from %s at step %d", self.checkpoint_path, self.step)
         elif self.checkpoint_path.exists():
             raise FileExistsError(f"{self.checkpoint_path} exists: pass --resume to continue that run, or choose another --out")
+        log.info("training %d faces, validating on %d, config %s", len(self.train), len(self.val), json.dumps(cfg.to_dict()))
         (self.out / "fit_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         total = cfg.epochs * self.steps_per_epoch
         if cfg.max_steps is not None:

@@ -1,0 +1,171 @@
+"""``facekp-train``: fit, evaluate, export and submit facekp models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..model import HourglassConfig
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "faces68"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="facekp-train", description="Train and evaluate facekp keypoint models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    fit = sub.add_parser("fit", help="train a model (resumable)")
+    fit.add_argument("--data", type=Path, default=DEFAULT_DATA, help="a 68-point .pts folder or a Kaggle training.csv")
+    fit.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, log, curves)")
+    fit.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    fit.add_argument("--epochs", type=int, default=120)
+    fit.add_argument("--batch-size", type=int, default=32)
+    fit.add_argument("--lr", type=float, default=2e-3)
+    fit.add_argument("--weight-decay", type=float, default=1e-4)
+    fit.add_argument("--stacks", type=int, default=HourglassConfig.num_stacks)
+    fit.add_argument("--depth", type=int, default=HourglassConfig.depth)
+    fit.add_argument("--channels", type=int, default=HourglassConfig.channels)
+    fit.add_argument("--stride", type=int, default=HourglassConfig.heatmap_stride, help="heatmap stride (1, 2 or 4)")
+    fit.add_argument("--sigma", type=float, default=1.0, help="target Gaussian sigma, heatmap pixels")
+    fit.add_argument("--val-fraction", type=float, default=0.15)
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--device", default="auto")
+    fit.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    fit.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    fit.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke runs)")
+    fit.set_defaults(handler=_fit)
+
+    ev = sub.add_parser("eval", help="accuracy on the validation split (or all) of a dataset")
+    ev.add_argument("--weights", required=True, help="a .safetensors file, save_pretrained folder, run folder or 'default'")
+    ev.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ev.add_argument("--split", choices=("val", "all"), default="val")
+    ev.add_argument("--val-fraction", type=float, default=0.15)
+    ev.add_argument("--seed", type=int, default=0, help="split seed (must match training)")
+    ev.add_argument("--flip-test", action="store_true", help="average with the mirrored crop's heatmaps")
+    ev.add_argument("--json", type=Path, help="also write the metrics to this JSON file")
+    ev.add_argument("--device", default="auto")
+    ev.set_defaults(handler=_eval)
+
+    ex = sub.add_parser("export", help="ship a run's best weights in the package and the manifest")
+    ex.add_argument("--run", type=Path, required=True, help="run folder written by 'fit'")
+    ex.add_argument("--name", required=True, help="model name in weights_manifest.json")
+    ex.add_argument("--data", type=Path, default=DEFAULT_DATA, help="data for the metrics recorded in the manifest")
+    ex.add_argument("--package", type=Path, default=Path(__file__).resolve().parents[1], help="facekp package folder")
+    ex.add_argument("--manifest", type=Path, default=Path(__file__).resolve().parents[2] / "weights_manifest.json")
+    ex.add_argument("--model-card", type=Path, default=Path(__file__).resolve().parents[2] / "docs" / "model-card.md")
+    ex.add_argument("--hub-folder", type=Path, help="also write config.json + model.safetensors here for a Hub upload")
+    ex.add_argument("--no-default", action="store_true", help="do not make this the default model")
+    ex.set_defaults(handler=_export)
+
+    sm = sub.add_parser("submit", help="write a Kaggle submission CSV")
+    sm.add_argument("--weights", default="default")
+    sm.add_argument("--test", type=Path, required=True, help="Kaggle test.csv")
+    sm.add_argument("--lookup", type=Path, required=True, help="Kaggle IdLookupTable.csv")
+    sm.add_argument("--out", type=Path, required=True, help="submission CSV to write (must not exist)")
+    sm.add_argument("--device", default="auto")
+    sm.set_defaults(handler=_submit)
+    return parser
+
+
+def _fit(args) -> None:
+    import torch
+
+    from ..detector import resolve_device
+    from .fit import FitConfig, Trainer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = FitConfig(
+        data=str(args.data), out=str(args.out),
+        hourglass=HourglassConfig(num_stacks=args.stacks, depth=args.depth, channels=args.channels, heatmap_stride=args.stride),
+        sigma=args.sigma, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        val_fraction=args.val_fraction, seed=args.seed, device=str(resolve_device(args.device)),
+        checkpoint_minutes=args.checkpoint_minutes, max_steps=args.max_steps,
+    )
+    history = Trainer(config).fit(resume=args.resume)
+    if history:
+        print(json.dumps(history[-1]))
+
+
+def _load_eval_model(weights: str, device: str):
+    """(model, codec) from a run folder, saved model, or 'default'."""
+    from ..codec import HeatmapCodec
+    from ..detector import Detector, resolve_device
+    from .export import load_run
+
+    path = Path(weights)
+    if (path / "fit_config.json").exists():
+        model, config, _ = load_run(path)
+    else:
+        det = Detector(None if weights == "default" else weights, device="cpu")
+        model, config = det.model, det.config
+    model = model.to(resolve_device(device)).eval()
+    return model, HeatmapCodec(config.hourglass.input_size, config.hourglass.heatmap_stride, config.sigma)
+
+
+def _validation_samples(data: Path, split: str, val_fraction: float, seed: int):
+    from .data import load_dataset, split_by_identity
+
+    samples = load_dataset(data)
+    return samples if split == "all" else split_by_identity(samples, val_fraction, seed)[1]
+
+
+def _eval(args) -> None:
+    from .evaluate import evaluation_report, format_report
+
+    model, codec = _load_eval_model(args.weights, args.device)
+    samples = _validation_samples(args.data, args.split, args.val_fraction, args.seed)
+    report = evaluation_report(model, codec, samples, args.flip_test)
+    print(format_report(report))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+def _export(args) -> None:
+    from ..codec import HeatmapCodec
+    from .evaluate import evaluation_report
+    from .export import export_run, load_run
+    from .model_card import write_model_card
+
+    model, config, fit = load_run(args.run)
+    samples = _validation_samples(args.data, "val", fit.val_fraction, fit.seed)
+    codec = HeatmapCodec(config.hourglass.input_size, config.hourglass.heatmap_stride, config.sigma)
+    report = evaluation_report(model, codec, samples)
+    flip = evaluation_report(model, codec, samples, flip_test=True)
+    metrics = {
+        "val_rmse": report["canonical"]["rmse"],
+        "val_rmse_perturbed": report["perturbed"]["rmse"],
+        "val_nme": report["canonical"]["nme"],
+        "val_rmse_flip_test": flip["canonical"]["rmse"],
+        "val_rmse_perturbed_flip_test": flip["perturbed"]["rmse"],
+        "val_rmse_by_subset": {k: v["rmse"] for k, v in report["canonical"]["by_subset"].items()},
+        "val_faces": len(samples),
+    }
+    entry = export_run(args.run, args.name, args.package, args.manifest, metrics, not args.no_default, args.hub_folder)
+    write_model_card(args.model_card, entry, fit, report, flip, args.run)
+    print(json.dumps({k: entry[k] for k in ("name", "file", "sha256", "size")} | {"metrics": metrics}, indent=2))
+
+
+def _submit(args) -> None:
+    from ..detector import Detector
+    from .submit import write_submission
+
+    det = Detector(None if args.weights == "default" else args.weights, device=args.device)
+    n = write_submission(det, args.test, args.lookup, args.out)
+    print(f"wrote {n} rows to {args.out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+        print(f"facekp-train: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

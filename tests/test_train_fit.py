@@ -1,0 +1,162 @@
+"""Real training steps on tiny generated data: loss goes down, resume, export, CLI, submission."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from facekp import Detector
+from facekp.model import HourglassConfig
+from facekp.train.cli import main as train_main
+from facekp.train.data import load_kaggle_csv, split_by_identity
+from facekp.train.export import export_run
+from facekp.train.fit import FitConfig, Trainer, heatmap_loss, make_batch
+from facekp.weights import load_model, sha256_file
+from synthetic import write_kaggle_csv
+
+TINY = HourglassConfig(num_stacks=2, depth=2, channels=16)
+
+
+@pytest.fixture(scope="module")
+def kaggle_csv(tmp_path_factory):
+    path = tmp_path_factory.mktemp("kaggle") / "training.csv"
+    write_kaggle_csv(path, 48, seed=0, missing=0.2)
+    return path
+
+
+def _config(csv_path, out, **kw) -> FitConfig:
+    base = dict(data=str(csv_path), out=str(out), hourglass=TINY, epochs=2, batch_size=8, lr=5e-3,
+                warmup_epochs=0.2, val_fraction=0.25, checkpoint_minutes=60.0)
+    base.update(kw)
+    return FitConfig(**base)
+
+
+def test_heatmap_loss_ignores_masked_keypoints():
+    target = torch.rand(2, 15, 24, 24)
+    mask = torch.ones(2, 15, dtype=torch.bool)
+    mask[0, 3] = False
+    out = target.clone()
+    out[0, 3] += 5.0  # a wild prediction for a missing keypoint costs nothing
+    assert heatmap_loss([out], target, mask).item() == 0.0
+    out[0, 4] += 1.0
+    assert heatmap_loss([out, out], target, mask).item() == pytest.approx(2 * 24 * 24 / (29 * 24 * 24))
+
+
+def test_training_steps_lower_the_loss(kaggle_csv, tmp_path):
+    torch.manual_seed(0)
+    trainer = Trainer(_config(kaggle_csv, tmp_path / "run", epochs=6))
+    fixed = make_batch(trainer.train, np.arange(16), trainer.augmenter, trainer.codec, seed=9, epoch=0)
+
+    def loss_on_fixed() -> float:
+        trainer.model.train()
+        with torch.no_grad():
+            return heatmap_loss(trainer.model(fixed[0]), fixed[1], fixed[2]).item()
+
+    before = loss_on_fixed()
+    history = trainer.fit()
+    after = loss_on_fixed()
+    assert after < 0.5 * before
+    assert len(history) == 6 and all("val_rmse" in h for h in history)
+    assert (tmp_path / "run" / "best.pt").exists() and (tmp_path / "run" / "curves.png").stat().st_size > 1000
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+
+
+def test_resume_continues_exactly_where_it_stopped(kaggle_csv, tmp_path):
+    samples = load_kaggle_csv(kaggle_csv)
+    train, val = split_by_identity(samples, 0.25, 0)
+    torch.manual_seed(0)
+    straight = Trainer(_config(kaggle_csv, tmp_path / "a", max_steps=8), train, val)
+    straight.fit()
+    torch.manual_seed(0)
+    first = Trainer(_config(kaggle_csv, tmp_path / "b", max_steps=4), train, val)
+    first.fit()
+    with pytest.raises(FileExistsError, match="--resume"):
+        Trainer(_config(kaggle_csv, tmp_path / "b", max_steps=8), train, val).fit()
+    torch.manual_seed(123)  # a resumed run must not depend on the fresh init
+    resumed = Trainer(_config(kaggle_csv, tmp_path / "b", max_steps=8), train, val)
+    resumed.fit(resume=True)
+    assert resumed.step == 8
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    with pytest.raises(ValueError, match="holds a"):
+        Trainer(_config(kaggle_csv, tmp_path / "b", max_steps=9, hourglass=HourglassConfig(num_stacks=1, depth=2, channels=8)),
+                train, val).fit(resume=True)
+
+
+def test_export_then_detector_round_trip(kaggle_csv, tmp_path):
+    run = tmp_path / "run"
+    Trainer(_config(kaggle_csv, run, max_steps=3)).fit()
+    package = tmp_path / "pkg"
+    manifest = tmp_path / "weights_manifest.json"
+    entry = export_run(run, "tiny", package, manifest, {"val_rmse": 1.0}, out_folder=tmp_path / "hub")
+    weights = package / "weights" / "tiny.safetensors"
+    assert entry["sha256"] == sha256_file(weights) and entry["size"] == weights.stat().st_size
+    saved = json.loads(manifest.read_text())
+    assert saved["default"] == "tiny" and saved["models"][0]["config"]["hourglass"]["channels"] == 16
+    model, config = load_model(weights)
+    trained = torch.load(run / "best.pt", weights_only=True)
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, trained[k])
+    crop = (np.random.default_rng(0).random((96, 96)) * 255).astype(np.uint8)
+    np.testing.assert_allclose(Detector(weights, device="cpu").predict(crop),
+                               Detector(tmp_path / "hub", device="cpu").predict(crop), atol=1e-5)
+
+
+def test_cli_fit_eval_submit(kaggle_csv, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["fit", "--data", str(kaggle_csv), "--out", str(run), "--epochs", "1", "--batch-size", "8",
+            "--stacks", "1", "--depth", "2", "--channels", "8", "--device", "cpu"]
+    assert train_main(args) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["epoch"] == 0
+    assert (run / "log.jsonl").exists() and (run / "train.log").exists()
+    assert train_main(args) == 2  # the run exists: refuses to start over it
+    assert "--resume" in capsys.readouterr().err
+
+    metrics = tmp_path / "metrics.json"
+    assert train_main(["eval", "--weights", str(run), "--data", str(kaggle_csv), "--val-fraction", "0.25",
+                       "--json", str(metrics), "--device", "cpu"]) == 0
+    table = capsys.readouterr().out
+    assert "| canonical |" in table and "| perturbed |" in table and "nose_tip" in table
+    report = json.loads(metrics.read_text())
+    assert report["canonical"]["faces"] > 0 and np.isfinite(report["perturbed"]["rmse"])
+
+    weights = tmp_path / "model"
+    from facekp.train.export import load_run
+    from facekp.weights import save_model
+
+    model, config, _ = load_run(run)
+    save_model(model, config, weights)
+    test_csv, lookup = tmp_path / "test.csv", tmp_path / "IdLookupTable.csv"
+    write_kaggle_csv(test_csv, 3, seed=5, with_points=False)
+    with lookup.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["RowId", "ImageId", "FeatureName", "Location"])
+        rows = [(1, 1, "left_eye_center_x"), (2, 1, "nose_tip_y"), (3, 3, "mouth_center_bottom_lip_x")]
+        w.writerows([(*r, "") for r in rows])
+    out = tmp_path / "submission.csv"
+    assert train_main(["submit", "--weights", str(weights), "--test", str(test_csv), "--lookup", str(lookup),
+                       "--out", str(out), "--device", "cpu"]) == 0
+    with out.open() as f:
+        got = list(csv.DictReader(f))
+    assert [int(r["RowId"]) for r in got] == [1, 2, 3]
+    assert all(0.0 <= float(r["Location"]) <= 96.0 for r in got)
+    det = Detector(weights, device="cpu")
+    from facekp.train.data import parse_kaggle_image
+
+    with test_csv.open() as f:
+        first = parse_kaggle_image(next(csv.DictReader(f))["Image"], "test")
+    assert float(got[0]["Location"]) == pytest.approx(float(np.clip(det.predict(first)[0, 0], 0, 96)), abs=1e-3)
+    assert train_main(["submit", "--weights", str(weights), "--test", str(test_csv), "--lookup", str(lookup),
+                       "--out", str(out)]) == 2  # never overwrites
+
+
+def test_console_script_lists_subcommands():
+    out = subprocess.run([sys.executable, "-m", "facekp.train.cli", "--help"], capture_output=True, text=True, check=True).stdout
+    for command in ("fit", "eval", "export", "submit"):
+        assert command in out
