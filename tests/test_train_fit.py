@@ -120,10 +120,12 @@ def test_cli_fit_eval_submit(kaggle_csv, tmp_path, capsys):
 
     metrics = tmp_path / "metrics.json"
     assert train_main(["eval", "--weights", str(run), "--data", str(kaggle_csv), "--val-fraction", "0.25",
-                       "--json", str(metrics), "--device", "cpu"]) == 0
+                       "--json", str(metrics), "--plots", str(tmp_path / "plots"), "--device", "cpu"]) == 0
     table = capsys.readouterr().out
     assert "| canonical |" in table and "| perturbed |" in table and "nose_tip" in table
     report = json.loads(metrics.read_text())
+    for png in ("val-predictions.png", "val-errors.png"):
+        assert (tmp_path / "plots" / png).stat().st_size > 5000
     assert report["canonical"]["faces"] > 0 and np.isfinite(report["perturbed"]["rmse"])
 
     weights = tmp_path / "model"

@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0, help="split seed (must match training)")
     ev.add_argument("--flip-test", action="store_true", help="average with the mirrored crop's heatmaps")
     ev.add_argument("--json", type=Path, help="also write the metrics to this JSON file")
+    ev.add_argument("--plots", type=Path, metavar="DIR",
+                    help="write val-predictions.png (a gallery) and val-errors.png (error distribution) here")
     ev.add_argument("--device", default="auto")
     ev.set_defaults(handler=_eval)
 
@@ -121,6 +123,26 @@ def _eval(args) -> None:
     print(format_report(report))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
+    if args.plots:
+        _write_plots(model, codec, samples, args.plots, args.flip_test)
+
+
+def _write_plots(model, codec, samples, folder: Path, flip_test: bool) -> None:
+    import numpy as np
+
+    from .evaluate import make_eval_crops, predict_crops
+    from .plots import plot_error_distribution, plot_gallery
+
+    folder.mkdir(parents=True, exist_ok=True)
+    crops, truth, mask = make_eval_crops(samples)
+    pred = predict_crops(model, codec, crops, flip_test=flip_test)
+    pick = np.random.default_rng(0).choice(len(samples), size=min(32, len(samples)), replace=False)
+    plot_gallery(crops[pick], pred[pick], truth[pick], mask[pick], folder / "val-predictions.png")
+    dist = np.linalg.norm(pred - truth, axis=-1)
+    subsets = np.array([s.subset for s in samples])
+    by_subset = {"all": dist[mask]} | {n: dist[(subsets == n)[:, None] & mask] for n in sorted(set(subsets))}
+    plot_error_distribution(by_subset, folder / "val-errors.png")
+    print(f"wrote {folder / 'val-predictions.png'} and {folder / 'val-errors.png'}")
 
 
 def _export(args) -> None:

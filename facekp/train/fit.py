@@ -19,6 +19,7 @@ from ..preprocess import standardize
 from .augment import EVAL_PERTURBATION, Augmenter, make_crop
 from .data import Sample, load_dataset, split_by_identity
 from .evaluate import evaluate
+from .plots import plot_history
 
 log = logging.getLogger("facekp.train")
 
@@ -219,28 +220,3 @@ class Trainer:
         tqdm.write(json.dumps(record))
         plot_history(self.history, self.out / "curves.png")
 
-
-def plot_history(history: list[dict], path: Path) -> None:
-    """Training loss and validation RMSE per epoch, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h["epoch"] for h in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    ax1.plot(epochs, [h["train_loss"] for h in history], label="train loss")
-    ax1.set_yscale("log")
-    ax1.set_xlabel("epoch")
-    ax1.set_title("heatmap MSE (sum over stacks)")
-    if "val_rmse" in history[0]:
-        ax2.plot(epochs, [h["val_rmse"] for h in history], label="canonical crops")
-        ax2.plot(epochs, [h["val_rmse_perturbed"] for h in history], label="perturbed crops")
-        ax2.set_ylim(top=min(6.0, max(h["val_rmse_perturbed"] for h in history)))
-        ax2.legend()
-    ax2.set_xlabel("epoch")
-    ax2.set_title("validation RMSE (px, 96x96)")
-    ax2.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
