@@ -26,6 +26,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="allow --draw to replace existing files")
     _add_model_args(p)
     p.set_defaults(run=_predict)
+
+    p = sub.add_parser("export-onnx", help="write the keypoint network as ONNX (dynamic batch; needs facekp[onnx])")
+    p.add_argument("out", type=Path, metavar="OUT.onnx", help="the file to write")
+    p.add_argument("--weights", help="a .safetensors file, save_pretrained folder or manifest model name (default: bundled)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset version (default: 17)")
+    p.add_argument("--force", action="store_true", help="replace OUT.onnx if it exists")
+    p.add_argument("--check", action="store_true", help="run the file with onnxruntime and compare it with torch")
+    p.set_defaults(run=_export_onnx)
     return parser
 
 
@@ -56,10 +64,15 @@ def _predict(args) -> None:
     from .draw import draw
     from .images import load_rgb
 
-    det = _detector(args)
     several = len(args.images) > 1
+    # Every drawing's path is checked before any work, so a refused run writes nothing.
+    outs = [output_path(args.draw, p, several, args.images, args.force) for p in args.images] if args.draw else []
+    clash = next((o for i, o in enumerate(outs) if o in outs[:i]), None)
+    if clash is not None:
+        raise FacekpError(f"several input images would be drawn to {clash}; give them different names")
+    det = _detector(args)
     results = []
-    for path in args.images:
+    for i, path in enumerate(args.images):
         points, confidence = det.predict(path, return_confidence=True)
         results.append({
             "image": str(path),
@@ -69,7 +82,7 @@ def _predict(args) -> None:
         if args.draw:
             from PIL import Image
 
-            out = output_path(args.draw, path, several, args.images, args.force)
+            out = outs[i]
             out.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(draw(load_rgb(path), points, names=args.names)).save(out)
             print(f"wrote {out}", file=sys.stderr)
@@ -81,6 +94,33 @@ def _predict(args) -> None:
         print(f"  {'keypoint':<26}{'x':>9}{'y':>9}{'conf':>7}")
         for name, v in r["keypoints"].items():
             print(f"  {name:<26}{v['x']:>9.2f}{v['y']:>9.2f}{v['confidence']:>7.2f}")
+
+
+def _export_onnx(args) -> None:
+    from .detector import Detector
+    from .onnx import export_onnx
+
+    if args.out.exists() and not args.force:
+        raise FacekpError(f"{args.out} exists; pass --force to replace it")
+    det = Detector(args.weights, device="cpu")
+    out = export_onnx(args.out, det, opset=args.opset, overwrite=True)
+    h = det.config.hourglass
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): input 'crops' (N, 1, {h.input_size}, {h.input_size}) "
+          f"standardized float32 -> 'heatmaps' (N, {h.num_keypoints}, {h.heatmap_size}, {h.heatmap_size})", file=sys.stderr)
+    if args.check:
+        import numpy as np
+        import torch
+
+        from .onnx import OnnxBackend
+
+        x = torch.randn(4, 1, h.input_size, h.input_size)
+        with torch.inference_mode():
+            want = det._forward(x).numpy()
+        got = OnnxBackend(out)(x.numpy())
+        err = float(np.abs(got - want).max())
+        print(f"onnxruntime vs torch: max |heatmap difference| {err:.2e}", file=sys.stderr)
+        if err > 1e-3:
+            raise FacekpError(f"the exported model differs from torch by {err:.2e} (> 1e-3)")
 
 
 def main(argv: list[str] | None = None) -> int:

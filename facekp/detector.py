@@ -19,6 +19,22 @@ from .preprocess import apply_affine, invert_affine, letterbox_transform, standa
 from .weights import default_entry, download_from_hub, find_entry, load_bundled, load_model, save_model
 
 
+#: Inference backends: the torch network, or its ONNX export run by onnxruntime.
+BACKENDS = ("torch", "onnx")
+
+#: ``precision`` values and the autocast dtype of each (None: no autocast).
+PRECISIONS = {"auto": None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(precision: str, device: torch.device, backend: str = "torch") -> str:
+    """``"auto"`` -> ``"fp16"`` for the torch backend on CUDA, else ``"fp32"``; other values are checked."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        return "fp16" if device.type == "cuda" and backend == "torch" else "fp32"
+    return precision
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
     """``"auto"`` -> CUDA when available, else CPU; other values are checked to exist here."""
     if isinstance(device, str) and device == "auto":
@@ -49,6 +65,14 @@ class Detector:
         batch_size: crops per forward pass in :meth:`predict_batch`.
         flip_test: also run each crop mirrored and average the heatmaps (slower, slightly
             more accurate).
+        backend: ``"torch"`` (default), or ``"onnx"`` to run the network with onnxruntime
+            (``pip install "facekp[onnx]"``; the model is exported in memory at construction).
+            Both give the same points to within 1e-3 px.
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast of the torch network; the
+            heatmap decode always runs in fp32), or ``"auto"``: fp16 on CUDA, fp32 on CPU. See
+            ``docs/benchmarks.md`` for the accuracy each costs.
+        compile: wrap the network in ``torch.compile`` (``True``, or a mode such as
+            ``"max-autotune"``). Pays off for long runs on CUDA; the first call compiles.
 
     Coordinates everywhere are (x, y) in pixels of the image passed in, with the pixel-centre
     convention: the centre of the top-left pixel is (0, 0), its top-left corner (-0.5, -0.5).
@@ -61,6 +85,9 @@ class Detector:
         device: str | torch.device = "auto",
         batch_size: int = 64,
         flip_test: bool = False,
+        backend: str = "torch",
+        precision: str = "auto",
+        compile: bool | str = False,
     ) -> None:
         if weights is None:
             model, config = load_bundled(default_entry())
@@ -70,20 +97,47 @@ class Detector:
             model, config = load_bundled(find_entry(weights))
         else:
             raise FileNotFoundError(f"weights not found: {weights}")
-        self._init(model, config, device, batch_size, flip_test)
+        self._init(model, config, device, batch_size, flip_test, backend=backend, precision=precision, compile=compile)
 
-    def _init(self, model: StackedHourglass, config: DetectorConfig, device, batch_size: int, flip_test: bool) -> None:
+    def _init(
+        self,
+        model: StackedHourglass,
+        config: DetectorConfig,
+        device,
+        batch_size: int,
+        flip_test: bool,
+        *,
+        backend: str = "torch",
+        precision: str = "auto",
+        compile: bool | str = False,
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.device = resolve_device(device)
+        precision = resolve_precision(precision, self.device, backend)
+        if backend == "onnx" and (precision != "fp32" or compile):
+            raise ValueError("backend='onnx' runs the exported fp32 graph: use precision='fp32' and compile=False")
         self.config = config
         self.batch_size = batch_size
         self.flip_test = flip_test
+        self.backend = backend
+        self.precision = precision
         self.codec = HeatmapCodec(config.hourglass.input_size, config.hourglass.heatmap_stride, config.sigma)
         self._model = model.eval()
+        self._flip_index = torch.tensor(FLIP_INDEX, device=self.device)
+        self._ort = None
+        if backend == "onnx":
+            from .onnx import OnnxBackend, onnx_bytes
+
+            self._ort = OnnxBackend(onnx_bytes(model, config), self.device)
         # Inference runs a copy with BatchNorm folded into the convolutions, in channels-last
         # layout (faster on CPU); `model` stays the trainable, savable original.
         self._net = fuse_conv_bn(copy.deepcopy(model)).to(self.device, memory_format=torch.channels_last).eval()
+        self._heatmaps = self._net.predict_heatmaps
+        if compile:
+            self._heatmaps = torch.compile(self._net.predict_heatmaps, mode=None if compile is True else compile)
 
     @classmethod
     def from_pretrained(
@@ -134,18 +188,49 @@ class Detector:
     ):
         """Keypoints of many face crops, ``batch_size`` crops per forward pass.
 
+        ``images`` is a sequence of anything :meth:`predict` accepts (sizes may differ), or one
+        array / tensor stacking same-size images: ``(N, H, W)``, ``(N, H, W, C)`` or ``(N, C, H, W)``.
+
         Returns:
             ``(N, 15, 2)`` float32 points (and ``(N, 15)`` confidences with ``return_confidence``),
             each in its own input image's pixel coordinates.
         """
-        if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
-            images = list(images)
+        stack = self._input_sized_stack(images)
+        if stack is not None:
+            # Already network-sized gray crops: the letterbox is the identity, so the per-image
+            # load/warp loop is skipped (same points; much cheaper for big batches).
+            points, confidence = self._run(stack, batch_size or self.batch_size)
+            return (points, confidence) if return_confidence else points
+        if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim in (3, 4):
+            images = list(images)  # (N, H, W) or (N, H, W, C) / (N, C, H, W): one image per row
         if not isinstance(images, Sequence) or isinstance(images, (str, bytes)):
             raise InvalidImageError(f"predict_batch takes a sequence of images, got {type(images).__name__}")
         grays = [load_gray(img) for img in images]
         transforms = [letterbox_transform(g.shape[1], g.shape[0], self.config.hourglass.input_size) for g in grays]
         points, confidence = self.predict_framed(grays, np.stack(transforms) if grays else np.empty((0, 2, 3)), batch_size)
         return (points, confidence) if return_confidence else points
+
+    def _input_sized_stack(self, images) -> np.ndarray | None:
+        """``images`` as (N, S, S) float32 in [0, 1] when it is one uint8/uint16/float array or tensor
+        of N gray S x S crops (S = network input side) with valid values; else None (general path)."""
+        size = self.config.hourglass.input_size
+        if not isinstance(images, (np.ndarray, torch.Tensor)) or tuple(images.shape[1:]) != (size, size) or len(images) == 0:
+            return None
+        arr = images.detach().cpu() if isinstance(images, torch.Tensor) else images
+        if isinstance(arr, torch.Tensor):
+            if arr.dtype in (torch.float16, torch.bfloat16):
+                arr = arr.float()
+            arr = arr.numpy()
+        if arr.dtype == np.uint8:
+            return arr.astype(np.float32) / np.float32(255)
+        if arr.dtype == np.uint16:
+            return arr.astype(np.float32) / np.float32(65535)
+        if arr.dtype.kind == "f":
+            arr = arr.astype(np.float32, copy=False)
+            lo, hi = float(arr.min()), float(arr.max())  # NaN fails both tests
+            if lo >= 0.0 and hi <= 1.0:
+                return arr
+        return None
 
     def predict_framed(
         self, grays: Sequence[np.ndarray], transforms: np.ndarray, batch_size: int | None = None
@@ -167,22 +252,36 @@ class Detector:
     @torch.inference_mode()
     def _run(self, crops: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         """(N, S, S) crops in [0, 1] -> points (N, K, 2) in crop pixels and confidences (N, K)."""
+        cuda = self.device.type == "cuda"
         points, confidence = [], []
         for start in range(0, len(crops), batch_size):
             x = torch.from_numpy(standardize(crops[start : start + batch_size]))[:, None]
-            x = x.to(self.device, memory_format=torch.channels_last, non_blocking=True)
-            heatmaps = self._net.predict_heatmaps(x)
+            if cuda and self._ort is None:
+                # Pinned host memory lets the copy run asynchronously with the previous batch.
+                x = x.pin_memory().to(self.device, non_blocking=True)
+            heatmaps = self._forward(x)
             if self.flip_test:
-                mirrored = self._net.predict_heatmaps(x.flip(-1)).flip(-1)[:, list(FLIP_INDEX)]
+                mirrored = self._forward(x.flip(-1)).flip(-1).index_select(1, self._flip_index.to(heatmaps.device))
                 heatmaps = 0.5 * (heatmaps + mirrored)
             p, c = self.codec.decode(heatmaps)
-            points.append(p.cpu().numpy())
-            confidence.append(c.cpu().numpy())
-        return np.concatenate(points), np.concatenate(confidence).astype(np.float32)
+            points.append(p)  # stays on the device until the end: no sync per batch
+            confidence.append(c)
+        points, confidence = torch.cat(points), torch.cat(confidence)
+        return points.cpu().numpy(), confidence.cpu().numpy().astype(np.float32)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Standardized ``(B, 1, S, S)`` crops -> float32 heatmaps of the last stack."""
+        if self._ort is not None:
+            return torch.from_numpy(self._ort(x.cpu().numpy()))
+        x = x.contiguous(memory_format=torch.channels_last)
+        if self.precision == "fp32":
+            return self._heatmaps(x)
+        with torch.autocast(self.device.type, dtype=PRECISIONS[self.precision]):
+            return self._heatmaps(x).float()
 
     def __repr__(self) -> str:
         h = self.config.hourglass
         return (
             f"Detector(stacks={h.num_stacks}, channels={h.channels}, heatmap={h.heatmap_size}x{h.heatmap_size}, "
-            f"device={self.device}, flip_test={self.flip_test})"
+            f"device={self.device}, flip_test={self.flip_test}, backend={self.backend}, precision={self.precision})"
         )

@@ -49,9 +49,9 @@ def load_rgb(image: ImageInput) -> np.ndarray:
         path = Path(image)
         load_gray(path)  # the same checks and messages as for prediction
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+            return _pil_rgb(im)
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
+        return _pil_rgb(image)
     arr = _tensor_to_hwc(image) if isinstance(image, torch.Tensor) else np.asarray(image)
     load_gray(arr)
     if arr.ndim == 3 and arr.shape[2] == 1:
@@ -61,6 +61,12 @@ def load_rgb(image: ImageInput) -> np.ndarray:
     if arr.ndim == 2:
         return np.repeat(arr[:, :, None], 3, axis=2)
     return np.ascontiguousarray(arr[:, :, :3])
+
+
+def _pil_rgb(im: Image.Image) -> np.ndarray:
+    if _high_depth(im):  # scaled like load_gray, not clipped to 255
+        return np.repeat(np.round(_from_pil(im) * 255).astype(np.uint8)[:, :, None], 3, axis=2)
+    return np.asarray(im.convert("RGB"))
 
 
 def _read_path(path: Path) -> np.ndarray:
@@ -75,11 +81,16 @@ def _read_path(path: Path) -> np.ndarray:
         raise InvalidImageError(f"cannot read {path} as an image ({exc})") from exc
 
 
+def _high_depth(im: Image.Image) -> bool:
+    """32-bit int, 16-bit (I;16, I;16B, I;16L...) or float: convert("L"/"RGB") would clip these."""
+    return im.mode in ("I", "F") or im.mode.startswith("I;16")
+
+
 def _from_pil(im: Image.Image) -> np.ndarray:
-    if im.mode in ("I", "I;16", "I;16B", "F"):
+    if _high_depth(im):
         arr = np.asarray(im, dtype=np.float32)
         peak = 65535.0 if im.mode.startswith("I") else 1.0
-        return arr / peak
+        return _from_array(arr / peak)  # the same NaN and [0, 1] range checks as float arrays
     return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
 
 

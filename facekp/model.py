@@ -38,6 +38,10 @@ class HourglassConfig:
     blocks: int = 1
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # config.json may hold anything: 16.5, "3", true...
+            value = getattr(self, f.name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"{f.name} must be an integer, got {value!r}")
         if self.heatmap_stride not in (1, 2, 4):
             raise ValueError(f"heatmap_stride must be 1, 2 or 4, got {self.heatmap_stride}")
         side = self.heatmap_size

@@ -98,7 +98,10 @@ def load_model(path: str | Path) -> tuple[StackedHourglass, DetectorConfig]:
 
 def _parse_config(text: str, where: str) -> DetectorConfig:
     try:
-        return DetectorConfig.from_dict(json.loads(text))
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise TypeError(f"expected a JSON object, got {type(data).__name__}")
+        return DetectorConfig.from_dict(data)
     except (ValueError, KeyError, TypeError) as exc:
         raise WeightsError(f"invalid facekp model config in {where}: {exc}") from exc
 
@@ -192,10 +195,12 @@ def download_from_hub(repo_id: str, revision: str | None = None, cache_dir: str 
             name: Path(hf_hub_download(repo_id, name, revision=revision, cache_dir=cache_dir, library_name="facekp"))
             for name in (CONFIG_NAME, WEIGHTS_NAME)
         }
+    except LocalEntryNotFoundError as exc:  # first: it is also an EntryNotFoundError
+        raise WeightsError(f"{repo_id} is not in the local cache and the Hub cannot be reached (offline?): {exc}") from exc
     except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as exc:
         raise WeightsError(f"{repo_id}@{revision or 'main'} has no facekp model (config.json + model.safetensors): {exc}") from exc
-    except LocalEntryNotFoundError as exc:
-        raise WeightsError(f"{repo_id} is not in the local cache and the Hub cannot be reached (offline?): {exc}") from exc
+    except OSError as exc:  # e.g. huggingface_hub's size check of a truncated or altered download
+        raise WeightsError(f"downloading {repo_id}@{revision or 'main'} failed: {exc}") from exc
     weights = files[WEIGHTS_NAME]
     try:
         if entry is not None and (revision == entry.revision):

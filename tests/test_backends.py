@@ -1,0 +1,208 @@
+"""Inference paths agree: fused vs unfused, channels-last vs contiguous, fp32 vs autocast, compile
+wiring, batch splitting, and the codec's windowed DARK decode vs the full-map reference."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import synthetic_face, to_uint8
+from facekp import Detector
+from facekp.codec import _NEIGHBOURS, HeatmapCodec
+from facekp.detector import resolve_precision
+from facekp.model import fuse_conv_bn
+from facekp.preprocess import standardize
+from facekp.train.evaluate import predict_crops
+
+ATOL_PX = 1e-3
+
+
+@pytest.fixture(scope="module")
+def crops():
+    """(8, 96, 96) float32 crops in [0, 1]."""
+    return np.stack([synthetic_face(96, 96, seed=i).astype(np.float32) for i in range(8)])
+
+
+def _inputs(crops: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(standardize(crops))[:, None]
+
+
+def test_fused_channels_last_equals_unfused(detector, crops):
+    x = _inputs(crops)
+    with torch.inference_mode():
+        unfused = detector.model.predict_heatmaps(x)
+        fused = fuse_conv_bn(copy.deepcopy(detector.model)).predict_heatmaps(x)
+        fused_cl = detector._net.predict_heatmaps(x.contiguous(memory_format=torch.channels_last))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in detector._net.modules())
+    torch.testing.assert_close(fused, unfused, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(fused_cl, unfused, atol=1e-4, rtol=1e-4)
+    # and as points: the Detector path vs the training-side evaluation of the unfused model
+    points, _ = detector._run(crops, batch_size=8)
+    reference = predict_crops(detector.model, detector.codec, crops)
+    np.testing.assert_allclose(points, reference, atol=ATOL_PX, rtol=0)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 64])
+def test_batch_splitting_does_not_change_results(detector, crops, batch_size):
+    ref, ref_c = detector._run(crops, batch_size=8)
+    points, conf = detector._run(crops, batch_size=batch_size)
+    np.testing.assert_allclose(points, ref, atol=ATOL_PX, rtol=0)
+    np.testing.assert_allclose(conf, ref_c, atol=1e-6)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_autocast_heatmaps_close_to_fp32(tiny_model_dir, crops, precision):
+    fp32 = Detector(tiny_model_dir, device="cpu")
+    low = Detector(tiny_model_dir, device="cpu", precision=precision)
+    assert fp32.precision == "fp32" and low.precision == precision and f"precision={precision}" in repr(low)
+    x = _inputs(crops)
+    with torch.inference_mode():
+        want, got = fp32._forward(x), low._forward(x)
+    assert got.dtype == torch.float32 and got.shape == want.shape
+    # bf16 keeps 8 bits of mantissa, fp16 11: errors of a few percent of the heatmap range at most
+    scale = float(want.abs().max())
+    tol = {"bf16": 0.05, "fp16": 0.01}[precision] * scale
+    assert float((got - want).abs().max()) <= tol
+    points, conf = low.predict_batch([to_uint8(c) for c in crops], return_confidence=True)
+    assert points.dtype == np.float32 and np.isfinite(points).all() and conf.dtype == np.float32
+
+
+def test_autocast_points_close_to_fp32_on_peaked_heatmaps(tiny_model_dir, monkeypatch):
+    """Where heatmaps have clear peaks (a trained model), autocast moves points by a small fraction of a pixel."""
+    codec = HeatmapCodec()
+    truth = torch.rand(8, 15, 2, generator=torch.Generator().manual_seed(0)) * 80 + 8
+    target = codec.encode(truth)
+    head = torch.nn.Conv2d(15, 15, 1)  # a near-identity layer: runs in low precision under autocast
+    with torch.no_grad():
+        head.weight.copy_(torch.eye(15)[:, :, None, None] * 0.9)
+        head.bias.fill_(0.01)
+    results = {}
+    for precision in ("fp32", "bf16"):
+        det = Detector(tiny_model_dir, device="cpu", precision=precision)
+        det._heatmaps = lambda x: head(target[: len(x)])
+        results[precision] = det._run(np.zeros((8, 96, 96), np.float32), batch_size=8)[0]
+    assert np.abs(results["bf16"] - results["fp32"]).max() < 0.1
+    assert np.abs(results["fp32"] - truth.numpy()).max() < 0.05
+
+
+def test_precision_and_backend_are_validated(tiny_model_dir):
+    assert Detector(tiny_model_dir, device="cpu").precision == "fp32"  # "auto" on CPU
+    with pytest.raises(ValueError, match="precision"):
+        Detector(tiny_model_dir, device="cpu", precision="int8")
+    with pytest.raises(ValueError, match="backend"):
+        Detector(tiny_model_dir, device="cpu", backend="tflite")
+
+
+@pytest.mark.parametrize("compile_arg, mode", [(True, None), ("max-autotune", "max-autotune")])
+def test_compile_wraps_the_heatmap_function(tiny_model_dir, face_u8, monkeypatch, compile_arg, mode):
+    calls = []
+
+    def fake_compile(fn, mode=None, **kwargs):
+        calls.append(mode)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    det = Detector(tiny_model_dir, device="cpu", compile=compile_arg)
+    assert calls == [mode]
+    np.testing.assert_allclose(det.predict(face_u8), Detector(tiny_model_dir, device="cpu").predict(face_u8), atol=ATOL_PX)
+
+
+def test_compile_really_compiles(tiny_model_dir, face_u8):
+    """The real torch.compile on a trivial backend (no C++ build): same points."""
+    try:
+        import torch._dynamo  # noqa: F401
+    except Exception:  # pragma: no cover - platforms without dynamo
+        pytest.skip("torch.compile is unavailable")
+    det = Detector(tiny_model_dir, device="cpu")
+    det._heatmaps = torch.compile(det._net.predict_heatmaps, backend="eager")
+    np.testing.assert_allclose(det.predict(face_u8), Detector(tiny_model_dir, device="cpu").predict(face_u8), atol=ATOL_PX)
+
+
+def _reference_offsets(codec: HeatmapCodec, heatmaps: torch.Tensor) -> torch.Tensor:
+    """Points decoded through the full-map _smoothed_log (the original DARK implementation)."""
+    n, k, h, w = heatmaps.shape
+    peak, index = heatmaps.reshape(n, k, h * w).max(-1)
+    ix, iy = index % w, index // w
+    logh = codec._smoothed_log(heatmaps).reshape(n, k, (h + 2) * (w + 2))
+
+    def at(dx, dy):
+        return logh.gather(-1, ((iy + 1 + dy) * (w + 2) + ix + 1 + dx).unsqueeze(-1)).squeeze(-1)
+
+    return torch.stack([at(dx, dy) for dx, dy in _NEIGHBOURS], -1), ix, iy
+
+
+@pytest.mark.parametrize("sigma, blur", [(1.0, 5), (2.0, 5), (1.5, 3), (1.0, 7)])
+def test_windowed_dark_equals_full_map_smoothing(sigma, blur, make_model):
+    codec = HeatmapCodec(96, 4, sigma, blur)
+    g = torch.Generator().manual_seed(0)
+    truth = torch.rand(16, 15, 2, generator=g) * 97 - 0.5  # border peaks included
+    clean = codec.encode(truth)
+    with torch.inference_mode():
+        net = make_model().predict_heatmaps(torch.randn(8, 1, 96, 96, generator=g))
+    maps = [clean, (clean + 0.05 * torch.randn(clean.shape, generator=g)).clamp_min(0), net, torch.zeros(2, 15, 24, 24)]
+    for hm in maps:
+        ref, ix, iy = _reference_offsets(codec, hm)
+        got = codec._peak_neighbourhood(hm, ix, iy)
+        # equal up to a per-map constant (the rescaling that the finite differences cancel)
+        diff = (got - ref) - (got - ref)[..., :1]
+        flat = ref.std(-1) < 1e-6  # all-zero maps: no information, both give a zero offset
+        if (~flat).any():
+            assert float(diff[~flat].abs().amax()) < 1e-4
+        assert (got[flat] == got[flat][..., :1]).all()
+    # decoding as a whole: still recovers clean targets to < 0.05 heatmap px away from the border
+    inner = ((truth > 8) & (truth < 88)).all(-1)
+    points, _ = codec.decode(clean)
+    assert float((points - truth)[inner].abs().max()) / 4 < 0.05
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
+def test_cuda_matches_cpu(tiny_model_dir, crops, precision):
+    cpu = Detector(tiny_model_dir, device="cpu")
+    gpu = Detector(tiny_model_dir, device="cuda", precision=precision, batch_size=3)
+    x = _inputs(crops)
+    with torch.inference_mode():
+        want, got = cpu._forward(x), gpu._forward(x.cuda()).cpu()
+    tol = {"fp32": 1e-3, "fp16": 0.01, "bf16": 0.05}[precision] * float(want.abs().max())
+    assert float((got - want).abs().max()) <= tol
+    points, conf = gpu._run(crops, batch_size=3)
+    assert points.shape == (8, 15, 2) and np.isfinite(points).all() and conf.dtype == np.float32
+    if precision == "fp32":
+        np.testing.assert_allclose(points, cpu._run(crops, 8)[0], atol=1e-2)
+
+
+def test_auto_precision_resolution():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_precision("auto", cpu) == "fp32"
+    assert resolve_precision("auto", cuda) == "fp16"
+    assert resolve_precision("auto", cuda, backend="onnx") == "fp32"
+    assert resolve_precision("bf16", cpu) == "bf16"
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision("fp8", cuda)
+
+
+@pytest.mark.parametrize("form", ["uint8", "float32", "tensor", "uint16"])
+def test_stack_of_input_sized_crops_takes_the_fast_path_with_the_same_points(detector, form, monkeypatch):
+    crops = np.stack([to_uint8(synthetic_face(96, 96, seed=i)) for i in range(5)])
+    want = detector.predict_batch(list(crops))
+    stack = {"uint8": crops, "float32": crops.astype(np.float32) / 255, "tensor": torch.from_numpy(crops),
+             "uint16": crops.astype(np.uint16) * 257}[form]
+    import facekp.detector as detector_module
+
+    monkeypatch.setattr(detector_module, "warp", lambda *a, **k: pytest.fail("the fast path should not warp"))
+    got = detector.predict_batch(stack, batch_size=2)
+    np.testing.assert_allclose(got, want, atol=ATOL_PX if form != "uint16" else 2e-2, rtol=0)
+
+
+def test_invalid_stacks_still_raise(detector):
+    from facekp import InvalidImageError
+
+    bad = np.full((2, 96, 96), 2.0, np.float32)
+    with pytest.raises(InvalidImageError):
+        detector.predict_batch(bad)
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(InvalidImageError):
+        detector.predict_batch(bad)

@@ -1,0 +1,148 @@
+"""ONNX export (dynamic batch, metadata, CLI) and the onnxruntime backend's equivalence with torch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import build_model, synthetic_face, to_uint8
+from facekp import Detector
+from facekp.cli import main
+from facekp.config import DetectorConfig
+from facekp.model import HourglassConfig, fuse_conv_bn
+from facekp.weights import save_model
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from facekp.onnx import OnnxBackend, export_onnx, onnx_bytes, read_onnx_config  # noqa: E402
+
+TOLERANCE_PX = 1e-3  # the issue's bound for "same outputs" between backends
+
+
+@pytest.fixture(scope="module")
+def two_stack_dir(tmp_path_factory):
+    """Two stacks (exercises the merge convolutions), depth 2, 16 channels."""
+    config = DetectorConfig(hourglass=HourglassConfig(num_stacks=2, depth=2, channels=16))
+    folder = tmp_path_factory.mktemp("two_stack")
+    save_model(build_model(config.hourglass, seed=3), config, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_model_dir, tmp_path_factory):
+    return export_onnx(tmp_path_factory.mktemp("onnx") / "tiny.onnx", tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def faces():
+    sizes = [(96, 96), (80, 64), (64, 90), (150, 120), (40, 40), (200, 310)]
+    return [to_uint8(synthetic_face(w, h, seed=i)) for i, (w, h) in enumerate(sizes)]
+
+
+def test_export_has_dynamic_batch_and_runs_any_batch(exported, detector):
+    proto = onnx.load(str(exported))
+    onnx.checker.check_model(proto)
+    (inp,), (out,) = proto.graph.input, proto.graph.output
+    dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
+    assert dims == ["batch", 1, 96, 96]
+    assert [d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim] == ["batch", 15, 24, 24]
+    backend = OnnxBackend(exported)
+    assert backend.providers == ["CPUExecutionProvider"]
+    for n in (1, 3, 17):
+        x = torch.randn(n, 1, 96, 96, generator=torch.Generator().manual_seed(n))
+        with torch.inference_mode():
+            want = detector.model.predict_heatmaps(x).numpy()  # the unfused original
+        got = backend(x.numpy())
+        assert got.shape == (n, 15, 24, 24) and got.dtype == np.float32
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_metadata_holds_the_config(exported, tiny_config):
+    assert read_onnx_config(exported) == tiny_config
+    assert onnx.load(str(exported)).producer_name == "facekp"
+
+
+def test_export_does_not_touch_the_model(make_model):
+    model = make_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    onnx_bytes(model)
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+
+
+def test_export_refuses_to_overwrite(exported, tiny_model_dir):
+    with pytest.raises(FileExistsError):
+        export_onnx(exported, tiny_model_dir)
+    assert export_onnx(exported, tiny_model_dir, overwrite=True) == exported
+
+
+@pytest.mark.parametrize("flip_test", [False, True])
+def test_onnx_backend_matches_torch(tiny_model_dir, two_stack_dir, faces, flip_test):
+    for folder in (tiny_model_dir, two_stack_dir):
+        torch_det = Detector(folder, device="cpu", flip_test=flip_test)
+        onnx_det = Detector(folder, device="cpu", backend="onnx", flip_test=flip_test)
+        assert onnx_det.backend == "onnx" and "backend=onnx" in repr(onnx_det)
+        p_t, c_t = torch_det.predict_batch(faces, batch_size=4, return_confidence=True)
+        p_o, c_o = onnx_det.predict_batch(faces, batch_size=4, return_confidence=True)
+        assert p_o.dtype == np.float32 and p_o.shape == (len(faces), 15, 2)
+        np.testing.assert_allclose(p_o, p_t, atol=TOLERANCE_PX, rtol=0)
+        np.testing.assert_allclose(c_o, c_t, atol=1e-5)
+        np.testing.assert_allclose(onnx_det.predict(faces[1]), p_t[1], atol=TOLERANCE_PX, rtol=0)
+
+
+def test_onnx_backend_options_are_checked(tiny_model_dir):
+    with pytest.raises(ValueError, match="fp32"):
+        Detector(tiny_model_dir, device="cpu", backend="onnx", precision="bf16")
+    with pytest.raises(ValueError, match="backend"):
+        Detector(tiny_model_dir, device="cpu", backend="tensorrt")
+    assert Detector(tiny_model_dir, device="cpu", backend="onnx", precision="auto").precision == "fp32"
+
+
+def test_onnx_backend_missing_onnxruntime_says_how_to_install(tiny_model_dir, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name == "onnxruntime":
+            raise ImportError("No module named 'onnxruntime'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    with pytest.raises(ImportError, match=r"facekp\[onnx\]"):
+        Detector(tiny_model_dir, device="cpu", backend="onnx")
+
+
+def test_fused_export_equals_unfused_model(make_model):
+    model = make_model(seed=5)
+    backend = OnnxBackend(onnx_bytes(model))
+    x = torch.randn(5, 1, 96, 96, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        want = model.predict_heatmaps(x).numpy()
+        fused = fuse_conv_bn(build_model(seed=5)).predict_heatmaps(x).numpy()
+    np.testing.assert_allclose(backend(x.numpy()), want, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(fused, want, atol=1e-4, rtol=1e-4)
+
+
+def test_cli_export_onnx(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "cli" / "model.onnx"
+    assert main(["export-onnx", str(out), "--weights", str(tiny_model_dir), "--check"]) == 0
+    err = capsys.readouterr().err
+    assert "wrote" in err and "onnxruntime vs torch" in err
+    assert read_onnx_config(out).hourglass.channels == 16
+    assert main(["export-onnx", str(out), "--weights", str(tiny_model_dir)]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert main(["export-onnx", str(out), "--weights", str(tiny_model_dir), "--force", "--opset", "18"]) == 0
+    assert max(o.version for o in onnx.load(str(out)).opset_import if o.domain in ("", "ai.onnx")) == 18
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_onnx_backend_cuda_matches_cpu(tiny_model_dir, faces):
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime has no CUDA provider here (install onnxruntime-gpu)")
+    cpu = Detector(tiny_model_dir, device="cpu", backend="onnx").predict_batch(faces)
+    gpu = Detector(tiny_model_dir, device="cuda", backend="onnx").predict_batch(faces)
+    np.testing.assert_allclose(gpu, cpu, atol=1e-2)
