@@ -125,10 +125,14 @@ def _from_array(arr: np.ndarray) -> np.ndarray:
         if not np.isfinite(arr).all():
             raise InvalidImageError("image contains NaN or infinite values")
         lo, hi = float(arr.min()), float(arr.max())
-        if lo < 0.0 or hi > 1.0:
+        # Resampling (e.g. a cubic resize) overshoots [0, 1] slightly: tolerate half a uint8 step.
+        slack = 0.5 / 255
+        if lo < -slack or hi > 1.0 + slack:
             raise InvalidImageError(
-                f"float image values span [{lo:g}, {hi:g}]; expected [0, 1] (divide uint8 data by 255)"
+                f"float image values span [{lo:.4g}, {hi:.4g}]; expected [0, 1] (divide uint8 data by 255)"
             )
+        if lo < 0.0 or hi > 1.0:
+            arr = np.clip(arr, 0.0, 1.0)
     if arr.ndim == 3:
         arr = cv2.cvtColor(np.ascontiguousarray(arr[:, :, :3]), cv2.COLOR_RGB2GRAY)
     return np.ascontiguousarray(arr)

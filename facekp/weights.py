@@ -48,8 +48,11 @@ def save_model(model: StackedHourglass, config: DetectorConfig, folder: str | Pa
     existing = [str(p) for p in targets if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{', '.join(existing)} already exist; pass overwrite=True to replace them")
-    config_json = json.dumps(config.to_dict(), indent=2)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    expected = StackedHourglass(config.hourglass).state_dict()
+    if {k: tuple(v.shape) for k, v in expected.items()} != {k: tuple(v.shape) for k, v in state.items()}:
+        raise ValueError(f"the model's tensors do not match the architecture in the config ({config.hourglass})")
+    config_json = json.dumps(config.to_dict(), indent=2)
     save_file(state, str(targets[1]), metadata={_METADATA_KEY: config_json})
     targets[0].write_text(config_json + "\n")
     return targets[1]

@@ -249,3 +249,13 @@ def test_standardize_is_per_crop_and_safe_on_flat_crops():
     np.testing.assert_allclose(out[0].mean(), 0, atol=1e-5)
     np.testing.assert_allclose(out[0].std(), 1, atol=1e-4)
     assert np.isfinite(out[1]).all() and np.abs(out[1]).max() == 0
+
+
+def test_float_overshoot_from_resampling_is_clipped_not_rejected():
+    base = np.linspace(0, 1, 32 * 32, dtype=np.float32).reshape(32, 32)
+    overshoot = base.copy()
+    overshoot[0, 0], overshoot[-1, -1] = -0.001, 1.001
+    clipped = np.clip(overshoot, 0, 1)
+    np.testing.assert_array_equal(load_gray(overshoot), clipped)
+    with pytest.raises(InvalidImageError, match=r"span \[0, 1.01\]"):
+        load_gray(np.where(base > 0.5, 1.01, base).astype(np.float32))

@@ -19,6 +19,7 @@ from facekp.weights import (
     find_entry,
     load_bundled,
     load_model,
+    save_model,
     read_manifest,
     sha256_file,
 )
@@ -240,3 +241,13 @@ def test_sha256_file(tmp_path):
     data = np.random.default_rng(0).bytes(3 << 20)  # more than one read chunk
     p.write_bytes(data)
     assert sha256_file(p) == hashlib.sha256(data).hexdigest()
+
+
+def test_save_model_refuses_a_config_of_another_architecture(tmp_path):
+    from facekp.model import StackedHourglass
+
+    model = StackedHourglass(HourglassConfig(num_stacks=1, channels=16))
+    wrong = DetectorConfig(hourglass=HourglassConfig(num_stacks=1, channels=32))
+    with pytest.raises(ValueError, match="do not match the architecture"):
+        save_model(model, wrong, tmp_path / "m")
+    assert not (tmp_path / "m" / "model.safetensors").exists()
