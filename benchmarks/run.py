@@ -132,8 +132,15 @@ def worker(spec: dict) -> dict:
     result = {"spec": spec, "threads": torch.get_num_threads()}
     t = time.perf_counter()
     det = Detector(spec["weights"], device=spec["device"], backend=spec["backend"], precision=spec["precision"],
-                   compile=spec.get("compile", False))
+                   compile=spec.get("compile", False), onnx_model=spec.get("onnx_model"))
     result["init_s"] = time.perf_counter() - t
+    result["precision"] = det.precision
+    if spec["backend"] == "onnx" and threads:
+        from facekp.onnx import OnnxBackend, onnx_bytes
+
+        det._ort = OnnxBackend(spec.get("onnx_model") or onnx_bytes(det.model, det.config), det.device, threads=int(threads))
+    if spec["backend"] == "onnx":
+        result["threads"] = int(threads) if threads else os.cpu_count()  # onnxruntime: one per core by default
     # Timing inputs come from a small pickle (crops, photos); the validation set is read only after
     # the timings, so that the peak RSS figure is the model's, not the dataset's.
     inputs = pickle.loads(Path(spec["inputs"]).read_bytes())
@@ -185,6 +192,8 @@ def worker(spec: dict) -> dict:
             np.save(spec["save_points"], points)
         if spec.get("boxes"):
             result["accuracy_dlib_boxes"] = accuracy_on_boxes(det, samples, spec["boxes"])
+        if spec.get("photo_accuracy") and "median_ms" in result.get("photo", {}):
+            result["accuracy_photo"] = accuracy_full_photo(det, samples)
     if cuda:
         result["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
         result["device_name"] = torch.cuda.get_device_name(det.device)
@@ -260,6 +269,18 @@ def accuracy_on_boxes(det, samples, boxes_file: str) -> dict:
     grays = [samples[i].image.astype(np.float32) / 255 for i in idx]
     if len(idx):
         pts[idx], _ = det.predict_framed(grays, np.stack(frames))
+    return metrics(samples, pts)
+
+
+def accuracy_full_photo(det, samples) -> dict:
+    """facekp's own pipeline on each photo (Detector.detect), the face nearest the annotation kept."""
+    pts = np.full((len(samples), 15, 2), np.nan)
+    for i, s in enumerate(samples):
+        faces = det.detect(s.image)
+        if faces:
+            hint = s.points.astype(np.float64).mean(axis=0)
+            best = min(faces, key=lambda f: float(np.linalg.norm(np.asarray(f.points, np.float64).mean(axis=0) - hint)))
+            pts[i] = np.asarray(best.points)
     return metrics(samples, pts)
 
 
@@ -468,7 +489,7 @@ def report(info: dict, results: list[dict], peers: dict, abl: dict | None) -> st
     L.append("## facekp backends\n")
     L.append("| backend | device | precision | threads | single crop median / p90 (ms) | batch 1 | batch 8 | batch 64 | batch 256 | "
              + ("batch 1024 | " if info["gpu"] != "none" else "") + "network+decode (crops/s) | FLOP share | full photo (ms) | peak RSS (MB) | RMSE (px) | ΔRMSE vs fp32 | NME |")
-    L.append("|" + "---|" * (15 + (1 if info["gpu"] != "none" else 0)))
+    L.append("|" + "---|" * (16 + (1 if info["gpu"] != "none" else 0)))
     base_rmse = next((r["accuracy"]["rmse"] for r in results if r["spec"]["label"] == "torch fp32" and "accuracy" in r), None)
     for r in results:
         s = r["spec"]
@@ -480,7 +501,7 @@ def report(info: dict, results: list[dict], peers: dict, abl: dict | None) -> st
         share = net["crops_per_s"] * info["flops"] / (info["gemm"] if s["device"] == "cpu" else info.get("gemm_gpu", np.nan))
         photo = r["photo"]
         photo_s = f"{photo['median_ms']:.2f} ({photo['photo_size']})" if "median_ms" in photo else "n/a¹"
-        cols = [s["backend"], s["device"], s["precision"], str(r["threads"]),
+        cols = [s["backend"], s["device"], r.get("precision", s["precision"]), str(r["threads"]),
                 f"{r['single']['median_ms']:.2f} / {r['single']['p90_ms']:.2f}"]
         cols += [f"{tp[str(b)]:.0f}" for b in (GPU_BATCHES if info["gpu"] != "none" and s["device"] != "cpu" else BATCHES)]
         if info["gpu"] != "none" and s["device"] == "cpu":
@@ -496,7 +517,9 @@ def report(info: dict, results: list[dict], peers: dict, abl: dict | None) -> st
         L.append("Accuracy-only runs (precision emulated on this CPU, for the GPU paths): " + "; ".join(
             f"{r['spec']['label']}: RMSE {r['accuracy']['rmse']:.3f} px (Δ {r['accuracy']['rmse'] - base_rmse:+.4f})" for r in acc_only) + ".")
     L.append("")
-    L.append("¹ " + next((r["photo"]["note"] for r in results if "photo" in r and "note" in r["photo"]), "") + "\n")
+    note = next((r["photo"]["note"] for r in results if "photo" in r and "note" in r["photo"]), None)
+    if note:
+        L.append(f"¹ {note}\n")
     parts = next((r["parts"] for r in results if r["spec"]["label"] == "torch fp32" and "parts" in r), None)
     if parts:
         L.append("Where one crop's time goes (torch fp32, median ms): " + ", ".join(f"{k} {v:.3f}" for k, v in parts.items()) + ".\n")
@@ -520,6 +543,9 @@ def report(info: dict, results: list[dict], peers: dict, abl: dict | None) -> st
     L.append("![accuracy vs speed](benchmarks.png)\n")
     if abl:
         L.append("## What each CPU optimization is worth\n")
+        for line in optimization_summary(abl, results):
+            L.append(f"- {line}")
+        L.append("")
         L.append("Network forward (and heatmap decode) alone, median ms per call, same process, same weights:\n")
         L.append("| stage | variant | threads | batch 1 (ms) | batch 64 (ms) |")
         L.append("|---|---|---|---|---|")
@@ -538,6 +564,52 @@ def report(info: dict, results: list[dict], peers: dict, abl: dict | None) -> st
     L.append("```bash\nbash benchmarks/peers/setup.sh /work/peers   # once: peer virtualenvs (dlib, MediaPipe)\n"
              "python benchmarks/run.py --weights FOLDER   # or without --weights for the bundled default model\n```\n")
     return "\n".join(L)
+
+
+def optimization_summary(abl: dict, results: list[dict]) -> list[str]:
+    """One line per optimization: before -> after, from the ablation and the backend runs."""
+    def a(stage, variant, threads, batch):
+        return abl.get(f"{stage} | {variant} | threads {threads} | batch {batch}")
+
+    out = []
+    for th in (1, 2):
+        u, f = a("network", "unfused, channels-last, inference_mode", th, 1), a("network", "fused, channels-last, inference_mode", th, 1)
+        u64, f64 = a("network", "unfused, channels-last, inference_mode", th, 64), a("network", "fused, channels-last, inference_mode", th, 64)
+        if u and f:
+            out.append(f"BatchNorm folded into the convolutions ({th} thread{'s' if th > 1 else ''}): batch 1 {u:.2f} → {f:.2f} ms, "
+                       f"batch 64 {u64:.1f} → {f64:.1f} ms.")
+        c, cl = a("network", "fused, contiguous, inference_mode", th, 1), f
+        c64, cl64 = a("network", "fused, contiguous, inference_mode", th, 64), f64
+        if c and cl:
+            out.append(f"channels-last vs contiguous (fused, {th} thread{'s' if th > 1 else ''}): batch 1 {c:.2f} vs {cl:.2f} ms, "
+                       f"batch 64 {c64:.1f} vs {cl64:.1f} ms.")
+        b1, b64 = a("network", "fused, channels-last, bf16 autocast", th, 1), a("network", "fused, channels-last, bf16 autocast", th, 64)
+        if b1:
+            out.append(f"bf16 autocast vs fp32 (torch, {th} thread{'s' if th > 1 else ''}): batch 1 {f:.2f} → {b1:.2f} ms, batch 64 {f64:.1f} → {b64:.1f} ms.")
+        d_old, d_new = a("decode", "full-map DARK (before)", th, 1), a("decode", "windowed DARK (this build)", th, 1)
+        d_old64, d_new64 = a("decode", "full-map DARK (before)", th, 64), a("decode", "windowed DARK (this build)", th, 64)
+        if d_old and d_new:
+            out.append(f"DARK decode on the 7x7 window around each peak instead of whole smoothed maps ({th} thread{'s' if th > 1 else ''}): "
+                       f"batch 1 {d_old:.3f} → {d_new:.3f} ms, batch 64 {d_old64:.2f} → {d_new64:.2f} ms (same points to 1e-4 px).")
+    by = {r["spec"]["label"]: r for r in results if "single" in r}
+    t1, t2 = by.get("torch fp32 1 thread"), by.get("torch fp32")
+    if t1 and t2:
+        out.append(f"threads, torch: single crop {t2['single']['median_ms']:.2f} ms with {t2['threads']} vs "
+                   f"{t1['single']['median_ms']:.2f} ms with 1; batch 256 {t2['throughput']['256']:.0f} vs {t1['throughput']['256']:.0f} crops/s.")
+    o, o1 = by.get("onnx fp32"), by.get("onnx fp32 1 thread")
+    if o and t2:
+        out.append(f"onnxruntime instead of torch eager (fp32): single crop {t2['single']['median_ms']:.2f} → {o['single']['median_ms']:.2f} ms, "
+                   f"batch 64 {t2['throughput']['64']:.0f} → {o['throughput']['64']:.0f} crops/s, batch 256 {t2['throughput']['256']:.0f} → "
+                   f"{o['throughput']['256']:.0f} crops/s.")
+    if o and o1:
+        out.append(f"threads, onnxruntime: single crop {o['single']['median_ms']:.2f} ms with {o['threads']} vs {o1['single']['median_ms']:.2f} ms "
+                   f"with 1; batch 256 {o['throughput']['256']:.0f} vs {o1['throughput']['256']:.0f} crops/s.")
+    q = by.get("onnx int8")
+    if q and o:
+        out.append(f"int8 (static, per-channel, VNNI) vs fp32 onnxruntime: single crop {o['single']['median_ms']:.2f} → {q['single']['median_ms']:.2f} ms, "
+                   f"batch 256 {o['throughput']['256']:.0f} → {q['throughput']['256']:.0f} crops/s; RMSE "
+                   f"{o.get('accuracy', {}).get('rmse', float('nan')):.3f} → {q.get('accuracy', {}).get('rmse', float('nan')):.3f} px.")
+    return out
 
 
 def plot(points: list[dict], path: Path) -> None:
@@ -684,7 +756,8 @@ def main(argv=None) -> int:
             "inputs": str(work / "inputs.pkl"), "quick": args.quick}
     specs = [
         dict(base, label="torch fp32", backend="torch", device="cpu", precision="fp32",
-             save_points=str(work / "facekp_points.npy"), boxes=str(work / "dlib_boxes.npz") if "dlib" in peers_raw else None),
+             save_points=str(work / "facekp_points.npy"), boxes=str(work / "dlib_boxes.npz") if "dlib" in peers_raw else None,
+             photo_accuracy=True),
         dict(base, label="torch fp32 1 thread", backend="torch", device="cpu", precision="fp32", threads=1),
         dict(base, label="torch bf16", backend="torch", device="cpu", precision="bf16"),
     ]
@@ -692,6 +765,18 @@ def main(argv=None) -> int:
         import onnxruntime  # noqa: F401
 
         specs.append(dict(base, label="onnx fp32", backend="onnx", device="cpu", precision="fp32"))
+        specs.append(dict(base, label="onnx fp32 1 thread", backend="onnx", device="cpu", precision="fp32", threads=1))
+        if train is not None:
+            # int8: activations calibrated on 256 training faces (never the validation faces)
+            from facekp.onnx import export_onnx
+            from facekp.train.evaluate import make_eval_crops
+
+            rng = np.random.default_rng(1)
+            cal_crops, _, _ = make_eval_crops([train[i] for i in rng.choice(len(train), 256, replace=False)])
+            int8 = export_onnx(work / "int8.onnx", det, int8_calibration=list(cal_crops), overwrite=True)
+            specs.append(dict(base, label="onnx int8", backend="onnx", device="cpu", precision="fp32", onnx_model=str(int8)))
+            specs.append(dict(base, label="onnx int8 1 thread", backend="onnx", device="cpu", precision="fp32",
+                              onnx_model=str(int8), threads=1))
     except ImportError:
         pass
     if args.compile:
@@ -757,6 +842,12 @@ def peer_rows(info, results, peers_raw, samples, work: Path) -> dict:
                      f"{fastest['single']['median_ms']:.2f} / {fastest['single']['p90_ms']:.2f}", "–", f"{max(fastest['throughput'].values()):.0f}",
                      f"{fastest['peak_rss_mb']:.0f}"])
         plot_pts.append({"label": f"facekp {fastest['spec']['label']}", "crop_ms": fastest["single"]["median_ms"], "photo_ms": None, "rmse": a["rmse"], "color": "C0", "marker": "s"})
+    fa = fp.get("accuracy_photo")
+    if fa:
+        rows.append(["**facekp** (torch fp32)", "own detector (`Detector.detect`)", f"{fa['found']} / {fa['faces']}", fmt(fa["rmse"], 3),
+                     fmt(fa["nme"], 4), "(this row)", f"{fp['single']['median_ms']:.2f} / {fp['single']['p90_ms']:.2f}",
+                     fmt(photo_ms, 2), f"{max(fp['throughput'].values()):.0f}", f"{fp['peak_rss_mb']:.0f}"])
+        plot_pts.append({"label": "facekp detect+keypoints", "crop_ms": None, "photo_ms": photo_ms, "rmse": fa["rmse"], "color": "C0", "marker": "D"})
     if "dlib" in peers_raw:
         d = peers_raw["dlib"]
         pts = np.full((len(samples), 15, 2), np.nan)

@@ -5,13 +5,19 @@
 """
 
 from .detector import Detector
+from .draw import draw
 from .errors import ChecksumError, DeviceError, FacekpError, InvalidImageError, WeightsError
+from .faces import BoxCalibration, Face, HaarFaceDetector
 from .keypoints import KEYPOINT_NAMES
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Detector",
+    "Face",
+    "HaarFaceDetector",
+    "BoxCalibration",
+    "draw",
     "KEYPOINT_NAMES",
     "FacekpError",
     "InvalidImageError",

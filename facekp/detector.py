@@ -11,7 +11,7 @@ import torch
 
 from .codec import HeatmapCodec
 from .config import DetectorConfig
-from .errors import DeviceError, InvalidImageError
+from .errors import DeviceError, InvalidImageError, WeightsError
 from .images import ImageInput, load_gray
 from .keypoints import FLIP_INDEX
 from .model import StackedHourglass, fuse_conv_bn
@@ -19,11 +19,25 @@ from .preprocess import apply_affine, invert_affine, letterbox_transform, standa
 from .weights import default_entry, download_from_hub, find_entry, load_bundled, load_model, save_model
 
 
-#: Inference backends: the torch network, or its ONNX export run by onnxruntime.
-BACKENDS = ("torch", "onnx")
+#: Inference backends: the torch network, its ONNX export run by onnxruntime, or "auto" (onnx on
+#: CPU when onnxruntime is installed and fp32 is asked for, else torch).
+BACKENDS = ("torch", "onnx", "auto")
 
 #: ``precision`` values and the autocast dtype of each (None: no autocast).
 PRECISIONS = {"auto": None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_backend(backend: str, device: torch.device, precision: str = "auto", compile: bool | str = False) -> str:
+    """``"auto"`` -> ``"onnx"`` on CPU for fp32 without compile when onnxruntime is importable, else ``"torch"``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend != "auto":
+        return backend
+    if device.type != "cpu" or precision not in ("auto", "fp32") or compile:
+        return "torch"
+    import importlib.util
+
+    return "onnx" if importlib.util.find_spec("onnxruntime") is not None else "torch"
 
 
 def resolve_precision(precision: str, device: torch.device, backend: str = "torch") -> str:
@@ -65,12 +79,16 @@ class Detector:
         batch_size: crops per forward pass in :meth:`predict_batch`.
         flip_test: also run each crop mirrored and average the heatmaps (slower, slightly
             more accurate).
-        backend: ``"torch"`` (default), or ``"onnx"`` to run the network with onnxruntime
-            (``pip install "facekp[onnx]"``; the model is exported in memory at construction).
-            Both give the same points to within 1e-3 px.
+        backend: ``"torch"`` (default), ``"onnx"`` to run the network with onnxruntime
+            (``pip install "facekp[onnx]"``; several times faster on CPU; the export is cached in
+            ``~/.cache/facekp/onnx``), or ``"auto"``: onnx on CPU when onnxruntime is installed,
+            else torch. All give the same points to within 1e-3 px.
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast of the torch network; the
             heatmap decode always runs in fp32), or ``"auto"``: fp16 on CUDA, fp32 on CPU. See
             ``docs/benchmarks.md`` for the accuracy each costs.
+        onnx_model: with ``backend="onnx"``, an ``.onnx`` file from ``facekp export-onnx`` (e.g. the
+            int8 graph of ``--int8``) to run instead of exporting the weights; the weights still
+            provide the config (and ``.model``).
         compile: wrap the network in ``torch.compile`` (``True``, or a mode such as
             ``"max-autotune"``). Pays off for long runs on CUDA; the first call compiles.
 
@@ -88,6 +106,7 @@ class Detector:
         backend: str = "torch",
         precision: str = "auto",
         compile: bool | str = False,
+        onnx_model: str | Path | None = None,
     ) -> None:
         if weights is None:
             model, config = load_bundled(default_entry())
@@ -97,7 +116,8 @@ class Detector:
             model, config = load_bundled(find_entry(weights))
         else:
             raise FileNotFoundError(f"weights not found: {weights}")
-        self._init(model, config, device, batch_size, flip_test, backend=backend, precision=precision, compile=compile)
+        self._init(model, config, device, batch_size, flip_test, backend=backend, precision=precision, compile=compile,
+                   onnx_model=onnx_model)
 
     def _init(
         self,
@@ -110,12 +130,14 @@ class Detector:
         backend: str = "torch",
         precision: str = "auto",
         compile: bool | str = False,
+        onnx_model: str | Path | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.device = resolve_device(device)
+        if onnx_model is not None and backend != "onnx":
+            raise ValueError("onnx_model is run by backend='onnx'")
+        backend = resolve_backend(backend, self.device, precision, compile)
         precision = resolve_precision(precision, self.device, backend)
         if backend == "onnx" and (precision != "fp32" or compile):
             raise ValueError("backend='onnx' runs the exported fp32 graph: use precision='fp32' and compile=False")
@@ -129,9 +151,16 @@ class Detector:
         self._flip_index = torch.tensor(FLIP_INDEX, device=self.device)
         self._ort = None
         if backend == "onnx":
-            from .onnx import OnnxBackend, onnx_bytes
+            from .onnx import OnnxBackend, cached_onnx_bytes
 
-            self._ort = OnnxBackend(onnx_bytes(model, config), self.device)
+            if onnx_model is None:
+                self._ort = OnnxBackend(cached_onnx_bytes(model, config), self.device)
+            else:
+                self._ort = OnnxBackend(onnx_model, self.device)
+                embedded = self._ort.config()
+                if embedded is not None and embedded.hourglass != config.hourglass:
+                    raise WeightsError(f"{onnx_model} holds another architecture ({embedded.hourglass}) than the weights ({config.hourglass})")
+                self.precision = self._ort.precision
         # Inference runs a copy with BatchNorm folded into the convolutions, in channels-last
         # layout (faster on CPU); `model` stays the trainable, savable original.
         self._net = fuse_conv_bn(copy.deepcopy(model)).to(self.device, memory_format=torch.channels_last).eval()
@@ -231,6 +260,42 @@ class Detector:
             if lo >= 0.0 and hi <= 1.0:
                 return arr
         return None
+
+    def detect(
+        self,
+        image: ImageInput,
+        boxes=None,
+        *,
+        face_detector=None,
+        calibration=None,
+        refine: int | None = None,
+        max_faces: int | None = None,
+    ) -> list:
+        """Find the faces of a whole photo and their keypoints, largest face first.
+
+        Args:
+            image: anything :meth:`predict` accepts.
+            boxes: face boxes to use instead of running a face detector: ``(N, 4)``
+                ``x0, y0, x1, y1`` in image pixels, or ``(N, 5)`` with a score column.
+            face_detector: a callable ``rgb_image -> boxes`` or ``-> (boxes, scores)`` (see
+                :class:`facekp.faces.FaceDetector`); default: OpenCV's frontal-face Haar cascade,
+                bundled and run offline (:class:`facekp.faces.HaarFaceDetector`).
+            calibration: how boxes map to the network's frame (:class:`facekp.faces.BoxCalibration`
+                or its dict); default: the model config's ``box_to_frame``, else the calibration
+                fitted for the Haar detector (which also applies to ``boxes`` passed in).
+            refine: re-frame each face on its first prediction and predict again this many times
+                (default 1; see ``docs/detection.md``).
+            max_faces: keep only the largest ones.
+
+        Returns:
+            A list of :class:`facekp.faces.Face` (``box``, ``points`` (15, 2), ``confidence``
+            (15,), ``score``), in the image's pixel coordinates; empty when no face is found.
+            All faces go through the network in one batch.
+        """
+        from .faces import detect_faces
+
+        return detect_faces(self, image, boxes, face_detector=face_detector, calibration=calibration,
+                            refine=refine, max_faces=max_faces)
 
     def predict_framed(
         self, grays: Sequence[np.ndarray], transforms: np.ndarray, batch_size: int | None = None

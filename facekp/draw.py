@@ -32,20 +32,25 @@ def draw(
 
     Args:
         image: anything :meth:`facekp.Detector.predict` accepts.
-        points_or_faces: a ``(15, 2)`` array, an ``(N, 15, 2)`` array, or a list of faces
+        points_or_faces: a ``(15, 2)`` array, an ``(N, 15, 2)`` array, a face or a list of faces
             from :meth:`facekp.Detector.detect` (their boxes are drawn too).
         names: write each keypoint's name beside it.
         boxes: draw face boxes when faces are given.
-        radius: dot radius in pixels (default: scaled to the image).
+        radius: dot radius in pixels (default: scaled to each face's box when faces are
+            given, else to the image).
     """
     canvas = load_rgb(image).copy()
     h, w = canvas.shape[:2]
     faces = _as_faces(points_or_faces)
-    r = radius or max(1, round(min(h, w) / 150))
+    r_image = radius or max(1, round(min(h, w) / 150))
     shift = 4  # sub-pixel drawing: coordinates in 1/16 px
     for box, pts in faces:
-        if box is not None and boxes:
-            x0, y0, x1, y1 = (int(round((v + 0.5) * (1 << shift))) for v in box)
+        r = r_image
+        if box is not None and radius is None and np.isfinite(box).all():
+            r = max(1, round(0.5 * ((box[2] - box[0]) + (box[3] - box[1])) / 55))  # dots follow the face's size
+        if box is not None and boxes and np.isfinite(box).all():
+            # Box edges are pixel-centre coordinates; cv2 draws lines centred on pixel centres.
+            x0, y0, x1, y1 = (int(round(v * (1 << shift))) for v in box)
             cv2.rectangle(canvas, (x0, y0), (x1, y1), (255, 255, 0), max(1, r // 2), cv2.LINE_AA, shift)
         for name, (x, y) in zip(KEYPOINT_NAMES, pts):
             if not np.isfinite([x, y]).all():
@@ -59,8 +64,11 @@ def draw(
 
 
 def _as_faces(points_or_faces) -> list[tuple[Sequence[float] | None, np.ndarray]]:
+    if hasattr(points_or_faces, "points"):  # a single face
+        points_or_faces = [points_or_faces]
     if isinstance(points_or_faces, (list, tuple)) and points_or_faces and hasattr(points_or_faces[0], "points"):
-        return [(f.box, np.asarray(f.points)) for f in points_or_faces]
+        return [(None if getattr(f, "box", None) is None else np.asarray(f.box, dtype=np.float64), np.asarray(f.points))
+                for f in points_or_faces]
     arr = np.asarray(points_or_faces, dtype=np.float64)
     if arr.ndim == 2:
         arr = arr[None]

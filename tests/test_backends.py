@@ -12,7 +12,7 @@ import torch
 from conftest import synthetic_face, to_uint8
 from facekp import Detector
 from facekp.codec import _NEIGHBOURS, HeatmapCodec
-from facekp.detector import resolve_precision
+from facekp.detector import resolve_backend, resolve_precision
 from facekp.model import fuse_conv_bn
 from facekp.preprocess import standardize
 from facekp.train.evaluate import predict_crops
@@ -172,6 +172,21 @@ def test_cuda_matches_cpu(tiny_model_dir, crops, precision):
     assert points.shape == (8, 15, 2) and np.isfinite(points).all() and conf.dtype == np.float32
     if precision == "fp32":
         np.testing.assert_allclose(points, cpu._run(crops, 8)[0], atol=1e-2)
+
+
+def test_auto_backend_resolution(monkeypatch):
+    import importlib.util
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_backend("torch", cpu) == "torch" and resolve_backend("onnx", cuda) == "onnx"
+    assert resolve_backend("auto", cuda) == "torch"
+    assert resolve_backend("auto", cpu, precision="bf16") == "torch"
+    assert resolve_backend("auto", cpu, compile=True) == "torch"
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    assert resolve_backend("auto", cpu) == "torch"  # onnxruntime not installed
+    with pytest.raises(ValueError, match="backend"):
+        resolve_backend("openvino", cpu)
 
 
 def test_auto_precision_resolution():

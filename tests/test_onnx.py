@@ -16,9 +16,23 @@ from facekp.weights import save_model
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from facekp.onnx import OnnxBackend, export_onnx, onnx_bytes, read_onnx_config  # noqa: E402
+from facekp.onnx import (  # noqa: E402
+    OnnxBackend,
+    cache_dir,
+    cached_onnx_bytes,
+    calibration_inputs,
+    export_onnx,
+    onnx_bytes,
+    read_onnx_config,
+)
 
 TOLERANCE_PX = 1e-3  # the issue's bound for "same outputs" between backends
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    """Exports cached by Detector(backend="onnx") go to a temporary folder, not ~/.cache."""
+    monkeypatch.setenv("FACEKP_CACHE", str(tmp_path_factory.getbasetemp() / "facekp_cache"))
 
 
 @pytest.fixture(scope="module")
@@ -146,3 +160,79 @@ def test_onnx_backend_cuda_matches_cpu(tiny_model_dir, faces):
     cpu = Detector(tiny_model_dir, device="cpu", backend="onnx").predict_batch(faces)
     gpu = Detector(tiny_model_dir, device="cuda", backend="onnx").predict_batch(faces)
     np.testing.assert_allclose(gpu, cpu, atol=1e-2)
+
+
+def test_export_cache_is_reused_and_keyed_by_weights(make_model, tiny_config, monkeypatch, tmp_path):
+    monkeypatch.setenv("FACEKP_CACHE", str(tmp_path / "cache"))
+    assert cache_dir() == tmp_path / "cache" / "onnx"
+    model = make_model(seed=7)
+    first = cached_onnx_bytes(model, tiny_config)
+    files = list(cache_dir().glob("*.onnx"))
+    assert len(files) == 1 and files[0].read_bytes() == first
+    import facekp.onnx as onnx_module
+
+    monkeypatch.setattr(onnx_module, "onnx_bytes", lambda *a, **k: pytest.fail("should come from the cache"))
+    assert cached_onnx_bytes(model, tiny_config) == first
+    monkeypatch.undo()
+    monkeypatch.setenv("FACEKP_CACHE", str(tmp_path / "cache"))
+    cached_onnx_bytes(make_model(seed=8), tiny_config)  # other weights: another file
+    assert len(list(cache_dir().glob("*.onnx"))) == 2
+
+
+def test_unwritable_cache_is_not_an_error(make_model, tiny_config, monkeypatch, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("FACEKP_CACHE", str(blocker))
+    assert cached_onnx_bytes(make_model(), tiny_config)[:4]
+
+
+def test_auto_backend_picks_onnx_on_cpu(tiny_model_dir, face_u8):
+    det = Detector(tiny_model_dir, device="cpu", backend="auto")
+    assert det.backend == "onnx"
+    assert Detector(tiny_model_dir, device="cpu", backend="auto", precision="bf16").backend == "torch"
+    np.testing.assert_allclose(det.predict(face_u8), Detector(tiny_model_dir, device="cpu").predict(face_u8), atol=TOLERANCE_PX)
+
+
+@pytest.fixture(scope="module")
+def int8_file(tiny_model_dir, tmp_path_factory):
+    calibration = [to_uint8(synthetic_face(96, 96, seed=i)) for i in range(24)]
+    return export_onnx(tmp_path_factory.mktemp("int8") / "int8.onnx", tiny_model_dir, int8_calibration=calibration)
+
+
+def test_int8_export_runs_as_a_detector(int8_file, tiny_model_dir, faces):
+    proto = onnx.load(str(int8_file))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["facekp_precision"] == "int8" and "facekp_config" in meta
+    assert any(n.op_type == "QuantizeLinear" for n in proto.graph.node)
+    det = Detector(tiny_model_dir, device="cpu", backend="onnx", onnx_model=int8_file)
+    assert det.precision == "int8" and "precision=int8" in repr(det)
+    fp32 = Detector(tiny_model_dir, device="cpu", backend="onnx")
+    x = calibration_inputs([to_uint8(synthetic_face(96, 96, seed=100 + i)) for i in range(6)])  # in-distribution
+    want, got = fp32._ort(x), det._ort(x)
+    assert got.shape == want.shape and np.isfinite(got).all()
+    assert np.corrcoef(got.ravel(), want.ravel())[0, 1] >= 0.98  # int8 is coarse, but the same function
+    points = det.predict_batch(faces)
+    assert points.shape == (len(faces), 15, 2) and np.isfinite(points).all()
+
+
+def test_onnx_model_file_is_checked(int8_file, two_stack_dir, tiny_model_dir):
+    from facekp import WeightsError
+
+    with pytest.raises(WeightsError, match="architecture"):
+        Detector(two_stack_dir, device="cpu", backend="onnx", onnx_model=int8_file)
+    with pytest.raises(ValueError, match="onnx_model"):
+        Detector(tiny_model_dir, device="cpu", onnx_model=int8_file)
+
+
+def test_cli_export_int8(tiny_model_dir, tmp_path, capsys):
+    from PIL import Image
+
+    crops = tmp_path / "crops"
+    crops.mkdir()
+    for i in range(8):
+        Image.fromarray(to_uint8(synthetic_face(80, 90, seed=i))).save(crops / f"{i}.png")
+    out = tmp_path / "int8.onnx"
+    assert main(["export-onnx", str(out), "--weights", str(tiny_model_dir), "--int8", str(crops), "--check"]) == 0
+    assert "int8 onnxruntime vs fp32 torch" in capsys.readouterr().err
+    assert OnnxBackend(out).precision == "int8"
+    assert main(["export-onnx", str(tmp_path / "x.onnx"), "--weights", str(tiny_model_dir), "--int8", str(tmp_path / "none")]) == 2

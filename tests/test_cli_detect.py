@@ -1,0 +1,137 @@
+"""The ``facekp detect`` command line: photos and folders in, faces as text, JSON, CSV or drawings out."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from facekp import KEYPOINT_NAMES
+from facekp.cli import main
+from facekp.data import sample_photo
+
+
+@pytest.fixture
+def photos(tmp_path) -> dict[str, Path]:
+    """A folder with a small portrait (one face), a blank photo (none) and a text file."""
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    face = cv2.resize(sample_photo(), (192, 225), interpolation=cv2.INTER_AREA)
+    paths = {"face": folder / "hopper.jpg", "blank": folder / "sub" / "blank.png"}
+    Image.fromarray(face).save(paths["face"], quality=92)
+    Image.fromarray(np.full((120, 100), 90, np.uint8)).save(paths["blank"])
+    (folder / "notes.txt").write_text("not a photo")
+    paths["folder"] = folder
+    return paths
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _model(tiny_model_dir):
+    return ["--weights", str(tiny_model_dir), "--device", "cpu"]
+
+
+def test_detect_one_photo_as_json(capsys, photos, tiny_model_dir, detector):
+    code, out, err = _run(capsys, "detect", photos["face"], "--json", *_model(tiny_model_dir))
+    assert code == 0, err
+    result = json.loads(out)
+    assert len(result) == 1 and result[0]["image"] == str(photos["face"])
+    assert (result[0]["width"], result[0]["height"]) == (192, 225)
+    (face,) = result[0]["faces"]
+    assert list(face["keypoints"]) == list(KEYPOINT_NAMES)
+    expected = detector.detect(photos["face"])[0]
+    np.testing.assert_allclose(face["box"], expected.box, atol=0.01)
+    points = np.array([[v["x"], v["y"]] for v in face["keypoints"].values()])
+    np.testing.assert_allclose(points, expected.points, atol=2e-3)
+    assert "1 face(s) in 1 photo(s)" in err
+
+
+def test_detect_folder_to_csv_with_progress(capsys, photos, tiny_model_dir, tmp_path):
+    out_csv = tmp_path / "out" / "faces.csv"
+    code, out, err = _run(capsys, "detect", photos["folder"], "--recursive", "--csv", out_csv, *_model(tiny_model_dir))
+    assert code == 0, err
+    assert "facekp detect" in err and "2/2" in err  # the tqdm progress bar
+    with out_csv.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [Path(r["image"]).name for r in rows] == ["hopper.jpg", "blank.png"]
+    assert rows[0]["face"] == "0" and float(rows[0]["left_eye_center_x"]) > 0
+    assert rows[1]["face"] == "" and rows[1]["left_eye_center_x"] == ""  # a photo without faces
+    assert f"wrote {out_csv}" in err
+    # Without --recursive only the folder's own photos are read.
+    code, out, err = _run(capsys, "detect", photos["folder"], *_model(tiny_model_dir))
+    assert code == 0, err
+    assert out.splitlines()[0] == f"{photos['face']}: 1 face(s)" and len([ln for ln in out.splitlines() if "face(s)" in ln]) == 1
+
+
+def test_csv_to_stdout(capsys, photos, tiny_model_dir):
+    code, out, err = _run(capsys, "detect", photos["face"], photos["blank"], "--csv", *_model(tiny_model_dir))
+    assert code == 0, err
+    rows = list(csv.reader(out.splitlines()))
+    assert rows[0][:7] == ["image", "face", "score", "box_x0", "box_y0", "box_x1", "box_y1"]
+    assert len(rows[0]) == 7 + 3 * len(KEYPOINT_NAMES) and len(rows) == 3
+
+
+def test_draw_folder(capsys, photos, tiny_model_dir, tmp_path):
+    outdir = tmp_path / "drawn"
+    code, _, err = _run(capsys, "detect", photos["folder"], "-r", "--draw", outdir, *_model(tiny_model_dir))
+    assert code == 0, err
+    for rel, size in (("hopper_faces.png", (192, 225)), ("sub/blank_faces.png", (100, 120))):
+        with Image.open(outdir / rel) as im:
+            assert im.size == size and im.mode == "RGB"
+    # Existing drawings are kept unless --force.
+    before = (outdir / "hopper_faces.png").read_bytes()
+    code, _, err = _run(capsys, "detect", photos["face"], "--draw", outdir, *_model(tiny_model_dir))
+    assert code == 2 and "exists" in err and "--force" in err
+    code, _, err = _run(capsys, "detect", photos["face"], "--draw", outdir, "--force", *_model(tiny_model_dir))
+    assert code == 0, err
+    assert (outdir / "hopper_faces.png").read_bytes() == before  # same drawing again
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_outputs_never_replace_inputs(capsys, photos, tiny_model_dir, force):
+    folder = photos["folder"]
+    victim = folder / "hopper_faces.png"  # a photo named like the drawing of hopper.jpg
+    Image.fromarray(np.full((40, 40), 7, np.uint8)).save(victim)
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    extra = ["--force"] if force else []
+    code, _, err = _run(capsys, "detect", folder, "--draw", folder, *extra, *_model(tiny_model_dir))
+    assert code == 2 and "input" in err
+    code, _, err = _run(capsys, "detect", photos["face"], "--json", photos["face"], *extra, *_model(tiny_model_dir))
+    assert code == 2 and "input" in err
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+
+
+def test_existing_table_needs_force(capsys, photos, tiny_model_dir, tmp_path):
+    out_json = tmp_path / "faces.json"
+    out_json.write_text("keep")
+    code, _, err = _run(capsys, "detect", photos["face"], "--json", out_json, *_model(tiny_model_dir))
+    assert code == 2 and "--force" in err and out_json.read_text() == "keep"
+    code, _, err = _run(capsys, "detect", photos["face"], "--json", out_json, "--force", *_model(tiny_model_dir))
+    assert code == 0, err
+    assert len(json.loads(out_json.read_text())[0]["faces"]) == 1
+
+
+def test_unreadable_photos_are_skipped_and_reported(capsys, photos, tiny_model_dir, tmp_path):
+    broken = photos["folder"] / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not really a jpeg")
+    out_json = tmp_path / "faces.json"
+    code, _, err = _run(capsys, "detect", photos["folder"], "--json", out_json, *_model(tiny_model_dir))
+    assert code == 2 and "skipping" in err and "broken.jpg" in err and "could not be read" in err
+    assert [Path(r["image"]).name for r in json.loads(out_json.read_text())] == ["hopper.jpg"]  # the rest is written
+
+
+def test_bad_inputs(capsys, tmp_path, tiny_model_dir):
+    code, _, err = _run(capsys, "detect", tmp_path / "missing.jpg", *_model(tiny_model_dir))
+    assert code == 2 and "missing.jpg" in err
+    (tmp_path / "empty").mkdir()
+    code, _, err = _run(capsys, "detect", tmp_path / "empty", *_model(tiny_model_dir))
+    assert code == 2 and "no photos" in err
