@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from facekp import Detector
+from facekp.faces import default_calibration
 from facekp.model import HourglassConfig
 from facekp.train.cli import main as train_main
 from facekp.train.data import load_kaggle_csv, split_by_identity
@@ -100,6 +101,7 @@ def test_export_then_detector_round_trip(kaggle_csv, tmp_path):
     saved = json.loads(manifest.read_text())
     assert saved["default"] == "tiny" and saved["models"][0]["config"]["hourglass"]["channels"] == 16
     model, config = load_model(weights)
+    assert config.box_to_frame == default_calibration().to_dict()  # Detector.detect frames faces as fitted
     trained = torch.load(run / "best.pt", weights_only=True)
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, trained[k])

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from ..config import DetectorConfig
+from ..faces import default_calibration
 from ..model import StackedHourglass
 from ..weights import save_model, sha256_file
 from .fit import FitConfig
@@ -68,10 +70,16 @@ def export_run(
 ) -> dict:
     """Write ``package_dir/weights/NAME.safetensors`` and update the manifest.
 
+    The model's config records the box calibration of :class:`facekp.HaarFaceDetector` as
+    ``box_to_frame``.
+
     With ``out_folder``, also writes the ``save_pretrained`` layout (config.json +
     model.safetensors) there, ready to upload to a Hub repository.
     """
     model, config, _ = load_run(run)
+    # The face-box calibration depends on the face detector, not on the network: every exported
+    # model carries the shipped Haar calibration so Detector.detect frames faces as fitted.
+    config = replace(config, box_to_frame=default_calibration().to_dict())
     weights_dir = Path(package_dir) / "weights"
     staging = weights_dir / f".{name}.staging"
     weights = save_model(model, config, staging, overwrite=True)
