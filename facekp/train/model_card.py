@@ -46,7 +46,8 @@ are held out for validation; no identity is on both sides.
   the {h.num_stacks} stacks (intermediate supervision).
 - AdamW (lr {fit.lr}, weight decay {fit.weight_decay}), batch {fit.batch_size}, {fit.epochs} epochs,
   {fit.warmup_epochs:g}-epoch linear warm-up then cosine decay; seed {fit.seed}; device {fit.device}.
-- Best validation epoch: {best.get('epoch', '?')} (of {len(history)} logged).
+- Best validation epoch: {best.get('epoch', '?')} (of {len(history)} logged); training wall time
+  {_wall_time(run)} (first to last line of `train.log`).
 
 Reproduce:
 
@@ -81,6 +82,23 @@ expect larger errors on profiles, heavy occlusion, infants and very low resoluti
     path.write_text(text)
     if (run / "curves.png").exists():
         (path.parent / "training-curves.png").write_bytes((run / "curves.png").read_bytes())
+
+
+def _wall_time(run: Path) -> str:
+    """Time from the first to the last line of the run's ``train.log``, as "N min"."""
+    from datetime import datetime
+
+    log = run / "train.log"
+    stamps = []
+    if log.exists():
+        for line in log.read_text().splitlines():
+            try:
+                stamps.append(datetime.strptime(line[:19], "%Y-%m-%d %H:%M:%S"))
+            except ValueError:
+                continue
+    if len(stamps) < 2:
+        return "unknown"
+    return f"{(stamps[-1] - stamps[0]).total_seconds() / 60:.0f} min"
 
 
 def _count_params(h) -> str:
