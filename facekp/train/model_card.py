@@ -61,7 +61,8 @@ facekp-train export --run runs/default --name {entry['name']}
 
 RMSE is Kaggle's (root mean square over x and y coordinates, px); NME is the mean point-to-point
 error divided by the eye-centre distance. Perturbed crops: scale +/-13%, rotation +/-15 deg,
-shift +/-6 px, one seeded draw per face.
+shift +/-6 px, one seeded draw per face. The exported checkpoint is the epoch with the best
+validation RMSE, so these figures are slightly optimistic for unseen data.
 
 {format_report(report)}
 

@@ -1,0 +1,74 @@
+"""The default model that ships in the package: it loads offline, verifies, and finds real features.
+
+Unlike the rest of the suite (tiny random networks), these tests run the bundled trained weights.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from facekp import KEYPOINT_NAMES, Detector
+from facekp.data import sample_photo_path
+from facekp.weights import default_entry, read_manifest
+
+ROOT = Path(__file__).resolve().parents[1]
+FACE_CROP = ROOT / "examples" / "face_crop.jpg"
+DATA = Path(os.environ.get("FACEKP_DATA", ROOT.parent / "shared" / "data" / "faces68"))
+
+# Features of examples/face_crop.jpg (226 x 226 px) placed by hand on a 10 px grid, pixel-centre
+# convention; "left" is the subject's left (the image's right).
+HAND_LABELS = {
+    "left_eye_center": (152, 83),
+    "right_eye_center": (68, 86),
+    "nose_tip": (113, 142),
+    "mouth_left_corner": (147, 173),
+    "mouth_right_corner": (78, 175),
+    "mouth_center_top_lip": (110, 170),
+    "mouth_center_bottom_lip": (112, 185),
+}
+
+
+@pytest.fixture(scope="module")
+def detector() -> Detector:
+    return Detector(device="cpu")
+
+
+def test_the_manifest_names_a_bundled_default(detector):
+    entry = default_entry()
+    assert read_manifest()["default"] == entry.name and entry.bundled
+    assert detector.config.hourglass.to_dict() == entry.config["hourglass"]
+    assert detector.config.box_to_frame is not None  # detect() frames faces with the fitted calibration
+
+
+def test_points_land_on_the_features_of_a_real_face(detector):
+    points, confidence = detector.predict(FACE_CROP, return_confidence=True)
+    for name, (x, y) in HAND_LABELS.items():
+        i = KEYPOINT_NAMES.index(name)
+        # 7 px in this 226 px crop is 3 px in the 96 px frame: the hand labels' own uncertainty.
+        assert np.hypot(points[i, 0] - x, points[i, 1] - y) < 7, (name, points[i], (x, y))
+    assert confidence.min() > 0.3
+
+
+def test_detect_on_the_sample_photo_agrees_with_the_crop(detector):
+    # examples/face_crop.jpg was cut from the sample portrait at (155, 103).
+    faces = detector.detect(sample_photo_path())
+    assert len(faces) == 1
+    crop_points = detector.predict(FACE_CROP) + np.array([155, 103])
+    assert np.abs(faces[0].points - crop_points).max() < 3
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason="faces68 data not available")
+def test_validation_accuracy_matches_the_manifest(detector):
+    from facekp.train.data import load_pts_folder, split_by_identity
+    from facekp.train.evaluate import keypoint_metrics, make_eval_crops
+
+    _, val = split_by_identity(load_pts_folder(DATA), 0.15, seed=0)
+    val = val[::4]  # a quarter of the held-out faces keeps this test quick
+    crops, truth, mask = make_eval_crops(val)  # 96x96 crops in the canonical frame: predict's frame too
+    rmse = keypoint_metrics(detector.predict_batch(crops), truth, mask)["rmse"]
+    recorded = default_entry().metrics["val_rmse"]
+    assert rmse < recorded + 0.25, (rmse, recorded)
