@@ -734,14 +734,14 @@ def main(argv=None) -> int:
         if Path(args.dlib_python).exists():
             print("# dlib", file=sys.stderr)
             peers_raw["dlib"] = run_peer(args.dlib_python, "dlib_runner.py", samples, args.data, work, "dlib_val", timing_n, repeats)
-            calib_dlib = run_peer(args.dlib_python, "dlib_runner.py", calib, args.data, work, "dlib_train", 1, 1)
+            calib_dlib = run_peer(args.dlib_python, "dlib_runner.py", calib, args.data, work, "dlib_train", 0, 1)
             calibration = fit_box_calibration(calib, calib_dlib["boxes"])
             np.savez(work / "dlib_boxes.npz", boxes=peers_raw["dlib"]["boxes"], calibration=calibration)
             info["box_calibration"] = calibration.tolist()
         if Path(args.mediapipe_python).exists():
             print("# mediapipe", file=sys.stderr)
             peers_raw["mediapipe"] = run_peer(args.mediapipe_python, "mediapipe_runner.py", samples, args.data, work, "mp_val", timing_n, repeats)
-            calib_mp = run_peer(args.mediapipe_python, "mediapipe_runner.py", calib, args.data, work, "mp_train", 1, 1)
+            calib_mp = run_peer(args.mediapipe_python, "mediapipe_runner.py", calib, args.data, work, "mp_train", 0, 1)
             info["mediapipe_mapping"] = fit_mediapipe_mapping(calib, calib_mp["points"])
 
     # -- facekp configurations ---------------------------------------------------------------

@@ -43,6 +43,8 @@ def shape_points(shape) -> np.ndarray:
 
 
 def stats(ms: list[float]) -> dict:
+    if not ms:  # nothing timed (a calibration-only job, or no face found)
+        return {"median_ms": None, "p90_ms": None, "n": 0}
     a = np.asarray(ms)
     return {"median_ms": float(np.median(a)), "p90_ms": float(np.percentile(a, 90)), "n": int(len(a))}
 
@@ -80,7 +82,7 @@ def main(job_path: str, out_path: str) -> None:
     # sequential throughput: dlib has no batch API, one face after another on one thread
     t = time.perf_counter()
     count = 0
-    while time.perf_counter() - t < 2.0:
+    while timed and time.perf_counter() - t < 2.0:
         for i in timed:
             predictor(images[i], rects[i])
             count += 1

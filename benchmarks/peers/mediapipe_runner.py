@@ -30,6 +30,8 @@ def mesh_points(landmarks, width: int, height: int) -> np.ndarray:
 
 
 def stats(ms: list[float]) -> dict:
+    if not ms:  # nothing timed (a calibration-only job, or no face found)
+        return {"median_ms": None, "p90_ms": None, "n": 0}
     a = np.asarray(ms)
     return {"median_ms": float(np.median(a)), "p90_ms": float(np.percentile(a, 90)), "n": int(len(a))}
 
@@ -75,7 +77,7 @@ def main(job_path: str, out_path: str) -> None:
         "detector": "MediaPipe BlazeFace short-range (static_image_mode=True)",
         "crop": stats(crop_ms),
         "photo": stats(photo_ms),
-        "throughput": 1e3 / float(np.median(crop_ms)),
+        "throughput": 1e3 / float(np.median(crop_ms)) if crop_ms else None,
         "threads": "MediaPipe default (TFLite XNNPACK)",
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
