@@ -56,6 +56,14 @@ def ms_stats(seconds: np.ndarray) -> dict:
 
 
 def peak_rss_mb() -> float:
+    """This process's peak resident memory. Read from /proc (VmHWM), which starts afresh at exec:
+    getrusage's ru_maxrss would report the parent's size inherited through fork."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

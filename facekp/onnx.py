@@ -38,6 +38,9 @@ DEFAULT_OPSET = 17
 METADATA_KEY = "facekp_config"
 PRECISION_KEY = "facekp_precision"
 
+#: Below this many crops a CPU call runs on one intra-op thread (see :meth:`OnnxBackend.__call__`).
+SMALL_BATCH = 4
+
 _INSTALL_HINT = 'the ONNX backend needs onnxruntime: pip install "facekp[onnx]"'
 
 
@@ -244,7 +247,8 @@ class OnnxBackend:
     Args:
         model: ONNX bytes (:func:`onnx_bytes`) or a path to an ``.onnx`` file.
         device: ``cpu`` or ``cuda[:N]`` (the latter needs ``onnxruntime-gpu``).
-        threads: intra-op threads; ``None`` lets onnxruntime choose (one per physical core).
+        threads: intra-op threads; ``None`` lets onnxruntime choose (one per physical core) and
+            runs batches under :data:`SMALL_BATCH` on CPU with one thread, which is faster for them.
     """
 
     def __init__(self, model: bytes | str | Path, device: torch.device | str = "cpu", threads: int | None = None) -> None:
@@ -253,27 +257,34 @@ class OnnxBackend:
         except ImportError as exc:
             raise ImportError(_INSTALL_HINT) from exc
         device = torch.device(device)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.log_severity_level = 3
-        if threads is not None:
-            options.intra_op_num_threads = int(threads)
         if device.type == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise DeviceError(
                     "onnxruntime on this machine has no CUDA execution provider; install onnxruntime-gpu "
                     "or use backend='torch' on CUDA"
                 )
-            providers = [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
+            self._providers = [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
         else:
-            providers = ["CPUExecutionProvider"]
-        source = model if isinstance(model, (bytes, bytearray)) else str(model)
-        self.session = ort.InferenceSession(source, sess_options=options, providers=providers)
+            self._providers = ["CPUExecutionProvider"]
+        self._source = model if isinstance(model, (bytes, bytearray)) else str(model)
+        self.threads = threads
+        self.session = self._session(threads)
+        self._small = None  # one-thread session for small CPU batches, made on first use
         self.device = device
         self.input_name = self.session.get_inputs()[0].name
         #: the file's metadata: ``facekp_config`` (JSON) and, for quantized graphs, ``facekp_precision``
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def _session(self, threads: int | None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 3
+        if threads is not None:
+            options.intra_op_num_threads = int(threads)
+        return ort.InferenceSession(self._source, sess_options=options, providers=self._providers)
 
     @property
     def precision(self) -> str:
@@ -290,4 +301,11 @@ class OnnxBackend:
 
     def __call__(self, crops: np.ndarray) -> np.ndarray:
         crops = np.ascontiguousarray(crops, dtype=np.float32)
-        return self.session.run(None, {self.input_name: crops})[0]
+        session = self.session
+        if len(crops) < SMALL_BATCH and self.device.type == "cpu" and self.threads is None:
+            # A crop or two is too little work to split: onnxruntime's thread pool costs more
+            # than it saves (2-core CPU: 4.0 ms one thread vs 8.2 ms two, docs/benchmarks.md).
+            if self._small is None:
+                self._small = self._session(1)
+            session = self._small
+        return session.run(None, {self.input_name: crops})[0]

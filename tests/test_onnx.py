@@ -71,6 +71,10 @@ def test_export_has_dynamic_batch_and_runs_any_batch(exported, detector):
         got = backend(x.numpy())
         assert got.shape == (n, 15, 24, 24) and got.dtype == np.float32
         np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+    assert backend._small is not None  # batches of 1 and 3 ran on the one-thread session
+    pinned = OnnxBackend(exported, threads=2)
+    pinned(np.zeros((1, 1, 96, 96), np.float32))
+    assert pinned._small is None  # an explicit thread count is kept for every batch
 
 
 def test_metadata_holds_the_config(exported, tiny_config):

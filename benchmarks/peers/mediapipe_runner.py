@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import platform
-import resource
 import sys
 import time
 
@@ -27,6 +26,12 @@ def load(path: str) -> np.ndarray:
 
 def mesh_points(landmarks, width: int, height: int) -> np.ndarray:
     return np.array([[p.x * width - 0.5, p.y * height - 0.5] for p in landmarks.landmark], dtype=np.float64)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (VmHWM restarts at exec; ru_maxrss keeps the parent's)."""
+    status = open("/proc/self/status").read()
+    return int(status.split("VmHWM:")[1].split()[0]) / 1024
 
 
 def stats(ms: list[float]) -> dict:
@@ -79,7 +84,7 @@ def main(job_path: str, out_path: str) -> None:
         "photo": stats(photo_ms),
         "throughput": 1e3 / float(np.median(crop_ms)) if crop_ms else None,
         "threads": "MediaPipe default (TFLite XNNPACK)",
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
     }
     np.savez(out_path, points=points, timing=json.dumps(timing))
     print(json.dumps(timing))
