@@ -18,7 +18,8 @@ from facekp.train.cli import main as train_main
 from facekp.train.data import load_kaggle_csv, split_by_identity
 from facekp.train.export import export_run
 from facekp.train.fit import FitConfig, Trainer, heatmap_loss, make_batch
-from facekp.weights import load_model, sha256_file
+from facekp.config import DetectorConfig
+from facekp.weights import load_model, save_model, sha256_file
 from synthetic import write_kaggle_csv
 
 TINY = HourglassConfig(num_stacks=2, depth=2, channels=16)
@@ -88,6 +89,21 @@ def test_resume_continues_exactly_where_it_stopped(kaggle_csv, tmp_path):
     with pytest.raises(ValueError, match="holds a"):
         Trainer(_config(kaggle_csv, tmp_path / "b", max_steps=9, hourglass=HourglassConfig(num_stacks=1, depth=2, channels=8)),
                 train, val).fit(resume=True)
+
+
+def test_fine_tune_starts_from_saved_weights_without_flips(kaggle_csv, tmp_path):
+    first = Trainer(_config(kaggle_csv, tmp_path / "first", max_steps=2))
+    first.fit()
+    saved = save_model(first.model, DetectorConfig(hourglass=TINY), tmp_path / "saved")
+    tuned = Trainer(_config(kaggle_csv, tmp_path / "tuned", init=str(saved), flip=False, max_steps=2))
+    for k, v in first.model.state_dict().items():  # starts where the saved model stopped
+        torch.testing.assert_close(tuned.model.state_dict()[k], v)
+    rng = np.random.default_rng(0)
+    assert all(np.linalg.det(tuned.augmenter.transform(rng)[:, :2]) > 0 for _ in range(50))  # never mirrored
+    tuned.fit()
+    assert json.loads((tmp_path / "tuned" / "fit_config.json").read_text())["flip"] is False
+    with pytest.raises(ValueError, match="init"):
+        Trainer(_config(kaggle_csv, tmp_path / "other", init=str(saved), hourglass=HourglassConfig(num_stacks=1, channels=8)))
 
 
 def test_export_then_detector_round_trip(kaggle_csv, tmp_path):

@@ -34,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--device", default="auto")
     fit.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     fit.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    fit.add_argument("--init", help="start from these weights (.safetensors or save_pretrained folder) to fine-tune")
+    fit.add_argument("--no-flip", action="store_true", help="no horizontal-flip augmentation")
     fit.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke runs)")
     fit.set_defaults(handler=_fit)
 
@@ -84,7 +86,8 @@ def _fit(args) -> None:
         hourglass=HourglassConfig(num_stacks=args.stacks, depth=args.depth, channels=args.channels, heatmap_stride=args.stride),
         sigma=args.sigma, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         val_fraction=args.val_fraction, seed=args.seed, device=str(resolve_device(args.device)),
-        checkpoint_minutes=args.checkpoint_minutes, max_steps=args.max_steps,
+        checkpoint_minutes=args.checkpoint_minutes, max_steps=args.max_steps, flip=not args.no_flip,
+        init=None if args.init is None else str(args.init),
     )
     history = Trainer(config).fit(resume=args.resume)
     if history:

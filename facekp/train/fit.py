@@ -42,6 +42,8 @@ class FitConfig:
     device: str = "cpu"
     checkpoint_minutes: float = 5.0
     max_steps: int | None = None  # stop early after this many optimizer steps (tests, smoke runs)
+    flip: bool = True  # mirror half of the training crops (with the left/right keypoint swap)
+    init: str | None = None  # start from these weights (a model file/folder) instead of random ones
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -98,7 +100,9 @@ class Trainer:
         self.device = torch.device(config.device)
         self.model = StackedHourglass(config.hourglass).to(self.device)
         self.codec = HeatmapCodec(config.hourglass.input_size, config.hourglass.heatmap_stride, config.sigma)
-        self.augmenter = Augmenter()
+        if config.init is not None:
+            self._load_init(config.init)
+        self.augmenter = Augmenter(flip=config.flip)
         self.steps_per_epoch = math.ceil(len(self.train) / config.batch_size)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         total = config.epochs * self.steps_per_epoch
@@ -113,6 +117,15 @@ class Trainer:
         self.step = 0
         self.history: list[dict] = []
         self.best_rmse = float("inf")
+
+    def _load_init(self, weights: str) -> None:
+        """Fine-tuning: take the network's weights from a saved model of the same architecture."""
+        from ..weights import load_model
+
+        model, config = load_model(weights)
+        if config.hourglass != self.config.hourglass:
+            raise ValueError(f"--init {weights} is a {config.hourglass}, but this run trains a {self.config.hourglass}")
+        self.model.load_state_dict(model.state_dict())
 
     # -- checkpoints -------------------------------------------------------------------
     @property

@@ -40,8 +40,8 @@ are held out for validation; no identity is on both sides.
 
 - Canonical frame: a rotation-free similarity puts the 15 points' centroid at (48, 48) and their RMS
   radius at 26 px (the Kaggle mean face).
-- Augmentation: scale +/-20%, rotation +/-25 deg, shift +/-9 px, horizontal flip with left/right swap,
-  brightness, contrast, gamma, blur, noise, occlusion patches; points leaving the crop are masked.
+- Augmentation: scale +/-20%, rotation +/-25 deg, shift +/-9 px,{" horizontal flip with left/right swap," if fit.flip else ""}
+  brightness, contrast, gamma, blur, noise, occlusion patches; points leaving the crop are masked.{_init_line(fit)}
 - Loss: masked MSE between heatmaps and Gaussian targets (sigma {fit.sigma} heatmap px), summed over
   the {h.num_stacks} stacks (intermediate supervision).
 - AdamW (lr {fit.lr}, weight decay {fit.weight_decay}), batch {fit.batch_size}, {fit.epochs} epochs,
@@ -52,8 +52,8 @@ are held out for validation; no identity is on both sides.
 Reproduce:
 
 ```
-facekp-train fit --data ../shared/data/faces68 --out runs/default --epochs {fit.epochs} \\
-    --stacks {h.num_stacks} --channels {h.channels} --depth {h.depth} --stride {h.heatmap_stride} --sigma {fit.sigma}
+facekp-train fit --data ../shared/data/faces68 --out runs/default --epochs {fit.epochs} --lr {fit.lr} \\
+    --stacks {h.num_stacks} --channels {h.channels} --depth {h.depth} --stride {h.heatmap_stride} --sigma {fit.sigma}{_extra_flags(fit)}
 facekp-train export --run runs/default --name {entry['name']}
 ```
 
@@ -83,6 +83,18 @@ expect larger errors on profiles, heavy occlusion, infants and very low resoluti
     path.write_text(text)
     if (run / "curves.png").exists():
         (path.parent / "training-curves.png").write_bytes((run / "curves.png").read_bytes())
+
+
+def _init_line(fit: FitConfig) -> str:
+    if fit.init is None:
+        return ""
+    return (f"\n- Fine-tuned: the run starts from the weights `{Path(fit.init).name}` (`--init`) rather than"
+            " from random ones.")
+
+
+def _extra_flags(fit: FitConfig) -> str:
+    flags = ([] if fit.flip else ["--no-flip"]) + ([] if fit.init is None else [f"--init {Path(fit.init).name}"])
+    return (" \\\n    " + " ".join(flags)) if flags else ""
 
 
 def _wall_time(run: Path) -> str:
