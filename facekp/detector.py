@@ -80,7 +80,7 @@ class Detector:
         flip_test: also run each crop mirrored and average the heatmaps (slower, slightly
             more accurate).
         backend: ``"torch"`` (default), ``"onnx"`` to run the network with onnxruntime
-            (``pip install "facekp[onnx]"``; several times faster on CPU; the export is cached in
+            (``pip install "facekp[onnx]"``; faster on CPU, see ``docs/benchmarks.md``; the export is cached in
             ``~/.cache/facekp/onnx``), or ``"auto"``: onnx on CPU when onnxruntime is installed,
             else torch. All give the same points to within 1e-3 px.
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast of the torch network; the
@@ -279,7 +279,7 @@ class Detector:
                 ``x0, y0, x1, y1`` in image pixels, or ``(N, 5)`` with a score column.
             face_detector: a callable ``rgb_image -> boxes`` or ``-> (boxes, scores)`` (see
                 :class:`facekp.faces.FaceDetector`); default: OpenCV's frontal-face Haar cascade,
-                bundled and run offline (:class:`facekp.faces.HaarFaceDetector`).
+                shipped with OpenCV and run offline (:class:`facekp.faces.HaarFaceDetector`).
             calibration: how boxes map to the network's frame (:class:`facekp.faces.BoxCalibration`
                 or its dict); default: the model config's ``box_to_frame``, else the calibration
                 fitted for the Haar detector (which also applies to ``boxes`` passed in).

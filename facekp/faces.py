@@ -27,7 +27,7 @@ import numpy as np
 
 from .images import ImageInput, load_gray, load_rgb
 from .keypoints import KEYPOINT_NAMES
-from .preprocess import CANONICAL_RMS, similarity_transform
+from .preprocess import CANONICAL_RMS, apply_affine, invert_affine, similarity_transform
 
 if TYPE_CHECKING:  # pragma: no cover
     from .detector import Detector
@@ -199,8 +199,6 @@ class HaarFaceDetector:
         boxes = np.stack([x - 0.5, y - 0.5, x + bw - 0.5, y + bh - 0.5], 1)
         if m is not None and len(boxes):
             # The same box around the centre mapped back into the photo (axis-aligned).
-            from .preprocess import apply_affine, invert_affine
-
             centre = apply_affine(invert_affine(m), 0.5 * (boxes[:, :2] + boxes[:, 2:]))
             half = 0.5 * (boxes[:, 2:] - boxes[:, :2])
             boxes = np.concatenate([centre - half, centre + half], axis=1)
@@ -232,10 +230,20 @@ def _gray_u8(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box of ``a`` (N, 4) with every box of ``b`` (M, 4), ``x0, y0, x1, y1``."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=-1)
+    area = lambda x: np.prod(np.clip(x[:, 2:] - x[:, :2], 0, None), axis=-1)  # noqa: E731
+    union = area(a)[:, None] + area(b)[None] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
 def _suppress(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
     """Indices kept by greedy non-maximum suppression (highest score first)."""
-    from .video import box_iou
-
     order = np.argsort(-scores, kind="stable")
     overlap = box_iou(boxes, boxes)
     keep: list[int] = []

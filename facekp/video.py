@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from .errors import FacekpError
-from .faces import BoxCalibration, Face, _safe_canonical, resolve_calibration
+from .faces import BoxCalibration, Face, _safe_canonical, box_iou, resolve_calibration
 
 if TYPE_CHECKING:  # pragma: no cover
     from .detector import Detector
@@ -104,18 +104,6 @@ class _Track:
     age: int = 0
     missed: int = 0
     smoothed: TrackedFace | None = field(default=None, repr=False)
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box of ``a`` (N, 4) with every box of ``b`` (M, 4), ``x0, y0, x1, y1``."""
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=-1)
-    area = lambda x: np.prod(np.clip(x[:, 2:] - x[:, :2], 0, None), axis=-1)  # noqa: E731
-    union = area(a)[:, None] + area(b)[None] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
 class FaceTracker:
