@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -10,7 +11,8 @@ import numpy as np
 from ..keypoints import FLIP_INDEX
 from ..preprocess import CANONICAL_CENTER, CANONICAL_SIZE, apply_affine, compose_affine, similarity_transform, warp
 
-_FLIP = np.array([[-1.0, 0.0, CANONICAL_SIZE - 1.0], [0.0, 1.0, 0.0]])  # mirror in pixel-centre coords
+#: Left-right mirror of the 96x96 crop, in pixel-centre coordinates.
+MIRROR = np.array([[-1.0, 0.0, CANONICAL_SIZE - 1.0], [0.0, 1.0, 0.0]])
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class Augmenter:
 
     geometry: Perturbation = Perturbation(scale=0.2, rotation=25.0, shift=9.0)
     flip: bool = True
+    mirror_offsets: Mapping[str, float] = field(default_factory=dict)  # subset -> px, see make_crop
     brightness: float = 0.25
     contrast: float = 0.35
     blur_p: float = 0.25
@@ -50,7 +53,7 @@ class Augmenter:
     def transform(self, rng: np.random.Generator) -> np.ndarray:
         """Random 2x3 affine on canonical coordinates, mirrored half of the time when ``flip``."""
         m = self.geometry.sample(rng)
-        return compose_affine(_FLIP, m) if self.flip and rng.random() < 0.5 else m
+        return compose_affine(MIRROR, m) if self.flip and rng.random() < 0.5 else m
 
     def photometric(self, crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Random lighting, blur, noise and occlusion on a float crop in [0, 1]."""
@@ -74,19 +77,30 @@ def make_crop(
     mask: np.ndarray,
     frame: np.ndarray,
     jitter: np.ndarray | None = None,
+    mirror_offset: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Warp a sample into a 96x96 crop through ``jitter @ frame`` and move its points along.
 
     Returns the float32 crop in [0, 1], the (15, 2) points in crop pixels and the mask, with
     points pushed outside the crop masked out. When the transform mirrors the image, left and
     right keypoints swap names, so the subject's left eye stays on the crop's right.
+
+    ``mirror_offset`` is the annotation's systematic x offset (canonical px, + = towards the
+    image's right), as measured by :func:`facekp.train.evaluate.mirror_offsets`. A mirror turns
+    +offset into -offset; the points of mirrored crops are moved back by twice the offset, so
+    both orientations teach the network the same labelling convention.
     """
     m = frame if jitter is None else compose_affine(jitter, frame)
     src = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image
     crop = warp(src, m, CANONICAL_SIZE)
-    pts = apply_affine(m, points.astype(np.float32))
+    mirrored = np.linalg.det(m[:, :2]) < 0
+    points = points.astype(np.float32)
+    if mirrored and mirror_offset:
+        # The shift is (-2 offset, 0) in the canonical frame before the jitter; in image pixels:
+        points = points + np.linalg.solve(frame[:, :2], [-2.0 * mirror_offset, 0.0]).astype(np.float32)
+    pts = apply_affine(m, points)
     mask = mask.copy()
-    if np.linalg.det(m[:, :2]) < 0:
+    if mirrored:
         pts, mask = pts[list(FLIP_INDEX)], mask[list(FLIP_INDEX)]
     inside = ((pts >= -0.5) & (pts <= CANONICAL_SIZE - 0.5)).all(axis=1)
     return crop, pts, mask & inside

@@ -36,16 +36,20 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--checkpoint-minutes", type=float, default=5.0)
     fit.add_argument("--init", help="start from these weights (.safetensors or save_pretrained folder) to fine-tune")
     fit.add_argument("--no-flip", action="store_true", help="no horizontal-flip augmentation")
+    fit.add_argument("--mirror-offset", action="append", default=[], metavar="SUBSET=PX", type=_subset_offset,
+                     help="a subset's labelling x offset (from 'eval --mirror-offsets'); mirrored crops keep it")
     fit.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke runs)")
     fit.set_defaults(handler=_fit)
 
     ev = sub.add_parser("eval", help="accuracy on the validation split (or all) of a dataset")
     ev.add_argument("--weights", required=True, help="a .safetensors file, save_pretrained folder, run folder or 'default'")
     ev.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    ev.add_argument("--split", choices=("val", "all"), default="val")
+    ev.add_argument("--split", choices=("val", "train", "all"), default="val")
     ev.add_argument("--val-fraction", type=float, default=0.15)
     ev.add_argument("--seed", type=int, default=0, help="split seed (must match training)")
     ev.add_argument("--flip-test", action="store_true", help="average with the mirrored crop's heatmaps")
+    ev.add_argument("--mirror-offsets", action="store_true",
+                    help="also measure each subset's labelling x offset (use --split train to feed 'fit --mirror-offset')")
     ev.add_argument("--json", type=Path, help="also write the metrics to this JSON file")
     ev.add_argument("--plots", type=Path, metavar="DIR",
                     help="write val-predictions.png (a gallery) and val-errors.png (error distribution) here")
@@ -87,6 +91,7 @@ def _fit(args) -> None:
         sigma=args.sigma, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         val_fraction=args.val_fraction, seed=args.seed, device=str(resolve_device(args.device)),
         checkpoint_minutes=args.checkpoint_minutes, max_steps=args.max_steps, flip=not args.no_flip,
+        mirror_offsets=dict(args.mirror_offset),
         init=None if args.init is None else str(args.init),
     )
     history = Trainer(config).fit(resume=args.resume)
@@ -114,16 +119,33 @@ def _validation_samples(data: Path, split: str, val_fraction: float, seed: int):
     from .data import load_dataset, split_by_identity
 
     samples = load_dataset(data)
-    return samples if split == "all" else split_by_identity(samples, val_fraction, seed)[1]
+    if split == "all":
+        return samples
+    train, val = split_by_identity(samples, val_fraction, seed)
+    return train if split == "train" else val
+
+
+def _subset_offset(text: str) -> tuple[str, float]:
+    name, sep, value = text.partition("=")
+    try:
+        if not (name and sep):
+            raise ValueError
+        return name, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected SUBSET=PX such as ytf=1.3, got {text!r}") from None
 
 
 def _eval(args) -> None:
-    from .evaluate import evaluation_report, format_report
+    from .evaluate import evaluation_report, format_report, mirror_offsets
 
     model, codec = _load_eval_model(args.weights, args.device)
     samples = _validation_samples(args.data, args.split, args.val_fraction, args.seed)
     report = evaluation_report(model, codec, samples, args.flip_test)
     print(format_report(report))
+    if args.mirror_offsets:
+        report["mirror_offsets"] = mirror_offsets(model, codec, samples)
+        flags = " ".join(f"--mirror-offset {k}={v:.2f}" for k, v in report["mirror_offsets"].items())
+        print(f"\nLabelling x offsets by subset (px): {flags}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     if args.plots:

@@ -8,7 +8,7 @@ import torch
 from ..codec import HeatmapCodec
 from ..keypoints import FLIP_INDEX, KEYPOINT_NAMES
 from ..preprocess import standardize
-from .augment import EVAL_PERTURBATION, Perturbation, make_crop
+from .augment import EVAL_PERTURBATION, MIRROR, Perturbation, make_crop
 from .data import Sample
 
 
@@ -96,6 +96,28 @@ def evaluate(
         for name in sorted(set(subsets))
     }
     return result
+
+
+def mirror_offsets(model: torch.nn.Module, codec: HeatmapCodec, samples: list[Sample]) -> dict[str, float]:
+    """Each subset's systematic x offset of its labels, in canonical px (+ = image right).
+
+    Labels placed ``b`` px right of the feature become ``b`` px left of it once the face is
+    mirrored, whatever the model learned; half the change in mean x error between mirrored and
+    plain crops measures ``b``. Annotation sets disagree on it (faces68: ytf 1.3, afw 1.0,
+    helen 0.5 px), and flip augmentation that ignores it teaches a blur of the two.
+    """
+    subsets = np.array([s.subset for s in samples])
+    x_error = {}
+    for mirror in (None, MIRROR):
+        crops, truth, mask = zip(*(make_crop(s.image, s.points, s.mask, s.frame, mirror) for s in samples))
+        err = predict_crops(model, codec, np.stack(crops))[..., 0] - np.stack(truth)[..., 0]
+        x_error[mirror is not None] = err, np.stack(mask)
+    offsets = {}
+    for name in sorted(set(subsets)):
+        rows = subsets == name
+        (plain, m0), (mirrored, m1) = x_error[False], x_error[True]
+        offsets[name] = float((mirrored[rows][m1[rows]].mean() - plain[rows][m0[rows]].mean()) / 2)
+    return offsets
 
 
 def evaluation_report(model, codec, samples, flip_test: bool = False) -> dict:

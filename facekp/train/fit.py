@@ -44,6 +44,7 @@ class FitConfig:
     max_steps: int | None = None  # stop early after this many optimizer steps (tests, smoke runs)
     flip: bool = True  # mirror half of the training crops (with the left/right keypoint swap)
     init: str | None = None  # start from these weights (a model file/folder) instead of random ones
+    mirror_offsets: dict[str, float] = field(default_factory=dict)  # subset -> labels' x offset, px
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -76,7 +77,8 @@ def make_batch(
     for i in indices:
         rng = np.random.default_rng([seed, epoch, int(i)])
         s = samples[i]
-        crop, pts, mask = make_crop(s.image, s.points, s.mask, s.frame, augmenter.transform(rng))
+        offset = augmenter.mirror_offsets.get(s.subset, 0.0)
+        crop, pts, mask = make_crop(s.image, s.points, s.mask, s.frame, augmenter.transform(rng), offset)
         crops.append(augmenter.photometric(crop, rng))
         points.append(pts)
         masks.append(mask)
@@ -102,7 +104,7 @@ class Trainer:
         self.codec = HeatmapCodec(config.hourglass.input_size, config.hourglass.heatmap_stride, config.sigma)
         if config.init is not None:
             self._load_init(config.init)
-        self.augmenter = Augmenter(flip=config.flip)
+        self.augmenter = Augmenter(flip=config.flip, mirror_offsets=config.mirror_offsets)
         self.steps_per_epoch = math.ceil(len(self.train) / config.batch_size)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         total = config.epochs * self.steps_per_epoch
