@@ -95,27 +95,22 @@ class HeatmapCodec:
         """Sub-pixel offset (N, K, 2) added to the integer argmax."""
         n, k, h, w = heatmaps.shape
         if self.blur_kernel > 1 and h >= 3 and w >= 3:
-            # (N, K, 3, 3) smoothed log-heatmap around each peak, computed on the peak's window only.
-            c, right, left, down, up, rd, ru, ld, lu = self._peak_neighbourhood(heatmaps, ix, iy).unbind(-1)
+            # (N, K, 9) smoothed log-heatmap around each peak, computed on the peak's window only.
+            logs = self._peak_neighbourhood(heatmaps, ix, iy)
         else:
             logh = self._smoothed_log(heatmaps)  # (N, K, H + 2, W + 2): one cell of padding
             flat = logh.reshape(n, k, (h + 2) * (w + 2))
             centre = (iy + 1) * (w + 2) + (ix + 1)
-            steps = torch.tensor([dy * (w + 2) + dx for dx, dy in _NEIGHBOURS], device=heatmaps.device)
-            c, right, left, down, up, rd, ru, ld, lu = flat.gather(-1, centre.unsqueeze(-1) + steps).unbind(-1)
-        dx = 0.5 * (right - left)
-        dy = 0.5 * (down - up)
-        dxx = right - 2 * c + left
-        dyy = down - 2 * c + up
-        dxy = 0.25 * (rd - ru - ld + lu)
+            steps = torch.tensor([dy * (w + 2) + dx for dy in (-1, 0, 1) for dx in (-1, 0, 1)], device=heatmaps.device)
+            logs = flat.gather(-1, centre.unsqueeze(-1) + steps)
+        dx, dy, dxx, dyy, dxy = (logs @ _DERIVATIVES.to(logs)).unbind(-1)
         det = dxx * dyy - dxy * dxy
         safe_det = torch.where(det.abs() > 1e-12, det, torch.ones_like(det))
         # offset = -H^-1 g for the 2x2 Hessian H = [[dxx, dxy], [dxy, dyy]].
-        ox = -(dyy * dx - dxy * dy) / safe_det
-        oy = -(dxx * dy - dxy * dx) / safe_det
-        taylor_ok = (det > 1e-12) & (dxx < 0) & (ox.abs() <= 1.0) & (oy.abs() <= 1.0)
-        quarter = 0.25 * torch.stack((torch.sign(dx), torch.sign(dy)), dim=-1)
-        return torch.where(taylor_ok.unsqueeze(-1), torch.stack((ox, oy), dim=-1), quarter)
+        offset = torch.stack((dxy * dy - dyy * dx, dxy * dx - dxx * dy), dim=-1) / safe_det.unsqueeze(-1)
+        taylor_ok = (det > 1e-12) & (dxx < 0) & (offset.abs() <= 1.0).all(-1)
+        quarter = 0.25 * torch.stack((dx, dy), dim=-1).sign()
+        return torch.where(taylor_ok.unsqueeze(-1), offset, quarter)
 
     def _smoothed_log(self, heatmaps: torch.Tensor) -> torch.Tensor:
         """Log of the Gaussian-smoothed heatmaps (DARK's modulation), padded by one cell.
@@ -166,10 +161,7 @@ class HeatmapCodec:
         smoothed = torch.matmul(torch.matmul(blur, window.exp()), blur.T)  # (N, K, 3, 3), [row, col]
         logs = torch.log(smoothed.clamp_min(1e-30)).reshape(n, k, 9)
         # A map with no value above the log floor is flat: no offset (as the full-map code gives).
-        logs = logs.masked_fill(cap.reshape(n, k, 1) <= _LOG_FLOOR, 0.0)
-        # flat index (dy + 1) * 3 + (dx + 1) -> _NEIGHBOURS order
-        order = torch.tensor([(dy + 1) * 3 + (dx + 1) for dx, dy in _NEIGHBOURS], device=heatmaps.device)
-        return logs.index_select(-1, order)
+        return logs.masked_fill(cap.reshape(n, k, 1) <= _LOG_FLOOR, 0.0)
 
     def _operators(self, h: int, w: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...]:
         """Quadratic padding matrices for both axes and the ``(3, 2r + 3)`` blur rows, cached."""
@@ -192,8 +184,22 @@ class HeatmapCodec:
 #: log of the floor that heatmaps are clamped to before the log.
 _LOG_FLOOR = float(torch.log(torch.tensor(1e-10)))
 
-#: (dx, dy) of the 3x3 neighbourhood that ``_refine`` reads, in the order it unpacks them.
-_NEIGHBOURS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (1, -1), (-1, 1), (-1, -1))
+#: Central finite differences on a row-major 3x3 window (index (dy + 1) * 3 + dx + 1):
+#: columns d/dx, d/dy, d2/dx2, d2/dy2, d2/dxdy, so one matmul gives all five per peak.
+_DERIVATIVES = torch.tensor(
+    [
+        #  dx     dy   dxx  dyy    dxy
+        [0.0, 0.0, 0.0, 0.0, 0.25],  # (-1, -1)
+        [0.0, -0.5, 0.0, 1.0, 0.0],  # (0, -1)
+        [0.0, 0.0, 0.0, 0.0, -0.25],  # (1, -1)
+        [-0.5, 0.0, 1.0, 0.0, 0.0],  # (-1, 0)
+        [0.0, 0.0, -2.0, -2.0, 0.0],  # (0, 0)
+        [0.5, 0.0, 1.0, 0.0, 0.0],  # (1, 0)
+        [0.0, 0.0, 0.0, 0.0, -0.25],  # (-1, 1)
+        [0.0, 0.5, 0.0, 1.0, 0.0],  # (0, 1)
+        [0.0, 0.0, 0.0, 0.0, 0.25],  # (1, 1)
+    ]
+)
 
 
 def _pad_matrix(n: int, pad: int) -> torch.Tensor:

@@ -16,6 +16,7 @@ from .images import ImageInput, load_gray
 from .keypoints import FLIP_INDEX
 from .model import StackedHourglass, fuse_conv_bn
 from .preprocess import apply_affine, invert_affine, letterbox_transform, standardize, warp
+from .threads import torch_threads_for
 from .weights import default_entry, download_from_hub, find_entry, load_bundled, load_model, save_model
 
 
@@ -324,11 +325,12 @@ class Detector:
             if cuda and self._ort is None:
                 # Pinned host memory lets the copy run asynchronously with the previous batch.
                 x = x.pin_memory().to(self.device, non_blocking=True)
-            heatmaps = self._forward(x)
-            if self.flip_test:
-                mirrored = self._forward(x.flip(-1)).flip(-1).index_select(1, self._flip_index.to(heatmaps.device))
-                heatmaps = 0.5 * (heatmaps + mirrored)
-            p, c = self.codec.decode(heatmaps)
+            with torch_threads_for(len(x), self.device):
+                heatmaps = self._forward(x)
+                if self.flip_test:
+                    mirrored = self._forward(x.flip(-1)).flip(-1).index_select(1, self._flip_index.to(heatmaps.device))
+                    heatmaps = 0.5 * (heatmaps + mirrored)
+                p, c = self.codec.decode(heatmaps)
             points.append(p)  # stays on the device until the end: no sync per batch
             confidence.append(c)
         points, confidence = torch.cat(points), torch.cat(confidence)

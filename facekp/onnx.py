@@ -31,15 +31,13 @@ from torch import nn
 from .config import DetectorConfig
 from .errors import DeviceError, FacekpError
 from .model import StackedHourglass, fuse_conv_bn
+from .threads import SMALL_BATCH
 
 INPUT_NAME = "crops"
 OUTPUT_NAME = "heatmaps"
 DEFAULT_OPSET = 17
 METADATA_KEY = "facekp_config"
 PRECISION_KEY = "facekp_precision"
-
-#: Below this many crops a CPU call runs on one intra-op thread (see :meth:`OnnxBackend.__call__`).
-SMALL_BATCH = 4
 
 _INSTALL_HINT = 'the ONNX backend needs onnxruntime: pip install "facekp[onnx]"'
 
@@ -303,8 +301,7 @@ class OnnxBackend:
         crops = np.ascontiguousarray(crops, dtype=np.float32)
         session = self.session
         if len(crops) < SMALL_BATCH and self.device.type == "cpu" and self.threads is None:
-            # A crop or two is too little work to split: onnxruntime's thread pool costs more
-            # than it saves (2-core CPU: 4.0 ms one thread vs 8.2 ms two, docs/benchmarks.md).
+            # A crop or two is too little work to split (see facekp.threads).
             if self._small is None:
                 self._small = self._session(1)
             session = self._small

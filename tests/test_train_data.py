@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from facekp.keypoints import FLIP_INDEX, KEYPOINT_NAMES
-from facekp.preprocess import CANONICAL_RMS, apply_affine, canonical_transform
-from facekp.train.augment import Augmenter, Perturbation, make_crop
+from facekp.preprocess import CANONICAL_RMS, apply_affine, canonical_transform, compose_affine
+from facekp.train.augment import MIRROR, Augmenter, Perturbation, make_crop
 from facekp.train.data import (
     IBUG68_TO_15,
     load_dataset,
@@ -69,6 +69,23 @@ def test_flipped_crop_puts_each_keypoint_on_its_mirrored_feature():
     np.testing.assert_allclose(flipped_pts, np.stack([95 - swapped[:, 0], swapped[:, 1]], -1), atol=1e-4)
     mirrored = image[:, ::-1].astype(np.float32) / 255
     np.testing.assert_allclose(crop, mirrored, atol=1e-5)
+
+
+def test_mirror_offset_keeps_the_labelling_convention_on_mirrored_crops():
+    rng = np.random.default_rng(5)
+    pts = np.array(rng.uniform(30, 130, (15, 2)), dtype=np.float32)
+    image, mask = blob_image(pts, 160, rng), np.ones(15, bool)
+    frame = canonical_transform(pts)  # image -> canonical: scale != 1, so the offset is converted
+    _, plain, _ = make_crop(image, pts, mask, frame)
+    _, same, _ = make_crop(image, pts, mask, frame, None, mirror_offset=1.5)
+    np.testing.assert_array_equal(same, plain)  # unmirrored crops are left alone
+    zoom = np.array([[1.2, 0.0, -9.6], [0.0, 1.2, -9.6]])  # 1.2x about the centre
+    for jitter, scale in ((MIRROR, 1.0), (compose_affine(MIRROR, zoom), 1.2)):
+        _, mirrored, _ = make_crop(image, pts, mask, frame, jitter)
+        _, kept, _ = make_crop(image, pts, mask, frame, jitter, mirror_offset=1.5)
+        # Labels 1.5 px right of the features are 1.5 px left once mirrored; the offset moves them back.
+        np.testing.assert_allclose(kept[:, 0] - mirrored[:, 0], 2 * 1.5 * scale, atol=1e-4)
+        np.testing.assert_allclose(kept[:, 1], mirrored[:, 1], atol=1e-4)
 
 
 def test_read_pts_and_folder_loader(tmp_path):

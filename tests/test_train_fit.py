@@ -180,3 +180,58 @@ def test_console_script_lists_subcommands():
     out = subprocess.run([sys.executable, "-m", "facekp.train.cli", "--help"], capture_output=True, text=True, check=True).stdout
     for command in ("fit", "eval", "export", "submit"):
         assert command in out
+
+
+def test_mirror_offsets_measure_a_planted_labelling_offset(kaggle_csv):
+    """Labels moved 0.5 px right raise the measured offset by exactly 0.5, whatever the model."""
+    from dataclasses import replace
+
+    from facekp.codec import HeatmapCodec
+    from facekp.model import StackedHourglass
+    from facekp.train.evaluate import mirror_offsets
+
+    torch.manual_seed(0)
+    model = StackedHourglass(TINY).eval()
+    codec = HeatmapCodec(96, TINY.heatmap_stride)
+    samples = load_kaggle_csv(kaggle_csv)[:16]
+    shifted = [replace(s, points=s.points + np.linalg.solve(s.frame[:, :2], [0.5, 0.0]).astype(np.float32))
+               for s in samples]
+    before, after = mirror_offsets(model, codec, samples), mirror_offsets(model, codec, shifted)
+    assert before.keys() == after.keys() == {samples[0].subset}
+    for name in before:
+        assert after[name] - before[name] == pytest.approx(0.5, abs=1e-3)
+
+
+def test_cli_mirror_offset_flags(kaggle_csv, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train_main(["fit", "--data", str(kaggle_csv), "--out", str(run), "--max-steps", "1", "--batch-size", "4",
+                       "--stacks", "1", "--depth", "2", "--channels", "8", "--device", "cpu",
+                       "--mirror-offset", "kaggle=0.8", "--mirror-offset", "other=-0.25"]) == 0
+    assert json.loads((run / "fit_config.json").read_text())["mirror_offsets"] == {"kaggle": 0.8, "other": -0.25}
+    assert train_main(["eval", "--weights", str(run), "--data", str(kaggle_csv), "--split", "train",
+                       "--mirror-offsets", "--device", "cpu"]) == 0
+    assert "--mirror-offset " in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        train_main(["fit", "--data", str(kaggle_csv), "--out", str(tmp_path / "bad"), "--mirror-offset", "ytf"])
+    assert "expected SUBSET=PX" in capsys.readouterr().err
+
+
+def test_two_stage_run_fine_tunes_from_a_run_folder_and_the_card_shows_both(kaggle_csv, tmp_path, capsys):
+    first = tmp_path / "stage1"
+    Trainer(_config(kaggle_csv, first, epochs=1, mirror_offsets={"kaggle": 0.5})).fit()
+    second = tmp_path / "default"
+    tuned = Trainer(_config(kaggle_csv, second, epochs=1, init=str(first), flip=False))
+    best = torch.load(first / "best.pt", weights_only=True)
+    for k, v in tuned.model.state_dict().items():  # starts from the first stage's best epoch
+        torch.testing.assert_close(v, best["model"][k] if "model" in best else best[k])
+    tuned.fit()
+    card = tmp_path / "card" / "model-card.md"
+    assert train_main(["export", "--run", str(second), "--name", "tiny", "--data", str(kaggle_csv),
+                       "--package", str(tmp_path / "pkg"), "--manifest", str(tmp_path / "manifest.json"),
+                       "--model-card", str(card)]) == 0
+    text = card.read_text()
+    assert "| 1 | `runs/stage1` | 1 |" in text and "kaggle +0.50" in text
+    assert "| 2 | `runs/default` | 1 |" in text
+    assert "--out runs/stage1" in text and "--mirror-offset kaggle=0.5" in text
+    assert "--no-flip --init runs/stage1" in text and "facekp-train export --run runs/default --name tiny" in text
+    assert (card.parent / "training-curves.png").stat().st_size > 5000

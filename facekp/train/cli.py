@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--device", default="auto")
     fit.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     fit.add_argument("--checkpoint-minutes", type=float, default=5.0)
-    fit.add_argument("--init", help="start from these weights (.safetensors or save_pretrained folder) to fine-tune")
+    fit.add_argument("--init", help="fine-tune from a run folder's best weights, a .safetensors file or a save_pretrained folder")
     fit.add_argument("--no-flip", action="store_true", help="no horizontal-flip augmentation")
     fit.add_argument("--mirror-offset", action="append", default=[], metavar="SUBSET=PX", type=_subset_offset,
                      help="a subset's labelling x offset (from 'eval --mirror-offsets'); mirrored crops keep it")
@@ -92,7 +92,7 @@ def _fit(args) -> None:
         val_fraction=args.val_fraction, seed=args.seed, device=str(resolve_device(args.device)),
         checkpoint_minutes=args.checkpoint_minutes, max_steps=args.max_steps, flip=not args.no_flip,
         mirror_offsets=dict(args.mirror_offset),
-        init=None if args.init is None else str(args.init),
+        init=None if args.init is None else str(Path(args.init).resolve()),
     )
     history = Trainer(config).fit(resume=args.resume)
     if history:

@@ -58,6 +58,11 @@ class FitConfig:
         return cls(**d)
 
 
+def is_run_folder(path: str | Path) -> bool:
+    """True for a folder written by :class:`Trainer` (it holds ``fit_config.json``)."""
+    return (Path(path) / "fit_config.json").is_file()
+
+
 def heatmap_loss(outputs: list[torch.Tensor], target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """MSE over visible keypoints' heatmaps, summed over stacks (intermediate supervision)."""
     weight = mask.to(target.dtype)[..., None, None]
@@ -121,10 +126,11 @@ class Trainer:
         self.best_rmse = float("inf")
 
     def _load_init(self, weights: str) -> None:
-        """Fine-tuning: take the network's weights from a saved model of the same architecture."""
+        """Fine-tuning: take the network's weights from a run folder (its best epoch) or a saved model."""
         from ..weights import load_model
+        from .export import load_run
 
-        model, config = load_model(weights)
+        model, config = load_run(weights)[:2] if is_run_folder(weights) else load_model(weights)
         if config.hourglass != self.config.hourglass:
             raise ValueError(f"--init {weights} is a {config.hourglass}, but this run trains a {self.config.hourglass}")
         self.model.load_state_dict(model.state_dict())

@@ -6,15 +6,15 @@ import json
 from pathlib import Path
 
 from .evaluate import format_report
-from .fit import FitConfig
+from .fit import FitConfig, is_run_folder
+from .plots import plot_history
 
 
 def write_model_card(path: str | Path, entry: dict, fit: FitConfig, report: dict, flip: dict, run: str | Path) -> None:
     """Write the model card: what the model is, how it was trained, how well it does, the licence."""
     run = Path(run)
-    history = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()] if (run / "log.jsonl").exists() else []
     h = fit.hourglass
-    best = min(history, key=lambda r: r.get("val_rmse", float("inf"))) if history else {}
+    stages = _stages(fit, run)
     text = f"""# Model card: `{entry['name']}`
 
 facekp's default keypoint model: a {h.num_stacks}-stack hourglass ({h.channels} channels, depth {h.depth},
@@ -40,21 +40,22 @@ are held out for validation; no identity is on both sides.
 
 - Canonical frame: a rotation-free similarity puts the 15 points' centroid at (48, 48) and their RMS
   radius at 26 px (the Kaggle mean face).
-- Augmentation: scale +/-20%, rotation +/-25 deg, shift +/-9 px,{" horizontal flip with left/right swap," if fit.flip else ""}
-  brightness, contrast, gamma, blur, noise, occlusion patches; points leaving the crop are masked.{_init_line(fit)}
+- Augmentation: scale +/-20%, rotation +/-25 deg, shift +/-9 px, brightness, contrast, gamma, blur,
+  noise, occlusion patches; points leaving the crop are masked. Stages with flips also mirror half of
+  the crops, swapping left and right keypoints; `--mirror-offset` gives each subset's labelling x
+  offset (measured by `facekp-train eval --split train --mirror-offsets`), which mirrored crops keep.
 - Loss: masked MSE between heatmaps and Gaussian targets (sigma {fit.sigma} heatmap px), summed over
   the {h.num_stacks} stacks (intermediate supervision).
-- AdamW (lr {fit.lr}, weight decay {fit.weight_decay}), batch {fit.batch_size}, {fit.epochs} epochs,
-  {fit.warmup_epochs:g}-epoch linear warm-up then cosine decay; seed {fit.seed}; device {fit.device}.
-- Best validation epoch: {best.get('epoch', '?')} (of {len(history)} logged); training wall time
-  {_wall_time(run)} (first to last line of `train.log`).
+- AdamW (weight decay {fit.weight_decay}), batch {fit.batch_size}, {fit.warmup_epochs:g}-epoch linear warm-up then
+  cosine decay; seed {fit.seed}; device {fit.device}. Each stage after the first starts from the previous
+  stage's best epoch (`--init`); the exported weights are the last stage's best epoch.
 
-Reproduce:
+{_stage_table(stages)}
+
+Training wall time is the first to last line of each run's `train.log`. Reproduce:
 
 ```
-facekp-train fit --data ../shared/data/faces68 --out runs/default --epochs {fit.epochs} --lr {fit.lr} \\
-    --stacks {h.num_stacks} --channels {h.channels} --depth {h.depth} --stride {h.heatmap_stride} --sigma {fit.sigma}{_extra_flags(fit)}
-facekp-train export --run runs/default --name {entry['name']}
+{_reproduce(stages, entry['name'])}
 ```
 
 ## Accuracy (identity-held-out validation, 96x96 frame)
@@ -81,20 +82,57 @@ expect larger errors on profiles, heavy occlusion, infants and very low resoluti
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
-    if (run / "curves.png").exists():
-        (path.parent / "training-curves.png").write_bytes((run / "curves.png").read_bytes())
+    histories = [_history(r) for _, r in stages]
+    if all(histories):
+        starts, combined = [], []
+        for history in histories:
+            starts.append(len(combined))
+            combined += [{**h, "epoch": len(combined) + i} for i, h in enumerate(history)]
+        plot_history(combined, path.parent / "training-curves.png", stage_starts=starts[1:])
 
 
-def _init_line(fit: FitConfig) -> str:
-    if fit.init is None:
-        return ""
-    return (f"\n- Fine-tuned: the run starts from the weights `{Path(fit.init).name}` (`--init`) rather than"
-            " from random ones.")
+def _stages(fit: FitConfig, run: Path) -> list[tuple[FitConfig, Path]]:
+    """The chain of runs that made ``run``, first stage first, following ``--init`` run folders."""
+    stages = [(fit, run)]
+    while stages[0][0].init is not None and is_run_folder(stages[0][0].init) and len(stages) < 10:
+        parent = Path(stages[0][0].init)
+        stages.insert(0, (FitConfig.from_dict(json.loads((parent / "fit_config.json").read_text())), parent))
+    return stages
 
 
-def _extra_flags(fit: FitConfig) -> str:
-    flags = ([] if fit.flip else ["--no-flip"]) + ([] if fit.init is None else [f"--init {Path(fit.init).name}"])
-    return (" \\\n    " + " ".join(flags)) if flags else ""
+def _history(run: Path) -> list[dict]:
+    log = run / "log.jsonl"
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def _stage_table(stages: list[tuple[FitConfig, Path]]) -> str:
+    rows = ["| stage | run | epochs | lr | flips | mirror offsets (px) | best epoch | val RMSE canonical / perturbed | wall time |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for i, (fit, run) in enumerate(stages, 1):
+        history = _history(run)
+        best = min(history, key=lambda r: r.get("val_rmse", float("inf"))) if history else {}
+        offsets = ", ".join(f"{k} {v:+.2f}" for k, v in fit.mirror_offsets.items()) if fit.flip else ""
+        rmse = f"{best['val_rmse']:.3f} / {best['val_rmse_perturbed']:.3f}" if "val_rmse" in best else "?"
+        rows.append(f"| {i} | `runs/{run.name}` | {fit.epochs} | {fit.lr:g} | {'yes' if fit.flip else 'no'} | "
+                    f"{offsets or '-'} | {best.get('epoch', '?')} | {rmse} | {_wall_time(run)} |")
+    return "\n".join(rows)
+
+
+def _reproduce(stages: list[tuple[FitConfig, Path]], name: str) -> str:
+    commands = []
+    for fit, run in stages:
+        h = fit.hourglass
+        flags = [f"--epochs {fit.epochs} --lr {fit.lr:g}",
+                 f"--stacks {h.num_stacks} --channels {h.channels} --depth {h.depth} --stride {h.heatmap_stride} --sigma {fit.sigma:g}"]
+        extra = [] if fit.flip else ["--no-flip"]
+        extra += [f"--mirror-offset {k}={v:g}" for k, v in fit.mirror_offsets.items()] if fit.flip else []
+        if fit.init is not None:
+            extra.append(f"--init runs/{Path(fit.init).name}" if is_run_folder(fit.init) else f"--init {Path(fit.init).name}")
+        if extra:
+            flags.append(" ".join(extra))
+        commands.append(f"facekp-train fit --data ../shared/data/faces68 --out runs/{run.name} \\\n    " + " \\\n    ".join(flags))
+    commands.append(f"facekp-train export --run runs/{stages[-1][1].name} --name {name}")
+    return "\n".join(commands)
 
 
 def _wall_time(run: Path) -> str:

@@ -16,8 +16,8 @@ def _pyplot():
     return plt
 
 
-def plot_history(history: list[dict], path: Path) -> None:
-    """Training loss and validation RMSE per epoch, as a PNG."""
+def plot_history(history: list[dict], path: Path, stage_starts: list[int] = ()) -> None:
+    """Training loss and validation RMSE per epoch, as a PNG; dashed lines where a new stage starts."""
     plt = _pyplot()
     epochs = [h["epoch"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -30,6 +30,9 @@ def plot_history(history: list[dict], path: Path) -> None:
         ax2.plot(epochs, [h["val_rmse_perturbed"] for h in history], label="perturbed crops")
         ax2.set_ylim(top=min(6.0, max(h["val_rmse_perturbed"] for h in history)))
         ax2.legend()
+    for ax in (ax1, ax2):
+        for start in stage_starts:
+            ax.axvline(start - 0.5, color="grey", linestyle="--", linewidth=0.8)
     ax2.set_xlabel("epoch")
     ax2.set_title("validation RMSE (px, 96x96)")
     ax2.grid(alpha=0.3)
