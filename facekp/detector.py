@@ -17,21 +17,37 @@ from .keypoints import FLIP_INDEX
 from .model import StackedHourglass, fuse_conv_bn
 from .preprocess import apply_affine, invert_affine, letterbox_transform, standardize, warp
 from .threads import torch_threads_for
-from .weights import default_entry, download_from_hub, find_entry, load_bundled, load_model, save_model
+from .weights import (
+    bundled_int8_onnx,
+    default_entry,
+    download_from_hub,
+    find_entry,
+    load_bundled,
+    load_model,
+    save_model,
+)
 
 
 #: Inference backends: the torch network, its ONNX export run by onnxruntime, or "auto" (onnx on
 #: CPU when onnxruntime is installed and fp32 is asked for, else torch).
 BACKENDS = ("torch", "onnx", "auto")
 
-#: ``precision`` values and the autocast dtype of each (None: no autocast).
-PRECISIONS = {"auto": None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: ``precision`` values and the autocast dtype of each (None: no autocast). "int8" runs a
+#: quantized ONNX graph on CPU (backend "onnx").
+PRECISIONS = {"auto": None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": None}
 
 
 def resolve_backend(backend: str, device: torch.device, precision: str = "auto", compile: bool | str = False) -> str:
-    """``"auto"`` -> ``"onnx"`` on CPU for fp32 without compile when onnxruntime is importable, else ``"torch"``."""
+    """``"auto"`` -> ``"onnx"`` on CPU for fp32 without compile when onnxruntime is importable, else ``"torch"``.
+
+    ``precision="int8"`` always means ``"onnx"``.
+    """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if precision == "int8":
+        if backend == "torch" or device.type != "cpu":
+            raise ValueError("precision='int8' runs a quantized ONNX graph on the CPU: use backend='onnx' (or 'auto') and device='cpu'")
+        return "onnx"
     if backend != "auto":
         return backend
     if device.type != "cpu" or precision not in ("auto", "fp32") or compile:
@@ -85,8 +101,10 @@ class Detector:
             ``~/.cache/facekp/onnx``), or ``"auto"``: onnx on CPU when onnxruntime is installed,
             else torch. All give the same points to within 1e-3 px.
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast of the torch network; the
-            heatmap decode always runs in fp32), or ``"auto"``: fp16 on CUDA, fp32 on CPU. See
-            ``docs/benchmarks.md`` for the accuracy each costs.
+            heatmap decode always runs in fp32), ``"auto"``: fp16 on CUDA, fp32 on CPU, or
+            ``"int8"``: the quantized ONNX graph bundled with the model, on CPU (needs
+            onnxruntime; the fastest CPU path). See ``docs/benchmarks.md`` for the speed and
+            accuracy of each.
         onnx_model: with ``backend="onnx"``, an ``.onnx`` file from ``facekp export-onnx`` (e.g. the
             int8 graph of ``--int8``) to run instead of exporting the weights; the weights still
             provide the config (and ``.model``).
@@ -109,14 +127,19 @@ class Detector:
         compile: bool | str = False,
         onnx_model: str | Path | None = None,
     ) -> None:
+        entry = None
         if weights is None:
-            model, config = load_bundled(default_entry())
+            entry = default_entry()
         elif Path(weights).exists():
             model, config = load_model(weights)
         elif isinstance(weights, str) and "/" not in weights and "\\" not in weights and not weights.endswith(".safetensors"):
-            model, config = load_bundled(find_entry(weights))
+            entry = find_entry(weights)
         else:
             raise FileNotFoundError(f"weights not found: {weights}")
+        if entry is not None:
+            model, config = load_bundled(entry)
+            if precision == "int8" and onnx_model is None:
+                onnx_model = bundled_int8_onnx(entry)
         self._init(model, config, device, batch_size, flip_test, backend=backend, precision=precision, compile=compile,
                    onnx_model=onnx_model)
 
@@ -136,12 +159,15 @@ class Detector:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device = resolve_device(device)
+        backend = resolve_backend(backend, self.device, precision, compile)
         if onnx_model is not None and backend != "onnx":
             raise ValueError("onnx_model is run by backend='onnx'")
-        backend = resolve_backend(backend, self.device, precision, compile)
         precision = resolve_precision(precision, self.device, backend)
-        if backend == "onnx" and (precision != "fp32" or compile):
-            raise ValueError("backend='onnx' runs the exported fp32 graph: use precision='fp32' and compile=False")
+        if backend == "onnx" and (precision not in ("fp32", "int8") or compile):
+            raise ValueError("backend='onnx' runs an exported fp32 or int8 graph: use precision='fp32' or 'int8' and compile=False")
+        if precision == "int8" and onnx_model is None:
+            raise ValueError("precision='int8' needs an int8 ONNX graph: these weights bundle none; make one with "
+                             "`facekp export-onnx OUT.onnx --int8 CROPS_DIR` and pass onnx_model='OUT.onnx'")
         self.config = config
         self.batch_size = batch_size
         self.flip_test = flip_test
@@ -161,6 +187,8 @@ class Detector:
                 embedded = self._ort.config()
                 if embedded is not None and embedded.hourglass != config.hourglass:
                     raise WeightsError(f"{onnx_model} holds another architecture ({embedded.hourglass}) than the weights ({config.hourglass})")
+                if precision == "int8" and self._ort.precision != "int8":
+                    raise WeightsError(f"precision='int8' was asked for, but {onnx_model} is a {self._ort.precision} graph")
                 self.precision = self._ort.precision
         # Inference runs a copy with BatchNorm folded into the convolutions, in channels-last
         # layout (faster on CPU); `model` stays the trainable, savable original.

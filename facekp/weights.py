@@ -123,11 +123,12 @@ class ManifestEntry:
     repo_id: str | None = None
     revision: str | None = None
     metrics: dict | None = None
+    int8_onnx: dict | None = None  # file, sha256, size, metrics of the bundled int8 ONNX graph
 
     @property
     def path(self) -> Path:
         """Where the bundled file lies inside the installed package."""
-        return Path(str(resources.files("facekp") / "weights" / self.file))
+        return _bundled_path(self.file)
 
 
 def read_manifest(path: str | Path | None = None) -> dict:
@@ -172,6 +173,24 @@ def load_bundled(entry: ManifestEntry) -> tuple[StackedHourglass, DetectorConfig
         raise WeightsError(f"bundled weights {entry.path} are missing from the installed package")
     verify_file(entry.path, entry.sha256, f"bundled weights {entry.path}")
     return load_model(entry.path)
+
+
+def bundled_int8_onnx(entry: ManifestEntry) -> Path:
+    """The bundled int8 ONNX graph of a manifest model, verified against its sha256."""
+    if not entry.int8_onnx:
+        raise WeightsError(
+            f"model {entry.name!r} ships no int8 graph; make one with `facekp export-onnx OUT.onnx --int8 CROPS_DIR` "
+            "and pass Detector(..., backend='onnx', onnx_model='OUT.onnx')"
+        )
+    path = _bundled_path(entry.int8_onnx["file"])
+    if not path.exists():
+        raise WeightsError(f"bundled int8 graph {path} is missing from the installed package")
+    verify_file(path, entry.int8_onnx["sha256"], f"bundled int8 graph {path}")
+    return path
+
+
+def _bundled_path(file: str) -> Path:
+    return Path(str(resources.files("facekp") / "weights" / file))
 
 
 # -- Hugging Face Hub ----------------------------------------------------------------------

@@ -228,6 +228,41 @@ def test_onnx_model_file_is_checked(int8_file, two_stack_dir, tiny_model_dir):
         Detector(tiny_model_dir, device="cpu", onnx_model=int8_file)
 
 
+def test_bundled_int8_graph_is_verified_and_chosen_by_precision(tiny_manifest, tiny_weights, int8_file, tmp_path, faces):
+    import json
+
+    from facekp import ChecksumError, WeightsError
+    from facekp.weights import sha256_file
+
+    entry = {"name": "tiny", "file": str(tiny_weights), "sha256": sha256_file(tiny_weights),
+             "size": tiny_weights.stat().st_size, "config": json.loads((tiny_weights.parent / "config.json").read_text())}
+    int8 = {"file": str(int8_file), "sha256": sha256_file(int8_file), "size": int8_file.stat().st_size, "metrics": {}}
+    tiny_manifest([{**entry, "int8_onnx": int8}])
+    det = Detector("tiny", device="cpu", backend="onnx", precision="int8")
+    assert det.precision == "int8"
+    direct = Detector(tiny_weights, device="cpu", backend="onnx", onnx_model=int8_file)
+    np.testing.assert_array_equal(det.predict_batch(faces), direct.predict_batch(faces))
+    assert Detector("tiny", device="cpu", backend="auto", precision="int8").precision == "int8"
+
+    with pytest.raises(ValueError, match="backend='onnx'"):
+        Detector("tiny", device="cpu", precision="int8")  # the torch backend has no int8 path
+    with pytest.raises(ValueError, match="bundle none"):
+        Detector(tiny_weights, device="cpu", backend="onnx", precision="int8")  # a file, not a manifest model
+    with pytest.raises(WeightsError, match="fp32 graph"):
+        fp32 = export_onnx(tmp_path / "fp32.onnx", tiny_weights)
+        Detector(tiny_weights, device="cpu", backend="onnx", precision="int8", onnx_model=fp32)
+    tampered = tmp_path / "tampered.onnx"
+    data = bytearray(int8_file.read_bytes())
+    data[-1] ^= 1
+    tampered.write_bytes(bytes(data))
+    tiny_manifest([{**entry, "int8_onnx": {**int8, "file": str(tampered)}}])
+    with pytest.raises(ChecksumError):
+        Detector("tiny", device="cpu", backend="onnx", precision="int8")
+    tiny_manifest([entry])
+    with pytest.raises(WeightsError, match="ships no int8 graph"):
+        Detector("tiny", device="cpu", backend="onnx", precision="int8")
+
+
 def test_cli_export_int8(tiny_model_dir, tmp_path, capsys):
     from PIL import Image
 

@@ -235,3 +235,9 @@ def test_two_stage_run_fine_tunes_from_a_run_folder_and_the_card_shows_both(kagg
     assert "--out runs/stage1" in text and "--mirror-offset kaggle=0.5" in text
     assert "--no-flip --init runs/stage1" in text and "facekp-train export --run runs/default --name tiny" in text
     assert (card.parent / "training-curves.png").stat().st_size > 5000
+    # The int8 graph is written beside the weights, recorded with its hash and scored.
+    int8 = json.loads((tmp_path / "manifest.json").read_text())["models"][0]["int8_onnx"]
+    graph = tmp_path / "pkg" / "weights" / int8["file"]
+    assert int8["sha256"] == sha256_file(graph) and np.isfinite(int8["metrics"]["val_rmse_perturbed"])
+    det = Detector(tmp_path / "pkg" / "weights" / "tiny.safetensors", device="cpu", backend="onnx", onnx_model=graph)
+    assert det.precision == "int8" and "int8 ONNX graph" in text

@@ -65,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--model-card", type=Path, default=Path(__file__).resolve().parents[2] / "docs" / "model-card.md")
     ex.add_argument("--hub-folder", type=Path, help="also write config.json + model.safetensors here for a Hub upload")
     ex.add_argument("--no-default", action="store_true", help="do not make this the default model")
+    ex.add_argument("--no-int8", action="store_true",
+                    help="skip the int8 ONNX graph (otherwise written beside the weights, for Detector(precision='int8'))")
     ex.set_defaults(handler=_export)
 
     sm = sub.add_parser("submit", help="write a Kaggle submission CSV")
@@ -97,6 +99,10 @@ def _fit(args) -> None:
     history = Trainer(config).fit(resume=args.resume)
     if history:
         print(json.dumps(history[-1]))
+
+
+#: Training faces whose crops calibrate the int8 graph's activation ranges.
+INT8_CALIBRATION_FACES = 256
 
 
 def _load_eval_model(weights: str, device: str):
@@ -171,13 +177,17 @@ def _write_plots(model, codec, samples, folder: Path, flip_test: bool) -> None:
 
 
 def _export(args) -> None:
+    import numpy as np
+
     from ..codec import HeatmapCodec
-    from .evaluate import evaluation_report
-    from .export import export_run, load_run
+    from .augment import EVAL_PERTURBATION
+    from .data import load_dataset, split_by_identity
+    from .evaluate import evaluation_report, make_eval_crops
+    from .export import export_int8, export_run, load_run
     from .model_card import write_model_card
 
     model, config, fit = load_run(args.run)
-    samples = _validation_samples(args.data, "val", fit.val_fraction, fit.seed)
+    train, samples = split_by_identity(load_dataset(args.data), fit.val_fraction, fit.seed)
     codec = HeatmapCodec(config.hourglass.input_size, config.hourglass.heatmap_stride, config.sigma)
     report = evaluation_report(model, codec, samples)
     flip = evaluation_report(model, codec, samples, flip_test=True)
@@ -191,8 +201,15 @@ def _export(args) -> None:
         "val_faces": len(samples),
     }
     entry = export_run(args.run, args.name, args.package, args.manifest, metrics, not args.no_default, args.hub_folder)
+    summary = {k: entry[k] for k in ("name", "file", "sha256", "size")} | {"metrics": metrics}
+    if not args.no_int8:
+        # Calibrate on perturbed training crops: activation ranges then cover detector framings too.
+        picks = np.random.default_rng(fit.seed).permutation(len(train))[:INT8_CALIBRATION_FACES]
+        calibration = make_eval_crops([train[i] for i in picks], EVAL_PERTURBATION, seed=2)[0]
+        weights = Path(args.package) / "weights" / entry["file"]
+        entry["int8_onnx"] = summary["int8_onnx"] = export_int8(weights, args.manifest, args.name, calibration, samples)
     write_model_card(args.model_card, entry, fit, report, flip, args.run)
-    print(json.dumps({k: entry[k] for k in ("name", "file", "sha256", "size")} | {"metrics": metrics}, indent=2))
+    print(json.dumps(summary, indent=2))
 
 
 def _submit(args) -> None:

@@ -69,6 +69,7 @@ validation RMSE, so these figures are slightly optimistic for unseen data.
 
 With flip test-time augmentation: RMSE {flip['canonical']['rmse']:.3f} px canonical,
 {flip['perturbed']['rmse']:.3f} px perturbed (it doubles the network cost; the default does not use it).
+{_int8_line(entry)}
 
 ![training curves](training-curves.png)
 
@@ -89,6 +90,16 @@ expect larger errors on profiles, heavy occlusion, infants and very low resoluti
             starts.append(len(combined))
             combined += [{**h, "epoch": len(combined) + i} for i, h in enumerate(history)]
         plot_history(combined, path.parent / "training-curves.png", stage_starts=starts[1:])
+
+
+def _int8_line(entry: dict) -> str:
+    int8 = entry.get("int8_onnx")
+    if not int8:
+        return ""
+    m = int8["metrics"]
+    return (f"\nThe int8 ONNX graph `facekp/weights/{int8['file']}` ({int8['size'] / 1e6:.2f} MB, "
+            f"`Detector(precision=\"int8\")`, calibrated on perturbed crops of {int8['calibration_faces']} training faces): RMSE "
+            f"{m['val_rmse']:.3f} px canonical, {m['val_rmse_perturbed']:.3f} px perturbed.\n")
 
 
 def _stages(fit: FitConfig, run: Path) -> list[tuple[FitConfig, Path]]:
