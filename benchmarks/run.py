@@ -302,6 +302,16 @@ def box_frame(box: np.ndarray, calib: np.ndarray) -> np.ndarray:
     return similarity_transform(centre + side * np.array([dx, dy]), CANONICAL_RMS / (scale * side))
 
 
+def bundled_int8(weights: str | None) -> Path | None:
+    """The int8 graph bundled with a manifest model (None: the default), or None."""
+    from facekp.weights import bundled_int8_onnx, default_entry, find_entry
+
+    if weights is not None and Path(weights).exists():
+        return None
+    entry = default_entry() if weights is None else find_entry(weights)
+    return bundled_int8_onnx(entry) if entry.int8_onnx else None
+
+
 def fit_box_calibration(samples, boxes: np.ndarray) -> np.ndarray:
     """(scale, dx, dy): RMS radius of the keypoints / box side, (centroid - box centre) / side; medians."""
     rows = []
@@ -774,16 +784,18 @@ def main(argv=None) -> int:
 
         specs.append(dict(base, label="onnx fp32", backend="onnx", device="cpu", precision="fp32"))
         specs.append(dict(base, label="onnx fp32 1 thread", backend="onnx", device="cpu", precision="fp32", threads=1))
-        if train is not None:
-            # int8: activations calibrated on 256 training faces (never the validation faces)
+        int8 = bundled_int8(weights)
+        if int8 is None and train is not None:
+            # Weights without a bundled int8 graph: calibrate one on 256 training faces (never validation ones).
             from facekp.onnx import export_onnx
             from facekp.train.evaluate import make_eval_crops
 
             rng = np.random.default_rng(1)
             cal_crops, _, _ = make_eval_crops([train[i] for i in rng.choice(len(train), 256, replace=False)])
             int8 = export_onnx(work / "int8.onnx", det, int8_calibration=list(cal_crops), overwrite=True)
-            specs.append(dict(base, label="onnx int8", backend="onnx", device="cpu", precision="fp32", onnx_model=str(int8)))
-            specs.append(dict(base, label="onnx int8 1 thread", backend="onnx", device="cpu", precision="fp32",
+        if int8 is not None:
+            specs.append(dict(base, label="onnx int8", backend="onnx", device="cpu", precision="int8", onnx_model=str(int8)))
+            specs.append(dict(base, label="onnx int8 1 thread", backend="onnx", device="cpu", precision="int8",
                               onnx_model=str(int8), threads=1))
     except ImportError:
         pass
