@@ -11,7 +11,7 @@ import torch
 
 from conftest import synthetic_face, to_uint8
 from facekp import Detector
-from facekp.codec import _NEIGHBOURS, HeatmapCodec
+from facekp.codec import HeatmapCodec
 from facekp.detector import resolve_backend, resolve_precision
 from facekp.model import fuse_conv_bn
 from facekp.preprocess import standardize
@@ -131,7 +131,7 @@ def _reference_offsets(codec: HeatmapCodec, heatmaps: torch.Tensor) -> torch.Ten
     def at(dx, dy):
         return logh.gather(-1, ((iy + 1 + dy) * (w + 2) + ix + 1 + dx).unsqueeze(-1)).squeeze(-1)
 
-    return torch.stack([at(dx, dy) for dx, dy in _NEIGHBOURS], -1), ix, iy
+    return torch.stack([at(dx, dy) for dy in (-1, 0, 1) for dx in (-1, 0, 1)], -1), ix, iy  # row-major 3x3
 
 
 @pytest.mark.parametrize("sigma, blur", [(1.0, 5), (2.0, 5), (1.5, 3), (1.0, 7)])

@@ -61,14 +61,42 @@ def test_detect_on_the_sample_photo_agrees_with_the_crop(detector):
     assert np.abs(faces[0].points - crop_points).max() < 3
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason="faces68 data not available")
-def test_validation_accuracy_matches_the_manifest(detector):
+@pytest.fixture(scope="module")
+def int8_detector() -> Detector:
+    pytest.importorskip("onnxruntime")
+    return Detector(device="cpu", backend="onnx", precision="int8")
+
+
+def test_the_bundled_int8_graph_finds_the_same_features(detector, int8_detector):
+    assert int8_detector.precision == "int8"
+    # int8 rounding moves points by a fraction of a 96-frame pixel: under 2.4 px in this 226 px crop.
+    assert np.abs(int8_detector.predict(FACE_CROP) - detector.predict(FACE_CROP)).max() < 2.4
+
+
+@pytest.fixture(scope="module")
+def val_crops():
+    if not DATA.is_dir():
+        pytest.skip("faces68 data not available")
     from facekp.train.data import load_pts_folder, split_by_identity
-    from facekp.train.evaluate import keypoint_metrics, make_eval_crops
+    from facekp.train.evaluate import make_eval_crops
 
     _, val = split_by_identity(load_pts_folder(DATA), 0.15, seed=0)
-    val = val[::4]  # a quarter of the held-out faces keeps this test quick
-    crops, truth, mask = make_eval_crops(val)  # 96x96 crops in the canonical frame: predict's frame too
+    return make_eval_crops(val[::4])  # a quarter of the held-out faces keeps this quick; 96x96 canonical crops
+
+
+def test_validation_accuracy_matches_the_manifest(detector, val_crops):
+    from facekp.train.evaluate import keypoint_metrics
+
+    crops, truth, mask = val_crops
     rmse = keypoint_metrics(detector.predict_batch(crops), truth, mask)["rmse"]
     recorded = default_entry().metrics["val_rmse"]
+    assert rmse < recorded + 0.25, (rmse, recorded)
+
+
+def test_int8_validation_accuracy_matches_the_manifest(int8_detector, val_crops):
+    from facekp.train.evaluate import keypoint_metrics
+
+    crops, truth, mask = val_crops
+    rmse = keypoint_metrics(int8_detector.predict_batch(crops), truth, mask)["rmse"]
+    recorded = default_entry().int8_onnx["metrics"]["val_rmse"]
     assert rmse < recorded + 0.25, (rmse, recorded)

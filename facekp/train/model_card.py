@@ -52,7 +52,7 @@ are held out for validation; no identity is on both sides.
 
 {_stage_table(stages)}
 
-Training wall time is the first to last line of each run's `train.log`. Reproduce:
+Training wall time is the first to last line of each run's `train.log`.{_notes_link(path)} Reproduce:
 
 ```
 {_reproduce(stages, entry['name'])}
@@ -92,6 +92,11 @@ expect larger errors on profiles, heavy occlusion, infants and very low resoluti
         plot_history(combined, path.parent / "training-curves.png", stage_starts=starts[1:])
 
 
+def _notes_link(card: Path) -> str:
+    """A pointer to hand-written training notes (``training-notes.md`` beside the card), if any."""
+    return " Why the stages are as they are: [training-notes.md](training-notes.md)." if (Path(card).parent / "training-notes.md").exists() else ""
+
+
 def _int8_line(entry: dict) -> str:
     int8 = entry.get("int8_onnx")
     if not int8:
@@ -99,7 +104,7 @@ def _int8_line(entry: dict) -> str:
     m = int8["metrics"]
     return (f"\nThe int8 ONNX graph `facekp/weights/{int8['file']}` ({int8['size'] / 1e6:.2f} MB, "
             f"`Detector(precision=\"int8\")`, calibrated on perturbed crops of {int8['calibration_faces']} training faces): RMSE "
-            f"{m['val_rmse']:.3f} px canonical, {m['val_rmse_perturbed']:.3f} px perturbed.\n")
+            f"{m['val_rmse']:.3f} px canonical, {m['val_rmse_perturbed']:.3f} px perturbed.")
 
 
 def _stages(fit: FitConfig, run: Path) -> list[tuple[FitConfig, Path]]:
