@@ -375,13 +375,12 @@ def full_map_decode(codec, heatmaps):
     """The decode as it was before the windowed DARK step (same math, whole maps smoothed)."""
     import torch
 
-    from facekp.codec import _NEIGHBOURS
-
     n, k, h, w = heatmaps.shape
     peak, index = heatmaps.reshape(n, k, h * w).max(-1)
     ix, iy = index % w, torch.div(index, w, rounding_mode="floor")
     logh = codec._smoothed_log(heatmaps).reshape(n, k, (h + 2) * (w + 2))
-    vals = [logh.gather(-1, ((iy + 1 + dy) * (w + 2) + ix + 1 + dx).unsqueeze(-1)).squeeze(-1) for dx, dy in _NEIGHBOURS]
+    vals = [logh.gather(-1, ((iy + 1 + dy) * (w + 2) + ix + 1 + dx).unsqueeze(-1)).squeeze(-1)
+            for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
     return torch.stack(vals, -1), peak
 
 

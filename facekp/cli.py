@@ -59,12 +59,16 @@ def _parser() -> argparse.ArgumentParser:
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", help="a .safetensors file, save_pretrained folder or manifest model name (default: bundled)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--backend", choices=("torch", "onnx", "auto"), default="torch",
+                   help="network runtime: onnx needs onnxruntime (pip install \"facekp[onnx]\"); default torch")
+    p.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16", "int8"), default="auto",
+                   help="fp16/bf16 autocast the torch network; int8 runs the bundled quantized graph (onnx, CPU)")
 
 
 def _detector(args):
     from .detector import Detector
 
-    return Detector(args.weights, device=args.device)
+    return Detector(args.weights, device=args.device, backend=args.backend, precision=args.precision)
 
 
 def output_path(requested: Path, source: Path, several: bool, inputs: list[Path], force: bool) -> Path:

@@ -161,6 +161,19 @@ def test_bad_weights_and_device_exit_2(capsys, images, tmp_path, tiny_model_dir)
     assert code == 2 and "invalid device" in err
 
 
+def test_backend_and_precision_options(capsys, images, tiny_model_dir, detector):
+    pytest.importorskip("onnxruntime")
+    code, out, err = _run(capsys, "predict", images[0], "--json", "--backend", "onnx", *_model_args(tiny_model_dir))
+    assert code == 0, err
+    points = np.array([[v["x"], v["y"]] for v in json.loads(out)["keypoints"].values()])
+    np.testing.assert_allclose(points, detector.predict(images[0]), atol=1e-3)
+    # The tiny model is a folder, not a manifest model: it has no bundled int8 graph, which is said clearly.
+    code, _, err = _run(capsys, "predict", images[0], "--backend", "onnx", "--precision", "int8", *_model_args(tiny_model_dir))
+    assert code == 2 and "int8 ONNX graph" in err
+    code, _, err = _run(capsys, "predict", images[0], "--precision", "int8", *_model_args(tiny_model_dir))
+    assert code == 2 and "backend='onnx'" in err
+
+
 def test_usage_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as info:
         main([])
