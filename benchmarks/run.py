@@ -574,6 +574,8 @@ def report(info: dict, results: list[dict], peers: dict, abl: dict | None) -> st
             L.append(f"| {stage} | {variant} | {th.split()[-1]} | {v.get('batch 1', float('nan')):.3f} | {v.get('batch 64', float('nan')):.2f} |")
         L.append("")
     L.append("## Targets\n")
+    L.append("Verdicts of this one run. On a shared VM, repeat the script before calling a target met: runs "
+             "a few minutes apart can differ by 30% or more.\n")
     for line in info.get("targets", []):
         L.append(f"- {line}")
     L.append("")
