@@ -120,11 +120,15 @@ def mirror_offsets(model: torch.nn.Module, codec: HeatmapCodec, samples: list[Sa
     return offsets
 
 
+#: The evaluation protocols: name -> (perturbation of the crops, seed of its draw).
+CROP_PROTOCOLS: dict[str, tuple[Perturbation | None, int]] = {"canonical": (None, 0), "perturbed": (EVAL_PERTURBATION, 1)}
+
+
 def evaluation_report(model, codec, samples, flip_test: bool = False) -> dict:
-    """Metrics on canonical and on randomly perturbed crops (seeded)."""
+    """Metrics on canonical and on randomly perturbed crops (seeded), one entry per protocol."""
     return {
-        "canonical": evaluate(model, codec, samples, flip_test=flip_test),
-        "perturbed": evaluate(model, codec, samples, EVAL_PERTURBATION, seed=1, flip_test=flip_test),
+        name: evaluate(model, codec, samples, perturbation, seed=seed, flip_test=flip_test)
+        for name, (perturbation, seed) in CROP_PROTOCOLS.items()
     }
 
 

@@ -110,19 +110,20 @@ def export_int8(
     loads it, verified.
     """
     from ..detector import Detector
-    from ..onnx import calibration_inputs, onnx_bytes, quantize_int8
-    from .augment import EVAL_PERTURBATION
-    from .evaluate import keypoint_metrics, make_eval_crops
+    from ..onnx import onnx_bytes, quantize_int8
+    from ..preprocess import standardize
+    from .evaluate import CROP_PROTOCOLS, keypoint_metrics, make_eval_crops
 
     weights = Path(weights)
     model, config = load_model(weights)
     graph = weights.with_name(f"{name}-int8.onnx")
-    graph.write_bytes(quantize_int8(onnx_bytes(model, config), calibration_inputs(list(calibration), config.hourglass.input_size)))
+    graph.write_bytes(quantize_int8(onnx_bytes(model, config), standardize(calibration)[:, None]))
     det = Detector(weights, device="cpu", backend="onnx", onnx_model=graph)
     metrics = {}
-    for key, perturbation in (("val_rmse", None), ("val_rmse_perturbed", EVAL_PERTURBATION)):
-        crops, truth, mask = make_eval_crops(val, perturbation, seed=0 if perturbation is None else 1)
-        metrics[key] = keypoint_metrics(det.predict_batch(list(crops)), truth, mask)["rmse"]
+    for protocol, (perturbation, seed) in CROP_PROTOCOLS.items():
+        crops, truth, mask = make_eval_crops(val, perturbation, seed)
+        key = "val_rmse" if protocol == "canonical" else f"val_rmse_{protocol}"
+        metrics[key] = keypoint_metrics(det.predict_batch(crops), truth, mask)["rmse"]
     manifest_path = Path(manifest_path)
     manifest = json.loads(manifest_path.read_text())
     entry = next(m for m in manifest["models"] if m["name"] == name)
