@@ -149,7 +149,8 @@ class HeatmapCodec:
         Equal to the full-map result to float rounding (< 1e-4 heatmap px on the offsets).
         """
         n, k, h, w = heatmaps.shape
-        pad_h, pad_w, blur = self._operators(h, w, heatmaps.dtype, heatmaps.device)
+        # int(): under ONNX tracing the sizes are traced values; the operators must be constants.
+        pad_h, pad_w, blur = self._operators(int(h), int(w), heatmaps.dtype, heatmaps.device)
         span = blur.shape[1]
         steps = torch.arange(span, device=heatmaps.device)
         logh = torch.log(heatmaps.clamp_min(1e-10))

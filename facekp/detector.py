@@ -354,11 +354,14 @@ class Detector:
                 # Pinned host memory lets the copy run asynchronously with the previous batch.
                 x = x.pin_memory().to(self.device, non_blocking=True)
             with torch_threads_for(len(x), self.device):
-                heatmaps = self._forward(x)
-                if self.flip_test:
-                    mirrored = self._forward(x.flip(-1)).flip(-1).index_select(1, self._flip_index.to(heatmaps.device))
-                    heatmaps = 0.5 * (heatmaps + mirrored)
-                p, c = self.codec.decode(heatmaps)
+                if self._ort is not None and not self.flip_test:
+                    p, c = (torch.from_numpy(a) for a in self._ort.keypoints(x.numpy()))  # decoded in the graph
+                else:
+                    heatmaps = self._forward(x)
+                    if self.flip_test:
+                        mirrored = self._forward(x.flip(-1)).flip(-1).index_select(1, self._flip_index.to(heatmaps.device))
+                        heatmaps = 0.5 * (heatmaps + mirrored)
+                    p, c = self.codec.decode(heatmaps)
             points.append(p)  # stays on the device until the end: no sync per batch
             confidence.append(c)
         points, confidence = torch.cat(points), torch.cat(confidence)

@@ -1,10 +1,12 @@
 """ONNX export of the keypoint network, and an onnxruntime inference backend.
 
-The exported graph is the network only: standardized crops ``(N, 1, S, S)`` float32 in,
-heatmaps of the last stack ``(N, K, S/stride, S/stride)`` float32 out, BatchNorm folded into the
-convolutions, the batch dimension dynamic. Input preparation (:func:`facekp.preprocess.standardize`)
-and the DARK decode (:class:`facekp.codec.HeatmapCodec`) stay in Python, shared with the torch
-backend, so both backends return the same points up to float rounding of the network.
+The exported graph takes standardized crops ``(N, 1, S, S)`` float32 (see
+:func:`facekp.preprocess.standardize`) and has three outputs: ``heatmaps`` of the last stack
+``(N, K, S/stride, S/stride)``, and the DARK decode of them (:meth:`facekp.codec.HeatmapCodec.decode`,
+traced from the same code the torch backend runs): ``points`` ``(N, K, 2)`` (x, y) in crop pixels,
+pixel-centre convention, and ``confidence`` ``(N, K)``. BatchNorm is folded into the convolutions;
+the batch dimension is dynamic. Decoding inside the graph costs a fraction of the dozens of small
+torch calls it replaces, which matters for one crop at a time.
 
 The model's :class:`~facekp.config.DetectorConfig` is embedded in the file's metadata
 (``facekp_config``), so an exported file is self-describing (:func:`read_onnx_config`).
@@ -28,13 +30,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from .codec import HeatmapCodec
 from .config import DetectorConfig
 from .errors import DeviceError, FacekpError
 from .model import StackedHourglass, fuse_conv_bn
 from .threads import SMALL_BATCH
 
 INPUT_NAME = "crops"
-OUTPUT_NAME = "heatmaps"
+OUTPUT_NAMES = ("heatmaps", "points", "confidence")
+#: Changes whenever the exported graph's inputs or outputs change; part of the export cache key.
+GRAPH_VERSION = 2
 DEFAULT_OPSET = 17
 METADATA_KEY = "facekp_config"
 PRECISION_KEY = "facekp_precision"
@@ -43,7 +48,7 @@ _INSTALL_HINT = 'the ONNX backend needs onnxruntime: pip install "facekp[onnx]"'
 
 
 class _HeatmapNet(nn.Module):
-    """The graph that is exported: the last stack's heatmaps only."""
+    """The network part of the graph: the last stack's heatmaps."""
 
     def __init__(self, net: StackedHourglass) -> None:
         super().__init__()
@@ -53,34 +58,62 @@ class _HeatmapNet(nn.Module):
         return self.net.predict_heatmaps(crops)
 
 
+class _Decode(nn.Module):
+    """The decode part of the graph; its own module so its nodes are named ``/decode/...``."""
+
+    def __init__(self, codec: HeatmapCodec) -> None:
+        super().__init__()
+        self.codec = codec
+
+    def forward(self, heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.codec.decode(heatmaps)
+
+
+class _KeypointGraph(nn.Module):
+    """What is exported: crops -> (heatmaps, points, confidence)."""
+
+    def __init__(self, net: StackedHourglass, codec: HeatmapCodec) -> None:
+        super().__init__()
+        self.network = _HeatmapNet(net)
+        self.decode = _Decode(codec)
+
+    def forward(self, crops: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        heatmaps = self.network(crops)
+        return (heatmaps, *self.decode(heatmaps))
+
+
+#: Prefix of the decode's node names: quantization leaves those nodes in fp32.
+_DECODE_SCOPE = "/decode/"
+
+
 def onnx_bytes(model: StackedHourglass, config: DetectorConfig | None = None, *, opset: int = DEFAULT_OPSET) -> bytes:
     """Serialize ``model`` (fused, fp32, on CPU; the original is not modified) as ONNX bytes.
 
-    The batch dimension is dynamic. With ``config`` and the ``onnx`` package installed, the
-    config is written into the model's metadata.
+    The batch dimension is dynamic. The decode uses ``config``'s codec settings (the default
+    :class:`~facekp.config.DetectorConfig`'s without it). With the ``onnx`` package installed,
+    ``config`` is written into the model's metadata.
     """
     net = fuse_conv_bn(copy.deepcopy(model).float().cpu().eval())
-    size = net.config.input_size
-    example = torch.zeros(2, 1, size, size)
+    h = net.config
+    codec = HeatmapCodec(h.input_size, h.heatmap_stride, (config or DetectorConfig()).sigma)
+    example = torch.zeros(2, 1, h.input_size, h.input_size)
     kwargs = dict(
         input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
+        output_names=list(OUTPUT_NAMES),
         opset_version=opset,
-        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)},
         do_constant_folding=True,
     )
     if "dynamo" in inspect.signature(torch.onnx.export).parameters:
-        # The TorchScript-based exporter: no onnxscript dependency, and a static graph of plain
-        # Conv/Relu/Add/MaxPool/Resize nodes is all this network needs.
+        # The TorchScript-based exporter: no onnxscript dependency, and it traces the network
+        # and the decode into a static graph of plain ONNX operators.
         kwargs["dynamo"] = False
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(_HeatmapNet(net), (example,), buffer, **kwargs)
+        torch.onnx.export(_KeypointGraph(net, codec), (example,), buffer, **kwargs)
     data = buffer.getvalue()
-    if config is not None:
-        data = _with_metadata(data, {METADATA_KEY: json.dumps(config.to_dict())})
-    return data
+    return _finish(data, {METADATA_KEY: json.dumps(config.to_dict())} if config is not None else {}, h.num_keypoints)
 
 
 def cache_dir() -> Path:
@@ -103,7 +136,7 @@ def cached_onnx_bytes(model: StackedHourglass, config: DetectorConfig | None = N
         h.update(name.encode())
         h.update(tensor.detach().cpu().float().contiguous().numpy().tobytes())
     h.update(json.dumps(config.to_dict() if config else None, sort_keys=True).encode())
-    h.update(f"{opset}|{torch.__version__}".encode())
+    h.update(f"{opset}|{torch.__version__}|{GRAPH_VERSION}".encode())
     path = cache_dir() / f"{h.hexdigest()[:32]}.onnx"
     try:
         return path.read_bytes()
@@ -120,12 +153,18 @@ def cached_onnx_bytes(model: StackedHourglass, config: DetectorConfig | None = N
     return data
 
 
-def _with_metadata(data: bytes, entries: dict[str, str]) -> bytes:
+def _finish(data: bytes, entries: dict[str, str], num_keypoints: int) -> bytes:
+    """Add metadata ``entries`` and give the decoded outputs their static keypoint axis (tracing
+    leaves it symbolic). Both are conveniences for people reading the file: onnxruntime alone
+    runs the graph without them."""
     try:
         import onnx
-    except ImportError:  # onnxruntime alone can run the file; the metadata is a convenience
+    except ImportError:
         return data
     proto = onnx.load_from_string(data)
+    for output in proto.graph.output:
+        if output.name != "heatmaps":
+            output.type.tensor_type.shape.dim[1].dim_value = num_keypoints
     for key, value in entries.items():
         prop = proto.metadata_props.add()
         prop.key, prop.value = key, value
@@ -139,7 +178,8 @@ def quantize_int8(model: bytes, calibration: np.ndarray) -> bytes:
 
     QDQ format, per-channel int8 weights, uint8 activations whose ranges are calibrated (min/max)
     on ``calibration``: ``(N, 1, S, S)`` float32 standardized crops of real faces (a few hundred
-    suffice; see :func:`calibration_inputs`). On CPUs with VNNI this roughly doubles throughput;
+    suffice; see :func:`calibration_inputs`). The network is quantized; the decode stays fp32.
+    On CPUs with VNNI this roughly doubles throughput;
     ``docs/benchmarks.md`` shows its accuracy cost. The result keeps ``model``'s metadata and adds
     ``facekp_precision = int8``.
     """
@@ -171,6 +211,7 @@ def quantize_int8(model: bytes, calibration: np.ndarray) -> bytes:
             quantize_static(
                 str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                nodes_to_exclude=[n.name for n in onnx.load_from_string(model).graph.node if n.name.startswith(_DECODE_SCOPE)],
             )
         finally:
             logging.getLogger().setLevel(level)
@@ -240,7 +281,10 @@ def read_onnx_config(path: str | Path) -> DetectorConfig:
 
 
 class OnnxBackend:
-    """Runs an exported network with onnxruntime: ``(N, 1, S, S)`` float32 -> ``(N, K, h, w)``.
+    """Runs an exported graph with onnxruntime on standardized ``(N, 1, S, S)`` float32 crops.
+
+    Calling it returns the heatmaps ``(N, K, h, w)``; :meth:`keypoints` returns the points and
+    confidences decoded inside the graph.
 
     Args:
         model: ONNX bytes (:func:`onnx_bytes`) or a path to an ``.onnx`` file.
@@ -270,6 +314,12 @@ class OnnxBackend:
         self._small = None  # one-thread session for small CPU batches, made on first use
         self.device = device
         self.input_name = self.session.get_inputs()[0].name
+        outputs = [o.name for o in self.session.get_outputs()]
+        if outputs != list(OUTPUT_NAMES):
+            raise FacekpError(
+                f"the ONNX graph has outputs {outputs}, expected {list(OUTPUT_NAMES)}: it was not written by this "
+                "facekp's export-onnx (older exports hold heatmaps only); export it again"
+            )
         #: the file's metadata: ``facekp_config`` (JSON) and, for quantized graphs, ``facekp_precision``
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
 
@@ -298,6 +348,15 @@ class OnnxBackend:
         return self.session.get_providers()
 
     def __call__(self, crops: np.ndarray) -> np.ndarray:
+        """Heatmaps ``(N, K, h, w)`` float32."""
+        return self._run(["heatmaps"], crops)[0]
+
+    def keypoints(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Points ``(N, K, 2)`` in crop pixels and confidences ``(N, K)``, float32."""
+        points, confidence = self._run(["points", "confidence"], crops)
+        return points, confidence
+
+    def _run(self, outputs: list[str], crops: np.ndarray) -> list[np.ndarray]:
         crops = np.ascontiguousarray(crops, dtype=np.float32)
         session = self.session
         if len(crops) < SMALL_BATCH and self.device.type == "cpu" and self.threads is None:
@@ -305,4 +364,4 @@ class OnnxBackend:
             if self._small is None:
                 self._small = self._session(1)
             session = self._small
-        return session.run(None, {self.input_name: crops})[0]
+        return session.run(outputs, {self.input_name: crops})

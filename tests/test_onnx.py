@@ -58,23 +58,41 @@ def faces():
 def test_export_has_dynamic_batch_and_runs_any_batch(exported, detector):
     proto = onnx.load(str(exported))
     onnx.checker.check_model(proto)
-    (inp,), (out,) = proto.graph.input, proto.graph.output
+    (inp,), outputs = proto.graph.input, proto.graph.output
     dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
     assert dims == ["batch", 1, 96, 96]
-    assert [d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim] == ["batch", 15, 24, 24]
+    shapes = {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in outputs}
+    assert shapes == {"heatmaps": ["batch", 15, 24, 24], "points": ["batch", 15, 2], "confidence": ["batch", 15]}
     backend = OnnxBackend(exported)
     assert backend.providers == ["CPUExecutionProvider"]
     for n in (1, 3, 17):
         x = torch.randn(n, 1, 96, 96, generator=torch.Generator().manual_seed(n))
         with torch.inference_mode():
-            want = detector.model.predict_heatmaps(x).numpy()  # the unfused original
+            want = detector.model.predict_heatmaps(x)  # the unfused original
         got = backend(x.numpy())
         assert got.shape == (n, 15, 24, 24) and got.dtype == np.float32
-        np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(got, want.numpy(), atol=1e-4, rtol=1e-4)
+        # The decode traced into the graph gives what the torch codec gives on the same heatmaps.
+        points, confidence = backend.keypoints(x.numpy())
+        want_points, want_confidence = detector.codec.decode(torch.from_numpy(got))
+        assert points.shape == (n, 15, 2) and points.dtype == np.float32
+        np.testing.assert_allclose(points, want_points.numpy(), atol=TOLERANCE_PX, rtol=0)
+        np.testing.assert_allclose(confidence, want_confidence.numpy(), atol=1e-6)
     assert backend._small is not None  # batches of 1 and 3 ran on the one-thread session
     pinned = OnnxBackend(exported, threads=2)
     pinned(np.zeros((1, 1, 96, 96), np.float32))
     assert pinned._small is None  # an explicit thread count is kept for every batch
+
+
+def test_graph_without_decoded_outputs_is_refused(exported, tmp_path):
+    from facekp import FacekpError
+
+    proto = onnx.load(str(exported))
+    del proto.graph.output[1:]  # heatmaps only, as an export from an older facekp
+    old = tmp_path / "old.onnx"
+    onnx.save(proto, str(old))
+    with pytest.raises(FacekpError, match="export it again"):
+        OnnxBackend(old)
 
 
 def test_metadata_holds_the_config(exported, tiny_config):
@@ -215,6 +233,10 @@ def test_int8_export_runs_as_a_detector(int8_file, tiny_model_dir, faces):
     want, got = fp32._ort(x), det._ort(x)
     assert got.shape == want.shape and np.isfinite(got).all()
     assert np.corrcoef(got.ravel(), want.ravel())[0, 1] >= 0.98  # int8 is coarse, but the same function
+    # Only the network is quantized: the decode in the graph is the fp32 codec, applied to int8 heatmaps.
+    assert not any(n.op_type == "QuantizeLinear" and n.name.startswith("/decode/") for n in proto.graph.node)
+    points, _ = det._ort.keypoints(x)
+    np.testing.assert_allclose(points, det.codec.decode(torch.from_numpy(got))[0].numpy(), atol=TOLERANCE_PX, rtol=0)
     points = det.predict_batch(faces)
     assert points.shape == (len(faces), 15, 2) and np.isfinite(points).all()
 
