@@ -1,8 +1,9 @@
 """CPU thread policy: a crop or two is too little work to split across threads.
 
-Thread pools cost more than they save on tiny batches (2-core CPU, docs/benchmarks.md:
-onnxruntime 4.0 ms on one thread vs 8.2 ms on two for one crop; torch's heatmap decode
-0.4 vs 1.0 ms), so calls under :data:`SMALL_BATCH` crops run on one intra-op thread.
+Torch's thread pool costs more than it saves on the dozens of tiny ops of a small batch
+(2-core CPU: the heatmap decode of one crop 0.4 ms on one thread vs 1.0 ms on two), so torch
+calls under :data:`SMALL_BATCH` crops run on one intra-op thread. onnxruntime needs no such
+rule: its fused graph is faster on two threads even for one crop (:class:`facekp.onnx.OnnxBackend`).
 """
 
 from __future__ import annotations
