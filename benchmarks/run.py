@@ -171,19 +171,14 @@ def worker(spec: dict) -> dict:
             batch = (crops * (b // len(crops) + 1))[:b]
             secs = timings(lambda: det.predict_batch(batch, batch_size=b), min_time=tmin, min_reps=3 if b >= 256 else 10)
             result["throughput"][str(b)] = b / float(np.median(secs))
-        # network + decode only, on prepared standardized input (what the FLOP share uses)
-        from facekp.preprocess import standardize
-
+        # network + decode only, on crops already warped to 96x96 (what the FLOP share uses)
         b = 1024 if cuda else 256
         size = det.config.hourglass.input_size
         small = [cv2.resize(c, (size, size), interpolation=cv2.INTER_AREA) for c in (crops * 4)[:b]]
-        x = torch.from_numpy(standardize(np.stack(small).astype(np.float32) / 255))[:, None]
-        x = x.to(det.device)
+        ready = np.stack(small).astype(np.float32) / 255  # warped crops: standardize, network, decode
 
         def net():
-            with torch.inference_mode():
-                det.codec.decode(det._forward(x))
-            sync()
+            det._run(ready, b)  # returns points on the host: synchronized
 
         result["network_throughput"] = {"batch": b, "crops_per_s": b / float(np.median(timings(net, min_time=tmin, min_reps=3)))}
         # -- full photo: detect + keypoints, where Detector.detect exists ------------------
@@ -625,7 +620,7 @@ def optimization_summary(abl: dict, results: list[dict]) -> list[str]:
                    f"with 1; batch 256 {o['throughput']['256']:.0f} vs {o1['throughput']['256']:.0f} crops/s.")
     q = by.get("onnx int8")
     if q and o:
-        out.append(f"int8 (static, per-channel, VNNI) vs fp32 onnxruntime: single crop {o['single']['median_ms']:.2f} → {q['single']['median_ms']:.2f} ms, "
+        out.append(f"int8 (static QDQ, per-channel weights) vs fp32 onnxruntime: single crop {o['single']['median_ms']:.2f} → {q['single']['median_ms']:.2f} ms, "
                    f"batch 256 {o['throughput']['256']:.0f} → {q['throughput']['256']:.0f} crops/s; RMSE "
                    f"{o.get('accuracy', {}).get('rmse', float('nan')):.3f} → {q.get('accuracy', {}).get('rmse', float('nan')):.3f} px.")
     return out
