@@ -141,7 +141,10 @@ def test_cli_fit_eval_submit(kaggle_csv, tmp_path, capsys):
                        "--json", str(metrics), "--plots", str(tmp_path / "plots"), "--device", "cpu"]) == 0
     table = capsys.readouterr().out
     assert "| canonical |" in table and "| perturbed |" in table and "nose_tip" in table
+    assert "Mean error (x, y) px" in table and "once each subset's mean error" in table
     report = json.loads(metrics.read_text())
+    canonical = report["canonical"]
+    assert canonical["rmse_without_subset_bias"] <= canonical["rmse"] + 1e-9
     for png in ("val-predictions.png", "val-errors.png"):
         assert (tmp_path / "plots" / png).stat().st_size > 5000
     assert report["canonical"]["faces"] > 0 and np.isfinite(report["perturbed"]["rmse"])
@@ -174,6 +177,28 @@ def test_cli_fit_eval_submit(kaggle_csv, tmp_path, capsys):
     assert float(got[0]["Location"]) == pytest.approx(float(np.clip(det.predict(first)[0, 0], 0, 96)), abs=1e-3)
     assert train_main(["submit", "--weights", str(weights), "--test", str(test_csv), "--lookup", str(lookup),
                        "--out", str(out)]) == 2  # never overwrites
+
+
+def test_keypoint_metrics_separate_bias_from_scatter():
+    from facekp.train.evaluate import keypoint_metrics
+
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(10, 80, size=(6, 15, 2))
+    offset = rng.uniform(-2, 2, size=(15, 2))  # a labelling convention: the same shift on every face
+    sign = np.where(np.arange(6) % 2 == 0, 1.0, -1.0)[:, None, None]
+    scatter = sign * np.array([0.6, -0.3])  # mean zero over the six faces
+    pred = truth + offset + scatter
+    mask = np.ones((6, 15), bool)
+    m = keypoint_metrics(pred, truth, mask)
+    np.testing.assert_allclose(np.array(list(m["per_keypoint_bias"].values())), offset, atol=1e-9)
+    assert m["rmse_unbiased"] == pytest.approx(np.sqrt((0.6**2 + 0.3**2) / 2))
+    assert m["rmse"] == pytest.approx(np.sqrt(((offset + scatter) ** 2).sum(-1).mean() / 2))
+    # A masked point is ignored, however wrong the prediction there.
+    pred[0, 3] += 50.0
+    mask[0, 3] = False
+    masked = keypoint_metrics(pred, truth, mask)
+    assert masked["rmse_unbiased"] == pytest.approx(m["rmse_unbiased"], abs=0.05)
+    assert abs(masked["per_keypoint_bias"]["left_eye_outer_corner"][0] - offset[3, 0]) < 0.2
 
 
 def test_console_script_lists_subcommands():
