@@ -58,7 +58,12 @@ def test_detect_on_the_sample_photo_agrees_with_the_crop(detector):
     faces = detector.detect(sample_photo_path())
     assert len(faces) == 1
     crop_points = detector.predict(FACE_CROP) + np.array([155, 103])
-    assert np.abs(faces[0].points - crop_points).max() < 3
+    # Two framings of one face agree to well within the model's error (RMSE ~1.5 px of the 96 frame):
+    # on average under 1 frame px, and no point over 2 (the eyebrow ends, its least certain points,
+    # differ most). Differences are measured in frame px: photo px x 26 / the points' RMS radius.
+    to_frame = 26.0 / np.sqrt(((crop_points - crop_points.mean(0)) ** 2).sum(1).mean())
+    diff = np.linalg.norm(faces[0].points - crop_points, axis=1) * to_frame
+    assert diff.mean() < 1.0 and diff.max() < 2.0
 
 
 @pytest.fixture(scope="module")
