@@ -20,11 +20,13 @@ FACE_CROP = ROOT / "examples" / "face_crop.jpg"
 DATA = Path(os.environ.get("FACEKP_DATA", ROOT.parent / "shared" / "data" / "faces68"))
 
 # Features of examples/face_crop.jpg (226 x 226 px) placed by hand on a 10 px grid, pixel-centre
-# convention; "left" is the subject's left (the image's right).
+# convention; "left" is the subject's left (the image's right). The nose tip is the middle of the
+# tip's highlight, above the nostrils (it was first placed on the nostril line, y 142: the lower edge
+# of the tip, where the YouTube-Faces labels put it and the 300-W labels do not).
 HAND_LABELS = {
     "left_eye_center": (152, 83),
     "right_eye_center": (68, 86),
-    "nose_tip": (113, 142),
+    "nose_tip": (114, 137),
     "mouth_left_corner": (147, 173),
     "mouth_right_corner": (78, 175),
     "mouth_center_top_lip": (110, 170),
@@ -53,6 +55,12 @@ def test_points_land_on_the_features_of_a_real_face(detector):
     assert confidence.min() > 0.3
 
 
+def frame_px_apart(points: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Distance of each point from its reference in 96x96-frame px (image px x 26 / the reference's RMS radius)."""
+    to_frame = 26.0 / np.sqrt(((reference - reference.mean(0)) ** 2).sum(1).mean())
+    return np.linalg.norm(points - reference, axis=1) * to_frame
+
+
 def test_detect_on_the_sample_photo_agrees_with_the_crop(detector):
     # examples/face_crop.jpg was cut from the sample portrait at (155, 103).
     faces = detector.detect(sample_photo_path())
@@ -60,9 +68,8 @@ def test_detect_on_the_sample_photo_agrees_with_the_crop(detector):
     crop_points = detector.predict(FACE_CROP) + np.array([155, 103])
     # Two framings of one face agree to well within the model's error (RMSE ~1.5 px of the 96 frame):
     # on average under 1 frame px, and no point over 2 (the eyebrow ends, its least certain points,
-    # differ most). Differences are measured in frame px: photo px x 26 / the points' RMS radius.
-    to_frame = 26.0 / np.sqrt(((crop_points - crop_points.mean(0)) ** 2).sum(1).mean())
-    diff = np.linalg.norm(faces[0].points - crop_points, axis=1) * to_frame
+    # differ most).
+    diff = frame_px_apart(faces[0].points, crop_points)
     assert diff.mean() < 1.0 and diff.max() < 2.0
 
 
@@ -74,8 +81,10 @@ def int8_detector() -> Detector:
 
 def test_the_bundled_int8_graph_finds_the_same_features(detector, int8_detector):
     assert int8_detector.precision == "int8"
-    # int8 rounding moves points by a fraction of a 96-frame pixel: under 2.4 px in this 226 px crop.
-    assert np.abs(int8_detector.predict(FACE_CROP) - detector.predict(FACE_CROP)).max() < 2.4
+    # int8 rounding moves points on this face by 0.6 frame px on average and up to 1.9 (the right
+    # eyebrow's outer end): the int8 graph's validation RMSE is 0.08 px above fp32's.
+    diff = frame_px_apart(int8_detector.predict(FACE_CROP), detector.predict(FACE_CROP))
+    assert diff.mean() < 1.0 and diff.max() < 2.5
 
 
 @pytest.fixture(scope="module")
