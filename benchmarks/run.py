@@ -67,15 +67,26 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def cpu_model() -> str:
+def _lscpu(field: str) -> str | None:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
     except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown CPU"
+        return None
+    return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith(f"{field}:")), None)
+
+
+def cpu_model() -> str:
+    return _lscpu("Model name") or platform.processor() or "unknown CPU"
+
+
+def cpu_int8_kernels() -> str:
+    """What onnxruntime's int8 convolutions run on: VNNI dot products, or AVX2 pair sums."""
+    flags = set((_lscpu("Flags") or "").split())
+    if "avx512_vnni" in flags:
+        return "AVX-512 VNNI"
+    if "avx_vnni" in flags:
+        return "AVX-VNNI"
+    return "AVX2, no VNNI" if "avx2" in flags else "no AVX2"
 
 
 def load_validation(data: Path, limit: int | None = None):
@@ -486,7 +497,7 @@ def fmt(v, digits=2, unit=""):
 def report(info: dict, results: list[dict], peers: dict, abl: dict | None) -> str:
     L = []
     L.append("# facekp benchmarks\n")
-    L.append(f"Measured {info['date']} on **{info['cpu']}**, {info['cores']} cores "
+    L.append(f"Measured {info['date']} on **{info['cpu']}** (int8: {info['int8_kernels']}), {info['cores']} cores "
              f"(`torch.get_num_threads()` = {info['torch_threads']}), {info['platform']}; "
              f"Python {info['python']}, torch {info['torch']}, onnxruntime {info.get('onnxruntime', '–')}, "
              f"OpenCV {info['opencv']}. GPU: {info['gpu']}.\n")
@@ -555,7 +566,7 @@ def report(info: dict, results: list[dict], peers: dict, abl: dict | None) -> st
     L.append("![accuracy vs speed](benchmarks.png)\n")
     if abl:
         L.append("## What each CPU optimization is worth\n")
-        for line in optimization_summary(abl, results):
+        for line in optimization_summary(abl, results, info["int8_kernels"]):
             L.append(f"- {line}")
         L.append("")
         L.append("Network forward (and heatmap decode) alone, median ms per call, same process, same weights:\n")
@@ -580,7 +591,7 @@ def report(info: dict, results: list[dict], peers: dict, abl: dict | None) -> st
     return "\n".join(L)
 
 
-def optimization_summary(abl: dict, results: list[dict]) -> list[str]:
+def optimization_summary(abl: dict, results: list[dict], int8_kernels: str) -> list[str]:
     """One line per optimization: before -> after, from the ablation and the backend runs."""
     def a(stage, variant, threads, batch):
         return abl.get(f"{stage} | {variant} | threads {threads} | batch {batch}")
@@ -620,7 +631,7 @@ def optimization_summary(abl: dict, results: list[dict]) -> list[str]:
                    f"with 1; batch 256 {o['throughput']['256']:.0f} vs {o1['throughput']['256']:.0f} crops/s.")
     q = by.get("onnx int8")
     if q and o:
-        out.append(f"int8 (static QDQ, per-channel weights) vs fp32 onnxruntime: single crop {o['single']['median_ms']:.2f} → {q['single']['median_ms']:.2f} ms, "
+        out.append(f"int8 (static QDQ, per-channel 7-bit weights, {int8_kernels}) vs fp32 onnxruntime: single crop {o['single']['median_ms']:.2f} → {q['single']['median_ms']:.2f} ms, "
                    f"batch 256 {o['throughput']['256']:.0f} → {q['throughput']['256']:.0f} crops/s; RMSE "
                    f"{o.get('accuracy', {}).get('rmse', float('nan')):.3f} → {q.get('accuracy', {}).get('rmse', float('nan')):.3f} px.")
     return out
@@ -705,6 +716,7 @@ def main(argv=None) -> int:
     info = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "cpu": cpu_model(),
+        "int8_kernels": cpu_int8_kernels(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(terse=True),
