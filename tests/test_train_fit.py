@@ -101,7 +101,15 @@ def test_fine_tune_starts_from_saved_weights_without_flips(kaggle_csv, tmp_path)
     rng = np.random.default_rng(0)
     assert all(np.linalg.det(tuned.augmenter.transform(rng)[:, :2]) > 0 for _ in range(50))  # never mirrored
     tuned.fit()
-    assert json.loads((tmp_path / "tuned" / "fit_config.json").read_text())["flip"] is False
+    recorded = json.loads((tmp_path / "tuned" / "fit_config.json").read_text())
+    assert recorded["flip"] is False
+    # The starting weights are identified by hash: a file of that name may be replaced later.
+    assert recorded["init_sha256"] == sha256_file(saved)
+    card = tmp_path / "card.md"
+    assert train_main(["export", "--run", str(tmp_path / "tuned"), "--name", "tiny", "--data", str(kaggle_csv),
+                       "--package", str(tmp_path / "pkg"), "--manifest", str(tmp_path / "manifest.json"),
+                       "--model-card", str(card), "--no-int8"]) == 0
+    assert f"Stage 1 starts from the weights `{saved.name}` (sha256 `{recorded['init_sha256']}`)" in card.read_text()
     with pytest.raises(ValueError, match="init"):
         Trainer(_config(kaggle_csv, tmp_path / "other", init=str(saved), hourglass=HourglassConfig(num_stacks=1, channels=8)))
 

@@ -44,6 +44,7 @@ class FitConfig:
     max_steps: int | None = None  # stop early after this many optimizer steps (tests, smoke runs)
     flip: bool = True  # mirror half of the training crops (with the left/right keypoint swap)
     init: str | None = None  # start from these weights (a model file/folder) instead of random ones
+    init_sha256: str | None = None  # of an --init weights file, recorded when the run starts (files get replaced)
     mirror_offsets: dict[str, float] = field(default_factory=dict)  # subset -> labels' x offset, px
 
     def to_dict(self) -> dict:
@@ -127,10 +128,15 @@ class Trainer:
 
     def _load_init(self, weights: str) -> None:
         """Fine-tuning: take the network's weights from a run folder (its best epoch) or a saved model."""
-        from ..weights import load_model
+        from ..weights import WEIGHTS_NAME, load_model, sha256_file
         from .export import load_run
 
-        model, config = load_run(weights)[:2] if is_run_folder(weights) else load_model(weights)
+        if is_run_folder(weights):
+            model, config = load_run(weights)[:2]
+        else:
+            model, config = load_model(weights)
+            path = Path(weights)
+            self.config.init_sha256 = sha256_file(path / WEIGHTS_NAME if path.is_dir() else path)
         if config.hourglass != self.config.hourglass:
             raise ValueError(f"--init {weights} is a {config.hourglass}, but this run trains a {self.config.hourglass}")
         self.model.load_state_dict(model.state_dict())

@@ -51,7 +51,7 @@ are held out for validation; no identity is on both sides.
   stage's best epoch (`--init`); the exported weights are the last stage's best epoch.
 
 {_stage_table(stages)}
-
+{_starting_weights(stages)}
 Training wall time is the first to last line of each run's `train.log`.{_notes_link(path)} Reproduce:
 
 ```
@@ -133,6 +133,15 @@ def _stage_table(stages: list[tuple[FitConfig, Path]]) -> str:
         rows.append(f"| {i} | `runs/{run.name}` | {fit.epochs} | {fit.lr:g} | {'yes' if fit.flip else 'no'} | "
                     f"{offsets or '-'} | {best.get('epoch', '?')} | {rmse} | {_wall_time(run)} |")
     return "\n".join(rows)
+
+
+def _starting_weights(stages: list[tuple[FitConfig, Path]]) -> str:
+    """Where the first stage started when that was a weights file rather than random weights or a run."""
+    fit = stages[0][0]
+    if fit.init is None or is_run_folder(fit.init):
+        return ""
+    digest = f" (sha256 `{fit.init_sha256}`)" if fit.init_sha256 else ""
+    return f"\nStage 1 starts from the weights `{Path(fit.init).name}`{digest}.\n"
 
 
 def _reproduce(stages: list[tuple[FitConfig, Path]], name: str) -> str:
