@@ -17,12 +17,14 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from facekp.onnx import (  # noqa: E402
+    INPUT_NAME,
     OnnxBackend,
     cache_dir,
     cached_onnx_bytes,
     calibration_inputs,
     export_onnx,
     onnx_bytes,
+    quantize_int8,
     read_onnx_config,
 )
 
@@ -238,8 +240,6 @@ def test_int8_export_runs_as_a_detector(int8_file, tiny_model_dir, faces):
 
 
 def test_int8_ranges_are_per_face_means_and_weights_fit_in_7_bits(make_model, tiny_config):
-    from facekp.onnx import INPUT_NAME, quantize_int8
-
     faces = calibration_inputs([to_uint8(synthetic_face(96, 96, seed=i)) for i in range(8)])
     faces[0] *= 20.0  # one outlier face: with the extremes over all faces it would set the input's range
     proto = onnx.load_from_string(quantize_int8(onnx_bytes(make_model(), tiny_config), faces))

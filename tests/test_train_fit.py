@@ -105,6 +105,10 @@ def test_fine_tune_starts_from_saved_weights_without_flips(kaggle_csv, tmp_path)
     assert recorded["flip"] is False
     # The starting weights are identified by hash: a file of that name may be replaced later.
     assert recorded["init_sha256"] == sha256_file(saved)
+    save_model(Trainer(_config(kaggle_csv, tmp_path / "third")).model, DetectorConfig(hourglass=TINY), saved.parent, overwrite=True)
+    Trainer(_config(kaggle_csv, tmp_path / "tuned", init=str(saved), flip=False, max_steps=3)).fit(resume=True)
+    resumed = json.loads((tmp_path / "tuned" / "fit_config.json").read_text())
+    assert resumed["init_sha256"] == recorded["init_sha256"] != sha256_file(saved)  # replaced since the run began
     card = tmp_path / "card.md"
     assert train_main(["export", "--run", str(tmp_path / "tuned"), "--name", "tiny", "--data", str(kaggle_csv),
                        "--package", str(tmp_path / "pkg"), "--manifest", str(tmp_path / "manifest.json"),

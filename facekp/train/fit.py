@@ -173,6 +173,8 @@ class Trainer:
         self.step = int(state["step"])
         self.history = json.loads(state["history"])
         self.best_rmse = float(state["best_rmse"])
+        if saved.init_sha256:  # the weights the run started from, not what the --init path holds now
+            self.config.init_sha256 = saved.init_sha256
 
     # -- the loop ----------------------------------------------------------------------
     def fit(self, resume: bool = False) -> list[dict]:
