@@ -165,7 +165,6 @@ def worker(spec: dict) -> dict:
     inputs = pickle.loads(Path(spec["inputs"]).read_bytes())
     crops, photos = inputs["crops"], inputs["photos"]
     cuda = det.device.type == "cuda"
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
     quick = spec.get("quick", False)
     tmin = 0.3 if quick else 1.5
 
@@ -633,7 +632,8 @@ def optimization_summary(abl: dict, results: list[dict], int8_kernels: str) -> l
     if q and o:
         out.append(f"int8 (static QDQ, per-channel 7-bit weights, {int8_kernels}) vs fp32 onnxruntime: single crop {o['single']['median_ms']:.2f} → {q['single']['median_ms']:.2f} ms, "
                    f"batch 256 {o['throughput']['256']:.0f} → {q['throughput']['256']:.0f} crops/s; RMSE "
-                   f"{o.get('accuracy', {}).get('rmse', float('nan')):.3f} → {q.get('accuracy', {}).get('rmse', float('nan')):.3f} px.")
+                   f"{o.get('accuracy', {}).get('rmse', float('nan')):.3f} → {q.get('accuracy', {}).get('rmse', float('nan')):.3f} px. CPUs without VNNI: "
+                   "[int8-cpus.md](int8-cpus.md).")
     return out
 
 
@@ -794,12 +794,11 @@ def main(argv=None) -> int:
         specs.append(dict(base, label="onnx fp32 1 thread", backend="onnx", device="cpu", precision="fp32", threads=1))
         int8 = bundled_int8(weights)
         if int8 is None and train is not None:
-            # Weights without a bundled int8 graph: calibrate one on 256 training faces (never validation ones).
+            # Weights without a bundled int8 graph: calibrate one as facekp-train export would.
             from facekp.onnx import export_onnx
-            from facekp.train.evaluate import make_eval_crops
+            from facekp.train.export import int8_calibration_crops
 
-            rng = np.random.default_rng(1)
-            cal_crops, _, _ = make_eval_crops([train[i] for i in rng.choice(len(train), 256, replace=False)])
+            cal_crops = int8_calibration_crops(train, seed=0)
             int8 = export_onnx(work / "int8.onnx", det, int8_calibration=list(cal_crops), overwrite=True)
         if int8 is not None:
             specs.append(dict(base, label="onnx int8", backend="onnx", device="cpu", precision="int8", onnx_model=str(int8)))

@@ -172,7 +172,7 @@ def _finish(data: bytes, entries: dict[str, str], num_keypoints: int) -> bytes:
     return proto.SerializeToString()
 
 
-def quantize_int8(model: bytes, calibration: np.ndarray) -> bytes:
+def quantize_int8(model: bytes, calibration: np.ndarray, *, weight_bits: int = 7) -> bytes:
     """Static int8 quantization of an exported graph, for onnxruntime on CPU.
 
     QDQ format, per-channel 7-bit weights, uint8 activations calibrated on ``calibration``:
@@ -184,14 +184,18 @@ def quantize_int8(model: bytes, calibration: np.ndarray) -> bytes:
     default model they cost 0.06 px of validation RMSE. Weights use 7 of their 8 bits
     (``reduce_range``) because x86 CPUs without VNNI multiply uint8 by int8 in pairs summed into
     int16, which full-range weights can overflow; with 7 bits the sums fit, so the points do not
-    depend on whether the CPU has VNNI. ``docs/benchmarks.md`` has the speed and accuracy figures.
-    The result keeps ``model``'s metadata and adds ``facekp_precision = int8``.
+    depend on whether the CPU has VNNI (``docs/int8-cpus.md`` checks this on emulated CPUs).
+    ``weight_bits=8`` is only for graphs that will run on VNNI CPUs alone. ``docs/benchmarks.md``
+    has the speed and accuracy figures. The result keeps ``model``'s metadata and adds
+    ``facekp_precision = int8``.
     """
     try:
         import onnx
         from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
     except ImportError as exc:
         raise ImportError(f"int8 quantization needs onnx and onnxruntime: {_INSTALL_HINT}") from exc
+    if weight_bits not in (7, 8):
+        raise ValueError(f"weight_bits must be 7 or 8, got {weight_bits!r}")
     calibration = np.ascontiguousarray(calibration, dtype=np.float32)
     if calibration.ndim != 4 or calibration.shape[1] != 1 or len(calibration) == 0:
         raise ValueError(f"calibration must be (N, 1, S, S) standardized crops, got shape {calibration.shape}")
@@ -213,7 +217,7 @@ def quantize_int8(model: bytes, calibration: np.ndarray) -> bytes:
         logging.getLogger().setLevel(logging.ERROR)  # the quantizer logs advice at WARNING
         try:
             quantize_static(
-                str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
+                str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=weight_bits == 7,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
                 extra_options={"CalibMovingAverage": True},  # ranges averaged over the batches, i.e. the faces
                 nodes_to_exclude=[n.name for n in onnx.load_from_string(model).graph.node if n.name.startswith(_DECODE_SCOPE)],

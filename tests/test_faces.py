@@ -26,7 +26,6 @@ from facekp.faces import (
     BoxCalibration,
     HaarFaceDetector,
     default_calibration,
-    detect_faces,
     face_geometry,
     fit_box_calibration,
     match_face,

@@ -242,15 +242,28 @@ def test_int8_export_runs_as_a_detector(int8_file, tiny_model_dir, faces):
 def test_int8_ranges_are_per_face_means_and_weights_fit_in_7_bits(make_model, tiny_config):
     faces = calibration_inputs([to_uint8(synthetic_face(96, 96, seed=i)) for i in range(8)])
     faces[0] *= 20.0  # one outlier face: with the extremes over all faces it would set the input's range
-    proto = onnx.load_from_string(quantize_int8(onnx_bytes(make_model(), tiny_config), faces))
-    constants = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    model = onnx_bytes(make_model(), tiny_config)
+    proto = onnx.load_from_string(quantize_int8(model, faces))
     quantize_input = next(n for n in proto.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == INPUT_NAME)
     low = min(faces.min(axis=(1, 2, 3)).mean(), 0.0)
     high = max(faces.max(axis=(1, 2, 3)).mean(), 0.0)
-    assert float(constants[quantize_input.input[1]]) == pytest.approx((high - low) / 255, rel=1e-5)
-    weights = [v for v in constants.values() if v.dtype == np.int8 and v.ndim == 4]
+    assert float(_constants(proto)[quantize_input.input[1]]) == pytest.approx((high - low) / 255, rel=1e-5)
     # 7-bit symmetric: |w| <= 64, so a pair of uint8 x int8 products (2 x 255 x 64) fits in int16.
-    assert weights and all(np.abs(w.astype(np.int32)).max() <= 64 for w in weights)
+    assert _largest_int8_weight(proto) == 64
+    # 8 bits, for VNNI-only deployments, use the full range: the overflow the default guards against.
+    assert _largest_int8_weight(onnx.load_from_string(quantize_int8(model, faces, weight_bits=8))) == 127
+    with pytest.raises(ValueError, match="weight_bits must be 7 or 8"):
+        quantize_int8(model, faces, weight_bits=4)
+
+
+def _constants(proto) -> dict[str, np.ndarray]:
+    return {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+
+
+def _largest_int8_weight(proto) -> int:
+    weights = [v for v in _constants(proto).values() if v.dtype == np.int8 and v.ndim == 4]
+    assert weights
+    return max(int(np.abs(w.astype(np.int32)).max()) for w in weights)
 
 
 def test_onnx_model_file_is_checked(int8_file, two_stack_dir, tiny_model_dir):

@@ -101,10 +101,6 @@ def _fit(args) -> None:
         print(json.dumps(history[-1]))
 
 
-#: Training faces whose crops calibrate the int8 graph's activation ranges.
-INT8_CALIBRATION_FACES = 256
-
-
 def _load_eval_model(weights: str, device: str):
     """(model, codec) from a run folder, saved model, or 'default'."""
     from ..codec import HeatmapCodec
@@ -177,13 +173,10 @@ def _write_plots(model, codec, samples, folder: Path, flip_test: bool) -> None:
 
 
 def _export(args) -> None:
-    import numpy as np
-
     from ..codec import HeatmapCodec
-    from .augment import EVAL_PERTURBATION
     from .data import load_dataset, split_by_identity
-    from .evaluate import evaluation_report, make_eval_crops
-    from .export import export_int8, export_run, load_run
+    from .evaluate import evaluation_report
+    from .export import export_int8, export_run, int8_calibration_crops, load_run
     from .model_card import write_model_card
 
     model, config, fit = load_run(args.run)
@@ -203,10 +196,8 @@ def _export(args) -> None:
     entry = export_run(args.run, args.name, args.package, args.manifest, metrics, not args.no_default, args.hub_folder)
     summary = {k: entry[k] for k in ("name", "file", "sha256", "size")} | {"metrics": metrics}
     if not args.no_int8:
-        # Calibrate on perturbed training crops: activation ranges then cover detector framings too.
-        picks = np.random.default_rng(fit.seed).permutation(len(train))[:INT8_CALIBRATION_FACES]
-        calibration = make_eval_crops([train[i] for i in picks], EVAL_PERTURBATION, seed=2)[0]
         weights = Path(args.package) / "weights" / entry["file"]
+        calibration = int8_calibration_crops(train, fit.seed)
         entry["int8_onnx"] = summary["int8_onnx"] = export_int8(weights, args.manifest, args.name, calibration, samples)
     write_model_card(args.model_card, entry, fit, report, flip, args.run)
     print(json.dumps(summary, indent=2))

@@ -95,6 +95,23 @@ def export_run(
     return update_manifest(manifest_path, name, target, config, metrics, make_default)
 
 
+#: Training faces whose crops calibrate the int8 graph's activation ranges.
+INT8_CALIBRATION_FACES = 256
+
+
+def int8_calibration_crops(train: list[Sample], seed: int, faces: int = INT8_CALIBRATION_FACES) -> np.ndarray:
+    """``(faces, S, S)`` crops in [0, 1] of randomly chosen training faces, to calibrate an int8 graph.
+
+    Perturbed like the evaluation's second crop protocol, so that the activation ranges cover the
+    framings a face detector gives too. Never pass validation faces.
+    """
+    from .augment import EVAL_PERTURBATION
+    from .evaluate import make_eval_crops
+
+    picks = np.random.default_rng(seed).permutation(len(train))[:faces]
+    return make_eval_crops([train[i] for i in picks], EVAL_PERTURBATION, seed=2)[0]
+
+
 def export_int8(
     weights: str | Path,
     manifest_path: str | Path,
@@ -104,7 +121,7 @@ def export_int8(
 ) -> dict:
     """Quantize the exported ``weights`` to an int8 ONNX graph beside them; record it in the manifest.
 
-    ``calibration``: ``(N, S, S)`` canonical training crops in [0, 1] (a few hundred). The graph
+    ``calibration``: ``(N, S, S)`` training crops in [0, 1] (:func:`int8_calibration_crops`). The graph
     (``NAME-int8.onnx``) is scored on ``val`` like the fp32 model, and the manifest entry ``name``
     gets ``int8_onnx`` = file, sha256, size and those metrics: ``Detector(precision="int8")``
     loads it, verified.
