@@ -107,8 +107,9 @@ def _from_array(arr: np.ndarray) -> np.ndarray:
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+        hint = "; a stack of images goes to Detector.predict_batch" if arr.ndim == 4 else ""
         raise InvalidImageError(
-            f"image array has shape {arr.shape}; expected (H, W), (H, W, 1), (H, W, 3) RGB or (H, W, 4) RGBA"
+            f"image array has shape {arr.shape}; expected (H, W), (H, W, 1), (H, W, 3) RGB or (H, W, 4) RGBA{hint}"
         )
     if arr.size == 0:
         raise InvalidImageError(f"image array is empty (shape {arr.shape})")

@@ -107,7 +107,7 @@ BAD_INPUTS = [
     ("1-D array", lambda t, f: np.zeros(100, np.uint8), InvalidImageError, r"shape \(100,\)"),
     ("HxWx2", lambda t, f: np.zeros((32, 32, 2), np.uint8), InvalidImageError, r"shape \(32, 32, 2\)"),
     ("HxWx5", lambda t, f: np.zeros((32, 32, 5), np.uint8), InvalidImageError, r"shape \(32, 32, 5\)"),
-    ("4-D", lambda t, f: np.zeros((1, 32, 32, 3), np.uint8), InvalidImageError, r"shape \(1, 32, 32, 3\)"),
+    ("4-D", lambda t, f: np.zeros((1, 32, 32, 3), np.uint8), InvalidImageError, r"shape \(1, 32, 32, 3\).*stack of images goes to Detector.predict_batch"),
     ("NaN", lambda t, f: np.where(np.eye(32) > 0, np.nan, 0.5), InvalidImageError, "NaN or infinite"),
     ("inf", lambda t, f: np.full((32, 32), np.inf), InvalidImageError, "NaN or infinite"),
     ("float > 1", lambda t, f: f.astype(np.float32), InvalidImageError, r"\[0, 1\]"),
