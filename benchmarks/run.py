@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import json
 import os
 import pickle
@@ -191,7 +192,7 @@ def worker(spec: dict) -> dict:
             det._run(ready, b)  # returns points on the host: synchronized
 
         result["network_throughput"] = {"batch": b, "crops_per_s": b / float(np.median(timings(net, min_time=tmin, min_reps=3)))}
-        # -- full photo: detect + keypoints, where Detector.detect exists ------------------
+        # -- full photo: detect + keypoints ------------------------------------------------
         result["photo"] = photo_latency(det, photos, tmin)
     result["peak_rss_mb"] = peak_rss_mb()
     # -- accuracy on the validation faces, oracle (annotation) framing -------------------------
@@ -256,17 +257,11 @@ def single_crop_parts(det, crop: np.ndarray, tmin: float) -> dict:
 
 
 def photo_latency(det, photos, tmin: float) -> dict:
-    if not hasattr(det, "detect"):
-        return {"note": "Detector.detect is not in this facekp build (facekp/faces.py absent)"}
     if not photos:
         return {"note": "needs the validation photos (--data)"}
     i = iter(range(10**9))
-    try:
-        det.detect(photos[0])
-        secs = timings(lambda: det.detect(photos[next(i) % len(photos)]), min_time=2 * tmin, min_reps=20)
-    except Exception as exc:  # the detector is someone else's work in progress
-        return {"note": f"Detector.detect failed: {type(exc).__name__}: {exc}"}
-    out = ms_stats(secs)
+    det.detect(photos[0])  # warm-up
+    out = ms_stats(timings(lambda: det.detect(photos[next(i) % len(photos)]), min_time=2 * tmin, min_reps=20))
     out["photo_size"] = f"{int(np.median([p.shape[1] for p in photos]))}x{int(np.median([p.shape[0] for p in photos]))}"
     return out
 
@@ -493,6 +488,15 @@ def fmt(v, digits=2, unit=""):
     return f"{v:.{digits}f}{unit}"
 
 
+def fp32_reference(results: list[dict]) -> dict | None:
+    """The run the ΔRMSE column is relative to: torch fp32 on the CPU, else on CUDA."""
+    for label in ("torch fp32", "torch cuda fp32"):
+        ref = next((r for r in results if r["spec"]["label"] == label and "accuracy" in r), None)
+        if ref:
+            return ref
+    return None
+
+
 def report(info: dict, results: list[dict], peers: dict, abl: dict | None) -> str:
     L = []
     L.append("# facekp benchmarks\n")
@@ -512,7 +516,8 @@ def report(info: dict, results: list[dict], peers: dict, abl: dict | None) -> st
     L.append("| backend | device | precision | threads | single crop median / p90 (ms) | batch 1 | batch 8 | batch 64 | batch 256 | "
              + ("batch 1024 | " if info["gpu"] != "none" else "") + "network+decode (crops/s) | FLOP share | full photo (ms) | peak RSS (MB) | RMSE (px) | ΔRMSE vs fp32 | NME |")
     L.append("|" + "---|" * (16 + (1 if info["gpu"] != "none" else 0)))
-    base_rmse = next((r["accuracy"]["rmse"] for r in results if r["spec"]["label"] == "torch fp32" and "accuracy" in r), None)
+    ref = fp32_reference(results)
+    base_rmse = ref["accuracy"]["rmse"] if ref else None
     for r in results:
         s = r["spec"]
         acc = r.get("accuracy", {})
@@ -546,23 +551,24 @@ def report(info: dict, results: list[dict], peers: dict, abl: dict | None) -> st
     if parts:
         L.append("Where one crop's time goes (torch fp32, median ms): " + ", ".join(f"{k} {v:.3f}" for k, v in parts.items()) + ".\n")
     # -- accuracy vs speed with peers -----------------------------------------------------------
-    L.append("## Accuracy vs speed, with peers\n")
-    L.append(f"Validation faces: `split_by_identity(load_pts_folder(faces68), 0.15, seed=0)[1]`, {info.get('val_faces', '–')} faces "
-             f"({info.get('val_subsets', '')}). Every method predicts on the original photo; its points are mapped into the "
-             "sample's canonical 96x96 frame (`sample.frame`) and scored there: RMSE per coordinate (px), NME = mean point error "
-             "/ eye-centre distance. \"found\" = faces the method's own face detector found (scores are over those; the facekp "
-             "column beside it is facekp on exactly the same faces). Latency: one face, landmarks only (\"crop\"), and the whole "
-             "photo with the method's own face detector (\"photo\"). Throughput: crops/s at the best batch (peers: one after another, no batch API).\n")
-    L.append("| method | framing | found / faces | RMSE (px) | NME | facekp RMSE on the same faces | crop latency median / p90 (ms) | photo latency (ms) | throughput (crops/s) | peak RSS (MB) |")
-    L.append("|---|---|---|---|---|---|---|---|---|---|")
-    for row in peers.get("rows", []):
-        L.append("| " + " | ".join(row) + " |")
-    if peers.get("notes"):
+    if peers["rows"] or peers["notes"]:
+        L.append("## Accuracy vs speed, with peers\n")
+        L.append(f"Validation faces: `split_by_identity(load_pts_folder(faces68), 0.15, seed=0)[1]`, {info.get('val_faces', '–')} faces "
+                 f"({info.get('val_subsets', '')}). Every method predicts on the original photo; its points are mapped into the "
+                 "sample's canonical 96x96 frame (`sample.frame`) and scored there: RMSE per coordinate (px), NME = mean point error "
+                 "/ eye-centre distance. \"found\" = faces the method's own face detector found (scores are over those; the facekp "
+                 "column beside it is facekp on exactly the same faces). Latency: one face, landmarks only (\"crop\"), and the whole "
+                 "photo with the method's own face detector (\"photo\"). Throughput: crops/s at the best batch (peers: one after another, no batch API).\n")
+        L.append("| method | framing | found / faces | RMSE (px) | NME | facekp RMSE on the same faces | crop latency median / p90 (ms) | photo latency (ms) | throughput (crops/s) | peak RSS (MB) |")
+        L.append("|---|---|---|---|---|---|---|---|---|---|")
+        for row in peers.get("rows", []):
+            L.append("| " + " | ".join(row) + " |")
+        if peers.get("notes"):
+            L.append("")
+            for note in peers["notes"]:
+                L.append(f"- {note}")
         L.append("")
-        for note in peers["notes"]:
-            L.append(f"- {note}")
-    L.append("")
-    L.append("![accuracy vs speed](benchmarks.png)\n")
+        L.append("![accuracy vs speed](benchmarks.png)\n")
     if abl:
         L.append("## What each CPU optimization is worth\n")
         for line in optimization_summary(abl, results, info["int8_kernels"]):
@@ -586,7 +592,8 @@ def report(info: dict, results: list[dict], peers: dict, abl: dict | None) -> st
     L.append("")
     L.append("## Reproduce\n")
     L.append("```bash\nbash benchmarks/peers/setup.sh /work/peers   # once: peer virtualenvs (dlib, MediaPipe)\n"
-             "python benchmarks/run.py --weights FOLDER   # or without --weights for the bundled default model\n```\n")
+             "python benchmarks/run.py --weights FOLDER   # or without --weights for the bundled default model\n"
+             "python benchmarks/run.py --device cuda --out docs/benchmarks-gpu.md   # the GPU rows alone\n```\n")
     return "\n".join(L)
 
 
@@ -687,6 +694,8 @@ def main(argv=None) -> int:
     ap.add_argument("--compile", action="store_true", help="also measure torch.compile (slow to compile on CPU)")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--no-ablation", action="store_true")
+    ap.add_argument("--device", choices=["all", "cpu", "cuda"], default="all",
+                    help="devices to measure (cuda: the GPU rows alone, without peers or the CPU ablation)")
     ap.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -702,6 +711,9 @@ def main(argv=None) -> int:
 
     from facekp import Detector
 
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: torch sees no CUDA device on this machine")
+    cpu_rows, cuda_rows = args.device != "cuda", args.device != "cpu" and torch.cuda.is_available()
     weights = args.weights
     if weights is None:
         try:
@@ -754,7 +766,7 @@ def main(argv=None) -> int:
     # -- peers first: facekp reuses dlib's boxes ----------------------------------------------
     peers_raw = {}
     timing_n, repeats = (10, 3) if args.quick else (100, 5)
-    if have_data and not args.no_peers:
+    if have_data and cpu_rows and not args.no_peers:
         rng = np.random.default_rng(0)
         calib = [train[i] for i in rng.choice(len(train), size=min(len(train), 100 if args.quick else 400), replace=False)]
         if Path(args.dlib_python).exists():
@@ -780,16 +792,48 @@ def main(argv=None) -> int:
     (work / "inputs.pkl").write_bytes(pickle.dumps(inputs))
     base = {"weights": weights, "samples": str(work / "val.pkl") if samples is not None else None,
             "inputs": str(work / "inputs.pkl"), "quick": args.quick}
+    specs = cpu_specs(base, work, weights, det, train, "dlib" in peers_raw, args.compile) if cpu_rows else []
+    if cuda_rows:
+        for prec in ("fp32", "fp16", "bf16"):
+            specs.append(dict(base, label=f"torch cuda {prec}", backend="torch", device="cuda", precision=prec))
+        if args.compile:
+            specs.append(dict(base, label="torch cuda fp16 compiled", backend="torch", device="cuda", precision="fp16",
+                              compile="max-autotune-no-cudagraphs"))
+    results = []
+    for spec in specs:
+        print(f"# facekp: {spec['label']}", file=sys.stderr)
+        try:
+            results.append(run_worker_process(spec, work))
+        except RuntimeError as exc:
+            print(f"# {exc}", file=sys.stderr)
+    abl = None
+    if cpu_rows and not args.no_ablation:
+        print("# ablation", file=sys.stderr)
+        abl = run_worker_process(dict(base, label="ablation", mode="ablation"), work)
+
+    peers = peer_rows(info, results, peers_raw, samples, work)
+    info["targets"] = targets(info, results)
+    text = report(info, results, peers, abl)
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text + "\n")
+    if peers["plot"]:
+        plot(peers["plot"], args.plot)
+    (work / "info.json").write_text(json.dumps({"info": info, "results": results, "ablation": abl}, default=str, indent=1))
+    print(f"# wrote {args.out}" + (f" and {args.plot}" if peers["plot"] else "") + f"; raw figures in {work / 'info.json'}", file=sys.stderr)
+    return 0
+
+
+def cpu_specs(base: dict, work: Path, weights: str | None, det, train, dlib_boxes: bool, compile: bool) -> list[dict]:
+    """The facekp configurations measured on the CPU: torch, onnxruntime fp32 and int8, threads."""
     specs = [
         dict(base, label="torch fp32", backend="torch", device="cpu", precision="fp32",
-             save_points=str(work / "facekp_points.npy"), boxes=str(work / "dlib_boxes.npz") if "dlib" in peers_raw else None,
+             save_points=str(work / "facekp_points.npy"), boxes=str(work / "dlib_boxes.npz") if dlib_boxes else None,
              photo_accuracy=True),
         dict(base, label="torch fp32 1 thread", backend="torch", device="cpu", precision="fp32", threads=1),
         dict(base, label="torch bf16", backend="torch", device="cpu", precision="bf16"),
     ]
-    try:
-        import onnxruntime  # noqa: F401
-
+    if importlib.util.find_spec("onnxruntime") is not None:
         specs.append(dict(base, label="onnx fp32", backend="onnx", device="cpu", precision="fp32"))
         specs.append(dict(base, label="onnx fp32 1 thread", backend="onnx", device="cpu", precision="fp32", threads=1))
         int8 = bundled_int8(weights)
@@ -804,37 +848,10 @@ def main(argv=None) -> int:
             specs.append(dict(base, label="onnx int8", backend="onnx", device="cpu", precision="int8", onnx_model=str(int8)))
             specs.append(dict(base, label="onnx int8 1 thread", backend="onnx", device="cpu", precision="int8",
                               onnx_model=str(int8), threads=1))
-    except ImportError:
-        pass
-    if args.compile:
+    if compile:
         specs.append(dict(base, label="torch fp32 compiled", backend="torch", device="cpu", precision="fp32", compile=True))
     specs.append(dict(base, label="torch fp16 (CPU emulation)", backend="torch", device="cpu", precision="fp16", accuracy_only=True))
-    if torch.cuda.is_available():
-        for prec in ("fp32", "fp16", "bf16"):
-            specs.append(dict(base, label=f"torch cuda {prec}", backend="torch", device="cuda", precision=prec))
-        specs.append(dict(base, label="torch cuda fp16 compiled", backend="torch", device="cuda", precision="fp16", compile="max-autotune-no-cudagraphs"))
-    results = []
-    for spec in specs:
-        print(f"# facekp: {spec['label']}", file=sys.stderr)
-        try:
-            results.append(run_worker_process(spec, work))
-        except RuntimeError as exc:
-            print(f"# {exc}", file=sys.stderr)
-    abl = None
-    if not args.no_ablation:
-        print("# ablation", file=sys.stderr)
-        abl = run_worker_process(dict(base, label="ablation", mode="ablation"), work)
-
-    peers = peer_rows(info, results, peers_raw, samples, work)
-    info["targets"] = targets(info, results)
-    text = report(info, results, peers, abl)
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
-    plot(peers["plot"], args.plot)
-    (work / "info.json").write_text(json.dumps({"info": info, "results": results, "ablation": abl}, default=str, indent=1))
-    print(f"# wrote {args.out} and {args.plot}; raw figures in {work / 'info.json'}", file=sys.stderr)
-    return 0
+    return specs
 
 
 def peer_rows(info, results, peers_raw, samples, work: Path) -> dict:
@@ -843,8 +860,10 @@ def peer_rows(info, results, peers_raw, samples, work: Path) -> dict:
 
     rows, plot_pts, notes = [], [], []
     fp = next((r for r in results if r["spec"]["label"] == "torch fp32"), None)
-    if fp is None or samples is None:
+    if samples is None:
         return {"rows": rows, "plot": plot_pts, "notes": ["no validation data: accuracy columns skipped"]}
+    if fp is None:  # no CPU rows (--device cuda)
+        return {"rows": rows, "plot": plot_pts, "notes": notes}
     facekp_pts = np.load(work / "facekp_points.npy")
 
     def facekp_on(found) -> str:
