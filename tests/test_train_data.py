@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
 
@@ -144,6 +145,23 @@ def test_canonical_frame_centroid_and_scale():
     np.testing.assert_allclose(out.mean(0), [48, 48], atol=1e-9)
     np.testing.assert_allclose(np.sqrt(((out - out.mean(0)) ** 2).sum(1).mean()), CANONICAL_RMS, atol=1e-9)
     assert abs(m[0, 1]) < 1e-12 and abs(m[1, 0]) < 1e-12  # no rotation
+
+
+def test_an_image_listed_twice_in_the_index_is_loaded_once(tmp_path):
+    write_pts_folder(tmp_path, 6, seed=3)
+    rows = [{"image": p.relative_to(tmp_path).as_posix(), "subset": "s", "identity": p.stem}
+            for p in sorted(tmp_path.rglob("*.png"))]
+    with (tmp_path / "index.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["image", "subset", "identity"])
+        writer.writeheader()
+        writer.writerows(rows + rows[:2])
+    with pytest.warns(UserWarning, match="lists 2 images more than once"):
+        samples = load_pts_folder(tmp_path)
+    assert sorted(s.name for s in samples) == sorted(r["image"] for r in rows)
+    with (tmp_path / "index.csv").open("a", newline="") as f:
+        csv.writer(f).writerow([rows[0]["image"], "s", "someone else"])
+    with pytest.raises(ValueError, match="under two subsets or identities"):
+        load_pts_folder(tmp_path)
 
 
 def test_split_by_identity_is_disjoint_and_reproducible(tmp_path):

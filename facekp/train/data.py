@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,7 +82,8 @@ def load_pts_folder(root: str | Path, subsets: tuple[str, ...] | None = None) ->
 
     Uses ``root/index.csv`` (columns ``image``, ``subset``, ``identity``) when present;
     otherwise walks the tree, taking the first folder level as the subset and the file stem as
-    the identity.
+    the identity. An image the index lists more than once is loaded once (with a warning): a
+    repeated face would count twice in training and in the validation metrics.
     """
     root = Path(root)
     if not root.is_dir():
@@ -89,7 +91,15 @@ def load_pts_folder(root: str | Path, subsets: tuple[str, ...] | None = None) ->
     index = root / "index.csv"
     if index.exists():
         with index.open(newline="") as f:
-            rows = [(root / r["image"], r["subset"], r["identity"]) for r in csv.DictReader(f)]
+            listed = [(root / r["image"], r["subset"], r["identity"]) for r in csv.DictReader(f)]
+        rows = list(dict.fromkeys(listed))  # exact repeats dropped, order kept
+        seen: set[Path] = set()
+        for image, _, _ in rows:
+            if image in seen:
+                raise ValueError(f"{index} lists {image.relative_to(root)} under two subsets or identities")
+            seen.add(image)
+        if len(rows) < len(listed):
+            warnings.warn(f"{index} lists {len(listed) - len(rows)} images more than once; each is loaded once", stacklevel=2)
     else:
         rows = []
         for pts in sorted(root.rglob("*.pts")):
