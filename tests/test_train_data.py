@@ -137,6 +137,40 @@ def test_kaggle_csv_reader_rejects_bad_rows(tmp_path):
         load_kaggle_csv(path)
 
 
+def _kaggle_row_variant(path, edit) -> None:
+    """Rewrite the CSV's first data row as ``edit(cells)`` (cells: 30 coordinates + Image)."""
+    header, row = path.read_text().splitlines()[:2]
+    path.write_text(header + "\n" + ",".join(edit(row.split(","))) + "\n")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c[:-1], r"row 2: 30 fields, expected 31"),
+    (lambda c: c[:-1] + ["7", c[-1]], r"row 2: 32 fields, expected 31"),
+    (lambda c: ["abc"] + c[1:], r"row 2: left_eye_center_x is 'abc'; expected a number"),
+    (lambda c: ["inf"] + c[1:], r"row 2: left_eye_center_x is 'inf'; expected a finite number"),
+    (lambda c: c[:-1] + [c[-1].replace(" ", ";", 1)], r"row 2: Image holds '\d+;\d+'"),
+    (lambda c: c[:-1] + ["nan " + c[-1].split(" ", 1)[1]], r"row 2: pixel values must be finite numbers in \[0, 255\]"),
+])
+def test_kaggle_csv_reader_names_the_row_and_cell_of_a_malformed_line(tmp_path, edit, message):
+    path = tmp_path / "training.csv"
+    write_kaggle_csv(path, 1)
+    _kaggle_row_variant(path, edit)
+    with pytest.raises(ValueError, match=message):
+        load_kaggle_csv(path)
+
+
+def test_kaggle_csv_reader_takes_a_byte_order_mark_and_rounds_fractional_pixels(tmp_path):
+    path = tmp_path / "training.csv"
+    write_kaggle_csv(path, 1)
+    header, row = path.read_text().splitlines()[:2]
+    cells = row.split(",")
+    pixels = [int(v) for v in cells[-1].split()]
+    cells[-1] = " ".join([f"{pixels[0]}.6"] + [str(v) for v in pixels[1:]])
+    path.write_bytes(("\ufeff" + header + "\n" + ",".join(cells) + "\n").encode("utf-8"))
+    sample = load_kaggle_csv(path)[0]
+    assert sample.image[0, 0] == min(pixels[0] + 1, 255) and sample.image.ravel()[1] == pixels[1]
+
+
 def test_canonical_frame_centroid_and_scale():
     rng = np.random.default_rng(0)
     pts = rng.uniform(100, 300, (15, 2))

@@ -127,13 +127,44 @@ KAGGLE_COLUMNS: tuple[str, ...] = tuple(f"{name}_{axis}" for name in KEYPOINT_NA
 
 
 def parse_kaggle_image(text: str, where: str) -> np.ndarray:
-    """Kaggle's ``Image`` field: 9216 space-separated 0-255 values -> (96, 96) uint8."""
-    values = np.array(text.split(), dtype=np.float64) if text.strip() else np.empty(0)
+    """Kaggle's ``Image`` field: 9216 space-separated 0-255 values -> (96, 96) uint8.
+
+    Non-integer values are rounded to the nearest integer.
+    """
+    tokens = text.split()
+    try:
+        values = np.array(tokens, dtype=np.float64)
+    except ValueError:
+        bad = next(t for t in tokens if not _is_number(t))
+        raise ValueError(f"{where}: Image holds {bad[:20]!r}; expected {KAGGLE_IMAGE_SIDE**2} space-separated "
+                         "numbers in [0, 255]") from None
     if values.size != KAGGLE_IMAGE_SIDE**2:
         raise ValueError(f"{where}: Image has {values.size} pixel values, expected {KAGGLE_IMAGE_SIDE**2}")
-    if values.min() < 0 or values.max() > 255:
-        raise ValueError(f"{where}: pixel values must lie in [0, 255]")
-    return values.reshape(KAGGLE_IMAGE_SIDE, KAGGLE_IMAGE_SIDE).astype(np.uint8)
+    if not np.isfinite(values).all() or values.min() < 0 or values.max() > 255:
+        raise ValueError(f"{where}: pixel values must be finite numbers in [0, 255]")
+    return np.rint(values).reshape(KAGGLE_IMAGE_SIDE, KAGGLE_IMAGE_SIDE).astype(np.uint8)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _kaggle_coordinate(row: dict, column: str, where: str) -> float:
+    """One coordinate cell: a finite number, or empty (or 'nan') where the keypoint is missing."""
+    text = row[column].strip()
+    if not text:
+        return np.nan
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{where}: {column} is {text[:20]!r}; expected a number, or nothing where missing") from None
+    if np.isinf(value):
+        raise ValueError(f"{where}: {column} is {text!r}; expected a finite number")
+    return value
 
 
 def load_kaggle_csv(path: str | Path) -> list[Sample]:
@@ -144,15 +175,19 @@ def load_kaggle_csv(path: str | Path) -> list[Sample]:
     own identity (the CSV does not tell who is who).
     """
     path = Path(path)
-    with path.open(newline="") as f:
+    with path.open(newline="", encoding="utf-8-sig") as f:  # utf-8-sig: a spreadsheet's byte-order mark
         reader = csv.DictReader(f)
-        missing = [c for c in (*KAGGLE_COLUMNS, "Image") if c not in (reader.fieldnames or [])]
+        columns = reader.fieldnames or []
+        missing = [c for c in (*KAGGLE_COLUMNS, "Image") if c not in columns]
         if missing:
             raise ValueError(f"{path} lacks Kaggle columns {missing}")
         samples = []
         for i, row in enumerate(reader):
             where = f"{path}, row {i + 2}"
-            coords = np.array([float(row[c]) if row[c].strip() else np.nan for c in KAGGLE_COLUMNS])
+            if None in row or None in row.values():  # DictReader's marks of extra / missing fields
+                fields = len(columns) + len(row.get(None, [])) - sum(v is None for v in row.values())
+                raise ValueError(f"{where}: {fields} fields, expected {len(columns)} (one per header column)")
+            coords = np.array([_kaggle_coordinate(row, c, where) for c in KAGGLE_COLUMNS])
             points = coords.reshape(NUM_KEYPOINTS, 2)
             mask = ~np.isnan(points).any(axis=1)
             if mask.sum() < 2:
