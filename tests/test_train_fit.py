@@ -91,6 +91,38 @@ def test_resume_continues_exactly_where_it_stopped(kaggle_csv, tmp_path):
                 train, val).fit(resume=True)
 
 
+def test_resume_refuses_other_settings_and_keeps_one_record_per_epoch(kaggle_csv, tmp_path):
+    samples = load_kaggle_csv(kaggle_csv)
+    train, val = split_by_identity(samples, 0.25, 0)
+    run = tmp_path / "run"
+    first = Trainer(_config(kaggle_csv, run, max_steps=3), train, val)  # 5 steps per epoch: stops inside epoch 0
+    first.fit()
+    for changed in (dict(seed=7), dict(lr=1e-3), dict(data=str(tmp_path / "other.csv"))):
+        with pytest.raises(ValueError, match=f"other settings \\({next(iter(changed))}: "):
+            Trainer(_config(kaggle_csv, run, max_steps=12, **changed), train, val).fit(resume=True)
+    resumed = Trainer(_config(kaggle_csv, run, max_steps=12, epochs=3), train, val)  # more epochs: allowed
+    resumed.fit(resume=True)
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1, 2] and [r["step"] for r in records] == [5, 10, 12]
+    assert records == resumed.history
+
+
+def test_fresh_run_never_writes_into_a_finished_run_folder(kaggle_csv, tmp_path):
+    run = tmp_path / "run"
+    Trainer(_config(kaggle_csv, run, max_steps=2)).fit()
+    (run / "last.pt").unlink()  # the big file, deleted to save space
+    best = (run / "best.pt").read_bytes()
+    for resume in (False, True):
+        with pytest.raises(FileExistsError, match="without last.pt to resume from"):
+            Trainer(_config(kaggle_csv, run, max_steps=2)).fit(resume=resume)
+    assert (run / "best.pt").read_bytes() == best
+
+
+def test_an_empty_validation_split_is_refused_up_front(kaggle_csv, tmp_path):
+    with pytest.raises(ValueError, match="validation split is empty"):
+        Trainer(_config(kaggle_csv, tmp_path / "run", val_fraction=0.0))
+
+
 def test_fine_tune_starts_from_saved_weights_without_flips(kaggle_csv, tmp_path):
     first = Trainer(_config(kaggle_csv, tmp_path / "first", max_steps=2))
     first.fit()

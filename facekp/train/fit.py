@@ -59,6 +59,24 @@ class FitConfig:
         return cls(**d)
 
 
+#: What a resumed run may change; every other setting must be the one the run started with.
+RESUMABLE_CHANGES = frozenset({"out", "epochs", "max_steps", "device", "checkpoint_minutes", "init_sha256"})
+#: Files of a run folder: a fresh run never writes into a folder that holds one of them.
+RUN_FILES = ("last.pt", "best.pt", "log.jsonl", "fit_config.json")
+
+
+def changed_settings(started: FitConfig, given: FitConfig) -> list[str]:
+    """``name: started -> given`` for each setting a resumed run may not change (paths compared resolved)."""
+    a, b = started.to_dict(), given.to_dict()
+
+    def same(key: str) -> bool:
+        if key in ("data", "init") and a[key] and b[key]:
+            return Path(a[key]).resolve() == Path(b[key]).resolve()
+        return a[key] == b[key]
+
+    return [f"{key}: {a[key]!r} -> {b[key]!r}" for key in a if key not in RESUMABLE_CHANGES and not same(key)]
+
+
 def is_run_folder(path: str | Path) -> bool:
     """True for a folder written by :class:`Trainer` (it holds ``fit_config.json``)."""
     return (Path(path) / "fit_config.json").is_file()
@@ -104,6 +122,9 @@ class Trainer:
         self.train, self.val = train, val or []
         if not self.train:
             raise ValueError("the training split is empty")
+        if not self.val:
+            raise ValueError(f"the validation split is empty (val_fraction {config.val_fraction}): a run picks its "
+                             "best epoch on validation faces, so it needs some")
         torch.manual_seed(config.seed)
         self.device = torch.device(config.device)
         self.model = StackedHourglass(config.hourglass).to(self.device)
@@ -167,6 +188,10 @@ class Trainer:
             raise ValueError(
                 f"{self.checkpoint_path} holds a {saved.hourglass} model, but this run asks for {self.config.hourglass}"
             )
+        changed = changed_settings(saved, self.config)
+        if changed:
+            raise ValueError(f"{self.checkpoint_path} was started with other settings ({'; '.join(changed)}); resume "
+                             f"with the same ones (only {', '.join(sorted(RESUMABLE_CHANGES - {'out', 'init_sha256'}))} may change)")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -192,11 +217,15 @@ class Trainer:
 
     def _fit(self, resume: bool) -> list[dict]:
         cfg = self.config
+        existing = [name for name in RUN_FILES if (self.out / name).exists()]
         if resume and self.checkpoint_path.exists():
             self.load_checkpoint()
             log.info("resumed from %s at step %d", self.checkpoint_path, self.step)
         elif self.checkpoint_path.exists():
             raise FileExistsError(f"{self.checkpoint_path} exists: pass --resume to continue that run, or choose another --out")
+        elif existing:
+            raise FileExistsError(f"{self.out} holds a run without last.pt to resume from ({', '.join(existing)}): "
+                                  "choose another --out")
         log.info("training %d faces, validating on %d, config %s", len(self.train), len(self.val), json.dumps(cfg.to_dict()))
         (self.out / "fit_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         total = cfg.epochs * self.steps_per_epoch
@@ -234,17 +263,22 @@ class Trainer:
         return self.history
 
     def _end_epoch(self, epoch: int, losses: list[float]) -> None:
+        if self.history and self.history[-1]["epoch"] == epoch:
+            # The epoch was cut short by max_steps and has now been resumed: one record for all of it.
+            cut = self.history.pop()
+            steps_before = cut["step"] - epoch * self.steps_per_epoch
+            losses = [cut["train_loss"]] * steps_before + losses
         record = {"epoch": epoch, "step": self.step, "train_loss": float(np.mean(losses)) if losses else float("nan")}
-        if self.val:
-            self.model.eval()
-            record["val_rmse"] = evaluate(self.model, self.codec, self.val)["rmse"]
-            record["val_rmse_perturbed"] = evaluate(self.model, self.codec, self.val, EVAL_PERTURBATION, seed=1)["rmse"]
-            if record["val_rmse"] < self.best_rmse:
-                self.best_rmse = record["val_rmse"]
-                torch.save(self.model.state_dict(), self.out / "best.pt")
+        self.model.eval()
+        record["val_rmse"] = evaluate(self.model, self.codec, self.val)["rmse"]
+        record["val_rmse_perturbed"] = evaluate(self.model, self.codec, self.val, EVAL_PERTURBATION, seed=1)["rmse"]
+        if record["val_rmse"] < self.best_rmse:
+            self.best_rmse = record["val_rmse"]
+            torch.save(self.model.state_dict(), self.out / "best.pt")
         self.history.append(record)
-        with (self.out / "log.jsonl").open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        tmp = self.out / "log.jsonl.tmp"
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in self.history))
+        tmp.replace(self.out / "log.jsonl")
         log.info("epoch %s", record)
         tqdm.write(json.dumps(record))
         plot_history(self.history, self.out / "curves.png")
