@@ -6,7 +6,7 @@
 #   bash benchmarks/gpu_check.sh run OUT_DIR      # on the GPU machine, from the repo root, with .gpu-data/
 #
 # `pack` copies only the validation identities of faces68 (split_by_identity(..., 0.15, seed=0)
-# is a hash of each identity, so the copy splits into the same 713 validation faces). `run` writes
+# is a hash of each identity, so the copy splits into the same 616 validation faces). `run` writes
 # OUT_DIR/gpu.txt (nvidia-smi), OUT_DIR/pytest.log (the CUDA tests among the backend tests) and
 # OUT_DIR/benchmarks-gpu.md (benchmarks/run.py --device cuda: latency, throughput at batch
 # 1..1024, peak memory and RMSE for fp32/fp16/bf16). Not yet run on a GPU: a few minutes expected.

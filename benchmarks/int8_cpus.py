@@ -14,7 +14,7 @@ This script runs each graph on the validation crops (canonical and perturbed, as
 ``apt-get install qemu-user``). The emulated CPUID makes onnxruntime dispatch that CPU model's
 kernels. The script then compares the points. ``--control`` adds the same model quantized with full
 8-bit weights, to show what the 7 bits guard against. Emulation is about 200 times slower than the
-host: about 2 minutes per graph and CPU model for the 713 validation faces.
+host: about 2 minutes per graph and CPU model for the 616 validation faces.
 Writes ``docs/int8-cpus.md``.
 """
 
