@@ -168,6 +168,13 @@ def test_export_then_detector_round_trip(kaggle_csv, tmp_path):
     crop = (np.random.default_rng(0).random((96, 96)) * 255).astype(np.uint8)
     np.testing.assert_allclose(Detector(weights, device="cpu").predict(crop),
                                Detector(tmp_path / "hub", device="cpu").predict(crop), atol=1e-5)
+    # A second export whose Hub folder is taken fails before it touches the package or the manifest.
+    other = tmp_path / "other"
+    Trainer(_config(kaggle_csv, other, max_steps=3, seed=1)).fit()
+    before = (weights.read_bytes(), manifest.read_text())
+    with pytest.raises(FileExistsError):
+        export_run(other, "tiny", package, manifest, {"val_rmse": 2.0}, out_folder=tmp_path / "hub")
+    assert (weights.read_bytes(), manifest.read_text()) == before
 
 
 def test_cli_fit_eval_submit(kaggle_csv, tmp_path, capsys):
@@ -181,8 +188,10 @@ def test_cli_fit_eval_submit(kaggle_csv, tmp_path, capsys):
     assert "--resume" in capsys.readouterr().err
 
     metrics = tmp_path / "metrics.json"
-    assert train_main(["eval", "--weights", str(run), "--data", str(kaggle_csv), "--val-fraction", "0.25",
-                       "--json", str(metrics), "--plots", str(tmp_path / "plots"), "--device", "cpu"]) == 0
+    # Without --data / --val-fraction / --seed, eval scores the run's own validation faces.
+    assert train_main(["eval", "--weights", str(run), "--json", str(metrics), "--plots", str(tmp_path / "plots"),
+                       "--device", "cpu"]) == 0
+    assert json.loads(metrics.read_text())["canonical"]["faces"] == len(split_by_identity(load_kaggle_csv(kaggle_csv), 0.15, 0)[1])
     table = capsys.readouterr().out
     assert "| canonical |" in table and "| perturbed |" in table and "nose_tip" in table
     assert "Mean error (x, y) px" in table and "once each subset's mean error" in table
@@ -221,6 +230,13 @@ def test_cli_fit_eval_submit(kaggle_csv, tmp_path, capsys):
     assert float(got[0]["Location"]) == pytest.approx(float(np.clip(det.predict(first)[0, 0], 0, 96)), abs=1e-3)
     assert train_main(["submit", "--weights", str(weights), "--test", str(test_csv), "--lookup", str(lookup),
                        "--out", str(out)]) == 2  # never overwrites
+    with lookup.open("a", newline="") as f:
+        csv.writer(f).writerow([4, 9, "nose_tip_x", ""])  # an ImageId the test set lacks
+    partial = tmp_path / "partial.csv"
+    assert train_main(["submit", "--weights", str(weights), "--test", str(test_csv), "--lookup", str(lookup),
+                       "--out", str(partial), "--device", "cpu"]) == 2
+    assert "ImageId 9 is not in" in capsys.readouterr().err
+    assert not partial.exists() and not list(tmp_path.glob("partial.csv*"))  # no half-written file left behind
 
 
 def test_keypoint_metrics_separate_bias_from_scatter():

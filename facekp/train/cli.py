@@ -43,10 +43,10 @@ def _parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="accuracy on the validation split (or all) of a dataset")
     ev.add_argument("--weights", required=True, help="a .safetensors file, save_pretrained folder, run folder or 'default'")
-    ev.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ev.add_argument("--data", type=Path, help="default: a run folder's own data, else faces68")
     ev.add_argument("--split", choices=("val", "train", "all"), default="val")
-    ev.add_argument("--val-fraction", type=float, default=0.15)
-    ev.add_argument("--seed", type=int, default=0, help="split seed (must match training)")
+    ev.add_argument("--val-fraction", type=float, help="default: a run folder's own, else 0.15")
+    ev.add_argument("--seed", type=int, help="split seed (must match training; default: a run folder's own, else 0)")
     ev.add_argument("--flip-test", action="store_true", help="average with the mirrored crop's heatmaps")
     ev.add_argument("--mirror-offsets", action="store_true",
                     help="also measure each subset's labelling x offset (use --split train to feed 'fit --mirror-offset')")
@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="ship a run's best weights in the package and the manifest")
     ex.add_argument("--run", type=Path, required=True, help="run folder written by 'fit'")
     ex.add_argument("--name", required=True, help="model name in weights_manifest.json")
-    ex.add_argument("--data", type=Path, default=DEFAULT_DATA, help="data for the metrics recorded in the manifest")
+    ex.add_argument("--data", type=Path, help="data for the metrics recorded in the manifest (default: the run's own)")
     ex.add_argument("--package", type=Path, default=Path(__file__).resolve().parents[1], help="facekp package folder")
     ex.add_argument("--manifest", type=Path, default=Path(__file__).resolve().parents[2] / "weights_manifest.json")
     ex.add_argument("--model-card", type=Path, default=Path(__file__).resolve().parents[2] / "docs" / "model-card.md")
@@ -88,7 +88,7 @@ def _fit(args) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     config = FitConfig(
-        data=str(args.data), out=str(args.out),
+        data=str(args.data.resolve()), out=str(args.out),
         hourglass=HourglassConfig(num_stacks=args.stacks, depth=args.depth, channels=args.channels, heatmap_stride=args.stride),
         sigma=args.sigma, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         val_fraction=args.val_fraction, seed=args.seed, device=str(resolve_device(args.device)),
@@ -117,14 +117,25 @@ def _load_eval_model(weights: str, device: str):
     return model, HeatmapCodec(config.hourglass.input_size, config.hourglass.heatmap_stride, config.sigma)
 
 
-def _validation_samples(data: Path, split: str, val_fraction: float, seed: int):
+def _validation_samples(args):
+    """The faces ``eval`` scores: the split of a run folder's own data unless the flags say otherwise."""
     from .data import load_dataset, split_by_identity
+    from .fit import FitConfig, is_run_folder
 
-    samples = load_dataset(data)
-    if split == "all":
+    if is_run_folder(args.weights):
+        fit = FitConfig.from_dict(json.loads((Path(args.weights) / "fit_config.json").read_text()))
+        data, val_fraction, seed = fit.data, fit.val_fraction, fit.seed
+    else:
+        data, val_fraction, seed = DEFAULT_DATA, 0.15, 0
+    samples = load_dataset(args.data or data)
+    if args.split == "all":
         return samples
-    train, val = split_by_identity(samples, val_fraction, seed)
-    return train if split == "train" else val
+    train, val = split_by_identity(samples, _given(args.val_fraction, val_fraction), _given(args.seed, seed))
+    return train if args.split == "train" else val
+
+
+def _given(value, default):
+    return default if value is None else value
 
 
 def _subset_offset(text: str) -> tuple[str, float]:
@@ -141,7 +152,7 @@ def _eval(args) -> None:
     from .evaluate import evaluation_report, format_report, mirror_offsets
 
     model, codec = _load_eval_model(args.weights, args.device)
-    samples = _validation_samples(args.data, args.split, args.val_fraction, args.seed)
+    samples = _validation_samples(args)
     report = evaluation_report(model, codec, samples, args.flip_test)
     print(format_report(report))
     if args.mirror_offsets:
@@ -180,7 +191,7 @@ def _export(args) -> None:
     from .model_card import write_model_card
 
     model, config, fit = load_run(args.run)
-    train, samples = split_by_identity(load_dataset(args.data), fit.val_fraction, fit.seed)
+    train, samples = split_by_identity(load_dataset(args.data or fit.data), fit.val_fraction, fit.seed)
     codec = HeatmapCodec(config.hourglass.input_size, config.hourglass.heatmap_stride, config.sigma)
     report = evaluation_report(model, codec, samples)
     flip = evaluation_report(model, codec, samples, flip_test=True)

@@ -82,6 +82,8 @@ def export_run(
     # The face-box calibration depends on the face detector, not on the network: every exported
     # model carries the shipped Haar calibration so Detector.detect frames faces as fitted.
     config = replace(config, box_to_frame=default_calibration().to_dict())
+    if out_folder is not None:  # first: it refuses to replace files, and nothing else is touched yet
+        save_model(model, config, out_folder)
     weights_dir = Path(package_dir) / "weights"
     staging = weights_dir / f".{name}.staging"
     weights = save_model(model, config, staging, overwrite=True)
@@ -90,8 +92,6 @@ def export_run(
     for leftover in staging.iterdir():
         leftover.unlink()
     staging.rmdir()
-    if out_folder is not None:
-        save_model(model, config, out_folder)
     return update_manifest(manifest_path, name, target, config, metrics, make_default)
 
 

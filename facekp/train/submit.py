@@ -31,10 +31,8 @@ def write_submission(detector: Detector, test_csv: str | Path, lookup_csv: str |
     points = np.clip(detector.predict_batch(images), 0.0, KAGGLE_IMAGE_SIDE)
     by_id = {i: p for i, p in zip(ids, points)}
     column = {f"{name}_{axis}": (k, a) for k, name in enumerate(KEYPOINT_NAMES) for a, axis in enumerate("xy")}
-    n = 0
-    with open(lookup_csv, newline="") as f, out.open("w", newline="") as g:
-        writer = csv.writer(g)
-        writer.writerow(["RowId", "Location"])
+    submission = [["RowId", "Location"]]
+    with open(lookup_csv, newline="") as f:
         for r in csv.DictReader(f):
             image_id, feature = int(r["ImageId"]), r["FeatureName"]
             if image_id not in by_id:
@@ -42,6 +40,10 @@ def write_submission(detector: Detector, test_csv: str | Path, lookup_csv: str |
             if feature not in column:
                 raise ValueError(f"{lookup_csv}: unknown FeatureName {feature!r}")
             k, a = column[feature]
-            writer.writerow([r["RowId"], f"{by_id[image_id][k, a]:.4f}"])
-            n += 1
-    return n
+            submission.append([r["RowId"], f"{by_id[image_id][k, a]:.4f}"])
+    # Written whole once every lookup row checked out: a bad table leaves no partial file behind.
+    tmp = out.with_name(out.name + ".tmp")
+    with tmp.open("w", newline="") as g:
+        csv.writer(g).writerows(submission)
+    tmp.replace(out)
+    return len(submission) - 1
