@@ -76,11 +76,22 @@ def output_path(requested: Path, source: Path, several: bool, inputs: list[Path]
     out = requested.with_name(f"{requested.stem}_{source.stem}{requested.suffix or '.png'}") if several else requested
     if not out.suffix:
         out = out.with_suffix(".png")
+    _check_output_file(out, inputs, force)
+    return out
+
+
+def _check_output_file(out: Path, inputs: list[Path], force: bool) -> None:
+    """Refuse, before any work is done, an output file that cannot or must not be written: one of
+    the ``inputs``, a folder, a path under a file, or an existing file without ``--force``."""
     if any(out.resolve() == i.resolve() for i in inputs):
         raise FacekpError(f"refusing to write {out}: it is one of the input images")
+    if out.is_dir():
+        raise FacekpError(f"cannot write {out}: {out} is a folder; expected a file path")
+    folder = next(p for p in out.absolute().parents if p.exists())  # the root always exists
+    if not folder.is_dir():
+        raise FacekpError(f"cannot write {out}: {folder} is a file, not a folder")
     if out.exists() and not force:
         raise FacekpError(f"{out} exists; pass --force to replace it")
-    return out
 
 
 def _predict(args) -> None:
@@ -147,16 +158,13 @@ def _detect(args) -> None:
     from tqdm import tqdm
 
     from .draw import draw
-    from .images import load_rgb
+    from .images import load_rgb, upright_size
 
     photos, folders = _photos(args.inputs, args.recursive)
     sources = [p for p, _ in photos]
     table = args.json or args.csv
     if table is not None and str(table) != "-":
-        if any(table.resolve() == s.resolve() for s in sources):
-            raise FacekpError(f"refusing to write {table}: it is one of the input photos")
-        if table.exists() and not args.force:
-            raise FacekpError(f"{table} exists; pass --force to replace it")
+        _check_output_file(table, sources, args.force)
     drawings: dict[Path, Path] = {}
     if args.draw:
         for path, rel in photos:
@@ -171,8 +179,7 @@ def _detect(args) -> None:
                         file=sys.stderr):
         try:
             faces = det.detect(path, refine=args.refine, max_faces=args.max_faces)
-            with Image.open(path) as im:
-                width, height = im.size
+            width, height = upright_size(path)
         except (FacekpError, OSError) as exc:
             failed.append(path)
             tqdm.write(f"facekp: skipping {path}: {exc}", file=sys.stderr)
@@ -270,12 +277,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         args.run(args)
-    except (FacekpError, FileNotFoundError, ValueError) as exc:
-        print(f"facekp: error: {exc}", file=sys.stderr)
-        return 2
     except BrokenPipeError:  # output piped into a reader that stopped early (e.g. `| head`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 1
+    except (FacekpError, OSError, ValueError) as exc:  # OSError: unwritable outputs, full disks...
+        print(f"facekp: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -12,7 +12,7 @@ import torch
 from .codec import HeatmapCodec
 from .config import DetectorConfig
 from .errors import DeviceError, InvalidImageError, WeightsError
-from .images import ImageInput, load_gray
+from .images import ImageInput, channels_first, load_gray
 from .keypoints import FLIP_INDEX
 from .model import StackedHourglass, fuse_conv_bn
 from .preprocess import apply_affine, invert_affine, letterbox_transform, standardize, warp
@@ -40,7 +40,8 @@ PRECISIONS = {"auto": None, "fp32": None, "bf16": torch.bfloat16, "fp16": torch.
 def resolve_backend(backend: str, device: torch.device, precision: str = "auto", compile: bool | str = False) -> str:
     """``"auto"`` -> ``"onnx"`` on CPU for fp32 without compile when onnxruntime is importable, else ``"torch"``.
 
-    ``precision="int8"`` always means ``"onnx"``.
+    ``precision="int8"`` resolves to ``"onnx"``; it needs ``backend`` ``"onnx"`` or ``"auto"`` and the
+    CPU (with ``"torch"``, the default of :class:`Detector`, it raises ``ValueError``).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -64,6 +65,13 @@ def resolve_precision(precision: str, device: torch.device, backend: str = "torc
     if precision == "auto":
         return "fp16" if device.type == "cuda" and backend == "torch" else "fp32"
     return precision
+
+
+def _check_batch_size(batch_size: int) -> int:
+    """``batch_size`` as an int, or ``ValueError`` unless it is a positive integer."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    return int(batch_size)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -93,9 +101,12 @@ class Detector:
             :meth:`save_pretrained`.
         device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``
             or a :class:`torch.device`.
-        batch_size: crops per forward pass in :meth:`predict_batch`.
-        flip_test: also run each crop mirrored and average the heatmaps (slower, slightly
-            more accurate).
+        batch_size: crops per forward pass in :meth:`predict_batch` (a positive int).
+        flip_test: also run each crop mirrored and average the heatmaps, left and right points
+            swapped. Doubles the network's cost. It can help a model trained on mirror-consistent
+            labels, but the bundled model's training labels are not (``docs/training-notes.md``):
+            with it, flip test makes the validation RMSE about 0.2 px worse (``val_rmse_flip_test``
+            vs ``val_rmse`` in ``weights_manifest.json``).
         backend: ``"torch"`` (default), ``"onnx"`` to run the network with onnxruntime
             (``pip install "facekp[onnx]"``; faster on CPU, see ``docs/benchmarks.md``; the export is cached in
             ``~/.cache/facekp/onnx``), or ``"auto"``: onnx on CPU when onnxruntime is installed,
@@ -103,11 +114,12 @@ class Detector:
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast of the torch network; the
             heatmap decode always runs in fp32), ``"auto"``: fp16 on CUDA, fp32 on CPU, or
             ``"int8"``: the quantized ONNX graph bundled with the model, on CPU (needs
-            onnxruntime; the fastest CPU path). See ``docs/benchmarks.md`` for the speed and
-            accuracy of each.
+            onnxruntime and ``backend="onnx"`` or ``"auto"``; the fastest CPU path). See
+            ``docs/benchmarks.md`` for the speed and accuracy of each.
         onnx_model: with ``backend="onnx"``, an ``.onnx`` file from ``facekp export-onnx`` (e.g. the
             int8 graph of ``--int8``) to run instead of exporting the weights; the weights still
-            provide the config (and ``.model``).
+            provide the config (and ``.model``). ``precision="auto"`` follows the graph; an
+            explicit precision must match it.
         compile: wrap the network in ``torch.compile`` (``True``, or a mode such as
             ``"max-autotune"``). Pays off for long runs on CUDA; the first call compiles.
 
@@ -156,12 +168,12 @@ class Detector:
         compile: bool | str = False,
         onnx_model: str | Path | None = None,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        batch_size = _check_batch_size(batch_size)
         self.device = resolve_device(device)
         backend = resolve_backend(backend, self.device, precision, compile)
         if onnx_model is not None and backend != "onnx":
             raise ValueError("onnx_model is run by backend='onnx'")
+        requested = precision
         precision = resolve_precision(precision, self.device, backend)
         if backend == "onnx" and (precision not in ("fp32", "int8") or compile):
             raise ValueError("backend='onnx' runs an exported fp32 or int8 graph: use precision='fp32' or 'int8' and compile=False")
@@ -189,6 +201,9 @@ class Detector:
                     raise WeightsError(f"{onnx_model} holds another architecture ({embedded.hourglass}) than the weights ({config.hourglass})")
                 if precision == "int8" and self._ort.precision != "int8":
                     raise WeightsError(f"precision='int8' was asked for, but {onnx_model} is a {self._ort.precision} graph")
+                if requested == "fp32" and self._ort.precision != "fp32":
+                    raise ValueError(f"precision='fp32' was asked for, but {onnx_model} is an {self._ort.precision} graph; "
+                                     "pass precision='auto' to run the graph as it is")
                 self.precision = self._ort.precision
         # Inference runs a copy with BatchNorm folded into the convolutions, in channels-last
         # layout (faster on CPU); `model` stays the trainable, savable original.
@@ -247,26 +262,35 @@ class Detector:
         """Keypoints of many face crops, ``batch_size`` crops per forward pass.
 
         ``images`` is a sequence of anything :meth:`predict` accepts (sizes may differ), or one
-        array / tensor stacking same-size images: ``(N, H, W)``, ``(N, H, W, C)`` or ``(N, C, H, W)``.
+        array / tensor stacking same-size images: ``(N, H, W)``, ``(N, H, W, C)`` or ``(N, C, H, W)``
+        (channels-first when C is 1, 3 or 4 and W is not, as for single tensors). ``batch_size``
+        (a positive int) defaults to the detector's.
 
         Returns:
             ``(N, 15, 2)`` float32 points (and ``(N, 15)`` confidences with ``return_confidence``),
             each in its own input image's pixel coordinates.
         """
+        batch_size = self._batch_size(batch_size)
         stack = self._input_sized_stack(images)
         if stack is not None:
             # Already network-sized gray crops: the letterbox is the identity, so the per-image
             # load/warp loop is skipped (same points; much cheaper for big batches).
-            points, confidence = self._run(stack, batch_size or self.batch_size)
+            points, confidence = self._run(stack, batch_size)
             return (points, confidence) if return_confidence else points
+        if isinstance(images, np.ndarray) and images.ndim == 4 and channels_first(images.shape[1:]):
+            images = images.transpose(0, 2, 3, 1)
         if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim in (3, 4):
-            images = list(images)  # (N, H, W) or (N, H, W, C) / (N, C, H, W): one image per row
+            images = list(images)  # one image per row
         if not isinstance(images, Sequence) or isinstance(images, (str, bytes)):
             raise InvalidImageError(f"predict_batch takes a sequence of images, got {type(images).__name__}")
         grays = [load_gray(img) for img in images]
         transforms = [letterbox_transform(g.shape[1], g.shape[0], self.config.hourglass.input_size) for g in grays]
         points, confidence = self.predict_framed(grays, np.stack(transforms) if grays else np.empty((0, 2, 3)), batch_size)
         return (points, confidence) if return_confidence else points
+
+    def _batch_size(self, batch_size: int | None) -> int:
+        """A ``batch_size`` argument, checked; None: the detector's."""
+        return self.batch_size if batch_size is None else _check_batch_size(batch_size)
 
     def _input_sized_stack(self, images) -> np.ndarray | None:
         """``images`` as (N, S, S) float32 in [0, 1] when it is one uint8/uint16/float array or tensor
@@ -332,15 +356,18 @@ class Detector:
         """Run the network on ``grays[i]`` warped through ``transforms[i]`` (2x3, image -> crop).
 
         The lower-level entry used by :meth:`predict_batch` and face detection. ``grays`` are
-        (H, W) float32 in [0, 1]. Returns points ``(N, 15, 2)`` in each image's pixels and
-        confidences ``(N, 15)``.
+        (H, W) float32 in [0, 1], ``transforms`` ``(N, 2, 3)``: one per image. Returns points
+        ``(N, 15, 2)`` in each image's pixels and confidences ``(N, 15)``.
         """
+        if len(grays) != len(transforms):
+            raise ValueError(f"predict_framed got {len(grays)} images but {len(transforms)} transforms; expected one per image")
+        batch_size = self._batch_size(batch_size)
         k = self.config.hourglass.num_keypoints
         if len(grays) == 0:
             return np.empty((0, k, 2), np.float32), np.empty((0, k), np.float32)
         size = self.config.hourglass.input_size
         crops = np.stack([warp(g, m, size) for g, m in zip(grays, transforms)])
-        points, confidence = self._run(crops, batch_size or self.batch_size)
+        points, confidence = self._run(crops, batch_size)
         return apply_affine(invert_affine(transforms), points), confidence
 
     @torch.inference_mode()
@@ -353,10 +380,10 @@ class Detector:
             if cuda and self._ort is None:
                 # Pinned host memory lets the copy run asynchronously with the previous batch.
                 x = x.pin_memory().to(self.device, non_blocking=True)
-            with torch_threads_for(len(x), self.device):
-                if self._ort is not None and not self.flip_test:
-                    p, c = (torch.from_numpy(a) for a in self._ort.keypoints(x.numpy()))  # decoded in the graph
-                else:
+            if self._ort is not None and not self.flip_test:
+                p, c = (torch.from_numpy(a) for a in self._ort.keypoints(x.numpy()))  # decoded in the graph
+            else:
+                with torch_threads_for(len(x), self.device):
                     heatmaps = self._forward(x)
                     if self.flip_test:
                         mirrored = self._forward(x.flip(-1)).flip(-1).index_select(1, self._flip_index.to(heatmaps.device))

@@ -36,13 +36,15 @@ def draw(
             from :meth:`facekp.Detector.detect` (their boxes are drawn too).
         names: write each keypoint's name beside it.
         boxes: draw face boxes when faces are given.
-        radius: dot radius in pixels (default: scaled to each face's box when faces are
+        radius: dot radius in pixels, >= 0 (default: scaled to each face's box when faces are
             given, else to the image).
     """
+    if radius is not None and radius < 0:
+        raise ValueError(f"radius must be >= 0 pixels (or None for the default), got {radius}")
     canvas = load_rgb(image).copy()
     h, w = canvas.shape[:2]
     faces = _as_faces(points_or_faces)
-    r_image = radius or max(1, round(min(h, w) / 150))
+    r_image = max(1, round(min(h, w) / 150)) if radius is None else radius
     shift = 4  # sub-pixel drawing: coordinates in 1/16 px
     for box, pts in faces:
         r = r_image
@@ -58,7 +60,7 @@ def draw(
             centre = (int(round(x * (1 << shift))), int(round(y * (1 << shift))))
             cv2.circle(canvas, centre, r << shift, _colour(name), -1, cv2.LINE_AA, shift)
             if names:
-                cv2.putText(canvas, name, (int(x) + r + 1, int(y) + r), cv2.FONT_HERSHEY_SIMPLEX,
+                cv2.putText(canvas, name, (round(x) + r + 1, round(y) + r), cv2.FONT_HERSHEY_SIMPLEX,
                             max(0.3, r / 6), _colour(name), 1, cv2.LINE_AA)
     return canvas
 

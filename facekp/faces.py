@@ -16,6 +16,7 @@ The pipeline behind :meth:`facekp.Detector.detect`:
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -72,7 +73,7 @@ class Face:
         return max(0.0, x1 - x0) * max(0.0, y1 - y0)
 
     def to_dict(self) -> dict:
-        """JSON-ready: ``box``, ``score`` and ``keypoints`` {name: {x, y, confidence}}."""
+        """JSON-ready: ``box``, ``score``, ``angle`` and ``keypoints`` {name: {x, y, confidence}}."""
         return {
             "box": [round(float(v), 2) for v in self.box],
             "score": float(self.score),
@@ -108,6 +109,8 @@ class HaarFaceDetector:
     """OpenCV's frontal-face Haar cascade (``cv2.data.haarcascades``), offline.
 
     Works on upright, roughly frontal faces of at least 24x24 pixels (after ``max_side``).
+    Takes any image :func:`facekp.images.load_gray` accepts. One instance may be shared by
+    threads: its cascade runs one call at a time.
 
     Args:
         scale_factor: pyramid step of ``detectMultiScale`` (smaller: slower, finds more sizes).
@@ -153,11 +156,13 @@ class HaarFaceDetector:
             readable = False
         if not readable:
             raise ValueError(f"OpenCV cannot read {path} as a cascade classifier (expected OpenCV's cascade XML)")
+        # detectMultiScale keeps per-call scale data in the classifier: concurrent calls corrupt it.
+        self._lock = threading.Lock()
         if cascade is not None:
             self.name = f"haar:{path.name}"
         self.calibration = None
 
-    def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def __call__(self, image: ImageInput) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(N, 4)`` boxes ``x0, y0, x1, y1``, ``(N,)`` votes and ``(N,)`` angles of the faces in ``image``."""
         gray = _gray_u8(image)
         h, w = gray.shape
@@ -191,9 +196,10 @@ class HaarFaceDetector:
             gray = cv2.warpAffine(gray, m, (cw, ch), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         if min(gray.shape) < 24:
             return np.empty((0, 4)), np.empty(0), np.empty(0)
-        rects, votes = self._cascade.detectMultiScale2(
-            gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors, minSize=(min_side, min_side)
-        )
+        with self._lock:
+            rects, votes = self._cascade.detectMultiScale2(
+                gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors, minSize=(min_side, min_side)
+            )
         x, y, bw, bh = np.asarray(rects, np.float64).reshape(-1, 4).T
         # Rect pixels x..x+w-1 have edges x-0.5 .. x+w-0.5.
         boxes = np.stack([x - 0.5, y - 0.5, x + bw - 0.5, y + bh - 0.5], 1)
@@ -221,13 +227,11 @@ def default_face_detector() -> HaarFaceDetector:
     return _DEFAULT_FACE_DETECTOR
 
 
-def _gray_u8(image: np.ndarray) -> np.ndarray:
-    arr = np.asarray(image)
-    if arr.ndim == 3:
-        arr = cv2.cvtColor(np.ascontiguousarray(arr[:, :, :3]), cv2.COLOR_RGB2GRAY)
-    if arr.dtype != np.uint8:
-        arr = np.clip(np.rint(arr.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(arr)
+def _gray_u8(image: ImageInput) -> np.ndarray:
+    """``image`` as (H, W) uint8 luma, with :func:`load_gray`'s checks (InvalidImageError)."""
+    if isinstance(image, np.ndarray) and image.ndim == 2 and image.dtype == np.uint8:
+        return np.ascontiguousarray(image)  # already gray uint8, as detect_faces passes it: skip a round trip
+    return np.rint(load_gray(image) * 255.0).astype(np.uint8)
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -478,7 +482,10 @@ def detect_faces(
     max_faces: int | None = None,
 ) -> list[Face]:
     """Implementation of :meth:`facekp.Detector.detect` (see there)."""
+    _check_max_faces(max_faces)
     gray = load_gray(image)
+    if max_faces == 0:
+        return []
     if boxes is None:
         fd = face_detector or default_face_detector()
         source = _gray_u8(gray) if getattr(fd, "wants_gray", False) else load_rgb(image)
@@ -497,6 +504,13 @@ def detect_faces(
     points, confidence = predict_refined(detector, gray, transforms, DEFAULT_REFINE if refine is None else refine, angles)
     return [Face(tuple(float(v) for v in b), p, c, float(s), float(a))
             for b, p, c, s, a in zip(boxes, points, confidence, scores, angles)]
+
+
+def _check_max_faces(max_faces: int | None) -> None:
+    if max_faces is None:
+        return
+    if isinstance(max_faces, bool) or not isinstance(max_faces, (int, np.integer)) or max_faces < 0:
+        raise ValueError(f"max_faces must be None or an integer >= 0, got {max_faces!r}")
 
 
 def predict_refined(detector: "Detector", gray: np.ndarray, transforms: np.ndarray, refine: int = 0,

@@ -9,7 +9,7 @@ from typing import Union
 import cv2
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from .errors import InvalidImageError
 
@@ -24,13 +24,16 @@ MIN_SIDE = 8
 def load_gray(image: ImageInput) -> np.ndarray:
     """Return ``image`` as an (H, W) float32 array in [0, 1] (ITU-R BT.601 luma for colour).
 
+    Image files are turned upright by their EXIF Orientation tag, as photo viewers show them,
+    so points are in the pixels of the upright image.
+
     Raises:
         FileNotFoundError: a path that does not exist.
         InvalidImageError: anything that is not a decodable image of at least 8x8 pixels
             with finite values in range.
     """
     if isinstance(image, (str, os.PathLike)):
-        return _check(_read_path(Path(image)), f"image file {os.fspath(image)!r}")
+        return _check(_from_pil(_open_upright(Path(image))), f"image file {os.fspath(image)!r}")
     if isinstance(image, Image.Image):
         return _check(_from_pil(image), "PIL image")
     if isinstance(image, torch.Tensor):
@@ -44,12 +47,14 @@ def load_gray(image: ImageInput) -> np.ndarray:
 
 
 def load_rgb(image: ImageInput) -> np.ndarray:
-    """Return ``image`` as an (H, W, 3) uint8 RGB array (gray inputs are replicated), for drawing."""
+    """Return ``image`` as an (H, W, 3) uint8 RGB array (gray inputs are replicated), for drawing.
+
+    Files are turned upright by their EXIF orientation, like :func:`load_gray`.
+    """
     if isinstance(image, (str, os.PathLike)):
-        path = Path(image)
-        load_gray(path)  # the same checks and messages as for prediction
-        with Image.open(path) as im:
-            return _pil_rgb(im)
+        im = _open_upright(Path(image))
+        _check(_from_pil(im), f"image file {os.fspath(image)!r}")  # the same checks and messages as load_gray
+        return _pil_rgb(im)
     if isinstance(image, Image.Image):
         return _pil_rgb(image)
     arr = _tensor_to_hwc(image) if isinstance(image, torch.Tensor) else np.asarray(image)
@@ -57,7 +62,9 @@ def load_rgb(image: ImageInput) -> np.ndarray:
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]
     if arr.dtype != np.uint8:
-        arr = np.round(arr.astype(np.float64) * (255.0 if arr.dtype.kind == "f" else 255.0 / 65535.0)).astype(np.uint8)
+        # Clipped: load_gray tolerates float overshoot of half a step, which would wrap around in uint8.
+        scaled = arr.astype(np.float64) * (255.0 if arr.dtype.kind == "f" else 255.0 / 65535.0)
+        arr = np.clip(np.round(scaled), 0, 255).astype(np.uint8)
     if arr.ndim == 2:
         return np.repeat(arr[:, :, None], 3, axis=2)
     return np.ascontiguousarray(arr[:, :, :3])
@@ -69,14 +76,31 @@ def _pil_rgb(im: Image.Image) -> np.ndarray:
     return np.asarray(im.convert("RGB"))
 
 
-def _read_path(path: Path) -> np.ndarray:
+def upright_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(width, height)`` of an image file as :func:`load_gray` returns it (EXIF orientation applied),
+    read from the header without decoding the pixels."""
+    with Image.open(path) as im:
+        w, h = im.size
+        turned = im.getexif().get(ExifTags.Base.Orientation) in (5, 6, 7, 8)  # the four that swap the axes
+    return (h, w) if turned else (w, h)
+
+
+def channels_first(shape: tuple[int, ...]) -> bool:
+    """Whether an image of ``shape`` is laid out ``(C, H, W)``, as torchvision does: C is 1, 3 or 4
+    and the last axis is not."""
+    return len(shape) == 3 and shape[0] in (1, 3, 4) and shape[-1] not in (1, 3, 4)
+
+
+def _open_upright(path: Path) -> Image.Image:
+    """The decoded image file, turned upright by its EXIF Orientation tag (phones store photos
+    sideways and tag them)."""
     if not path.exists():
         raise FileNotFoundError(f"image file not found: {path}")
     if path.is_dir():
         raise InvalidImageError(f"{path} is a directory, expected an image file")
     try:
         with Image.open(path) as im:
-            return _from_pil(im)
+            return ImageOps.exif_transpose(im)
     except (UnidentifiedImageError, OSError) as exc:
         raise InvalidImageError(f"cannot read {path} as an image ({exc})") from exc
 
@@ -89,6 +113,10 @@ def _high_depth(im: Image.Image) -> bool:
 def _from_pil(im: Image.Image) -> np.ndarray:
     if _high_depth(im):
         arr = np.asarray(im, dtype=np.float32)
+        if im.mode == "I" and arr.size and (arr.min() < 0 or arr.max() > 65535):
+            raise InvalidImageError(
+                f"32-bit integer image values span [{arr.min():.0f}, {arr.max():.0f}]; expected the 16-bit range [0, 65535]"
+            )
         peak = 65535.0 if im.mode.startswith("I") else 1.0
         return _from_array(arr / peak)  # the same NaN and [0, 1] range checks as float arrays
     return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
@@ -96,8 +124,8 @@ def _from_pil(im: Image.Image) -> np.ndarray:
 
 def _tensor_to_hwc(t: torch.Tensor) -> np.ndarray:
     arr = t.detach().cpu()
-    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
-        arr = arr.permute(1, 2, 0)  # channels-first, as torchvision lays images out
+    if channels_first(tuple(arr.shape)):
+        arr = arr.permute(1, 2, 0)
     if arr.dtype in (torch.float16, torch.bfloat16):
         arr = arr.float()
     return arr.numpy()

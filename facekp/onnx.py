@@ -32,7 +32,7 @@ from torch import nn
 
 from .codec import HeatmapCodec
 from .config import DetectorConfig
-from .errors import DeviceError, FacekpError
+from .errors import DeviceError, FacekpError, WeightsError
 from .model import StackedHourglass, fuse_conv_bn
 
 INPUT_NAME = "crops"
@@ -128,7 +128,9 @@ def cached_onnx_bytes(model: StackedHourglass, config: DetectorConfig | None = N
     """:func:`onnx_bytes`, reusing an earlier export of the same weights from :func:`cache_dir`.
 
     Exporting takes a second or two; loading the cached file milliseconds. The key hashes the
-    weights, the config, the opset and the torch version. An unwritable cache is not an error.
+    weights, the config, the opset and the torch version. A file is named by the key and the
+    sha256 of its bytes, so a truncated or corrupt one is noticed, exported again and replaced.
+    An unwritable cache is not an error.
     """
     h = hashlib.sha256()
     for name, tensor in model.state_dict().items():
@@ -136,12 +138,34 @@ def cached_onnx_bytes(model: StackedHourglass, config: DetectorConfig | None = N
         h.update(tensor.detach().cpu().float().contiguous().numpy().tobytes())
     h.update(json.dumps(config.to_dict() if config else None, sort_keys=True).encode())
     h.update(f"{opset}|{torch.__version__}|{GRAPH_VERSION}".encode())
-    path = cache_dir() / f"{h.hexdigest()[:32]}.onnx"
-    try:
-        return path.read_bytes()
-    except OSError:
-        pass
-    data = onnx_bytes(model, config, opset=opset)
+    key = h.hexdigest()[:32]
+    data = _read_cache(key)
+    if data is None:
+        data = onnx_bytes(model, config, opset=opset)
+        _write_cache(key, data)
+    return data
+
+
+def _cache_name(key: str, data: bytes) -> str:
+    return f"{key}-{hashlib.sha256(data).hexdigest()[:16]}.onnx"
+
+
+def _read_cache(key: str) -> bytes | None:
+    """The cached export for ``key`` whose bytes match the digest in its name; others are deleted."""
+    for path in cache_dir().glob(f"{key}-*.onnx"):
+        try:
+            data = path.read_bytes()
+            if path.name == _cache_name(key, data):
+                return data
+            path.unlink()
+        except OSError:
+            pass
+    return None
+
+
+def _write_cache(key: str, data: bytes) -> None:
+    """Write atomically (a reader sees the old file or the whole new one); failures are ignored."""
+    path = cache_dir() / _cache_name(key, data)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -149,7 +173,6 @@ def cached_onnx_bytes(model: StackedHourglass, config: DetectorConfig | None = N
         os.replace(tmp, path)
     except OSError:
         pass
-    return data
 
 
 def _finish(data: bytes, entries: dict[str, str], num_keypoints: int) -> bytes:
@@ -296,7 +319,8 @@ class OnnxBackend:
     confidences decoded inside the graph.
 
     Args:
-        model: ONNX bytes (:func:`onnx_bytes`) or a path to an ``.onnx`` file.
+        model: ONNX bytes (:func:`onnx_bytes`) or a path to an ``.onnx`` file. A missing file
+            raises ``FileNotFoundError``, one onnxruntime cannot load :class:`~facekp.errors.WeightsError`.
         device: ``cpu`` or ``cuda[:N]`` (the latter needs ``onnxruntime-gpu``).
         threads: intra-op threads; ``None`` lets onnxruntime choose (one per physical core). On
             the project's 2-core CPU two threads beat one even for a single crop (int8: 1.27 vs
@@ -324,9 +348,8 @@ class OnnxBackend:
         options.log_severity_level = 3
         if threads is not None:
             options.intra_op_num_threads = int(threads)
-        source = model if isinstance(model, (bytes, bytearray)) else str(model)
         self.threads = threads
-        self.session = ort.InferenceSession(source, sess_options=options, providers=providers)
+        self.session = _session(ort, model, options, providers)
         self.device = device
         self.input_name = self.session.get_inputs()[0].name
         outputs = [o.name for o in self.session.get_outputs()]
@@ -362,3 +385,17 @@ class OnnxBackend:
 
     def _run(self, outputs: list[str], crops: np.ndarray) -> list[np.ndarray]:
         return self.session.run(outputs, {self.input_name: np.ascontiguousarray(crops, dtype=np.float32)})
+
+
+def _session(ort, model: bytes | str | Path, options, providers):
+    """An onnxruntime session of ``model`` (bytes or a path), with facekp's errors for a bad file."""
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidGraph, InvalidProtobuf
+
+    is_bytes = isinstance(model, (bytes, bytearray))
+    if not is_bytes and not Path(model).exists():
+        raise FileNotFoundError(f"ONNX model not found: {model}")
+    try:
+        return ort.InferenceSession(model if is_bytes else str(model), sess_options=options, providers=providers)
+    except (InvalidProtobuf, InvalidGraph, Fail) as exc:
+        what = "the exported graph" if is_bytes else str(model)
+        raise WeightsError(f"{what} is not a readable ONNX graph ({exc})") from exc

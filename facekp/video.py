@@ -312,7 +312,11 @@ def track_video(
 
 
 class VideoWriter:
-    """Write RGB frames to a video file; the codec follows the extension (.mp4: mp4v, .avi: MJPG)."""
+    """Write RGB frames to a video file; the codec follows the extension (.mp4: mp4v, .avi: MJPG).
+
+    Frames are (H, W, 3) uint8 RGB arrays (what :func:`read_frames` and :func:`facekp.draw`
+    give; :func:`facekp.images.load_rgb` converts other images), all of the first frame's size.
+    """
 
     CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".avi": "MJPG", ".mov": "mp4v", ".mkv": "MJPG"}
 
@@ -324,10 +328,13 @@ class VideoWriter:
             raise FileExistsError(f"{self.path} exists; pass overwrite=True to replace it")
         self.fps = fps
         self._writer: cv2.VideoWriter | None = None
+        self._size: tuple[int, int] | None = None  # (H, W) of the first frame
         self.frames = 0
 
     def write(self, rgb: np.ndarray) -> None:
+        """Append one (H, W, 3) uint8 RGB frame; ValueError if it is not one, or not the first frame's size."""
         rgb = np.asarray(rgb)
+        self._check_frame(rgb)
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             h, w = rgb.shape[:2]
@@ -335,8 +342,18 @@ class VideoWriter:
             self._writer = cv2.VideoWriter(str(self.path), fourcc, self.fps, (w, h))
             if not self._writer.isOpened():
                 raise FacekpError(f"OpenCV cannot write {self.path} (codec {self.CODECS[self.path.suffix.lower()]})")
+            self._size = (h, w)
         self._writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
         self.frames += 1
+
+    def _check_frame(self, rgb: np.ndarray) -> None:
+        # OpenCV crashes on other dtypes and silently drops frames of another size.
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise ValueError(f"video frames must be (H, W, 3) uint8 RGB arrays; frame {self.frames} has shape "
+                             f"{rgb.shape} and dtype {rgb.dtype} (facekp.images.load_rgb converts other images)")
+        if self._size is not None and rgb.shape[:2] != self._size:
+            (h, w), (h0, w0) = rgb.shape[:2], self._size
+            raise ValueError(f"frame {self.frames} is {w}x{h} pixels but the video is {w0}x{h0} (its first frame's size)")
 
     def close(self) -> None:
         if self._writer is not None:

@@ -120,6 +120,30 @@ def test_existing_table_needs_force(capsys, photos, tiny_model_dir, tmp_path):
     assert len(json.loads(out_json.read_text())[0]["faces"]) == 1
 
 
+def test_output_path_mistakes_are_refused_before_any_work(capsys, photos, tiny_model_dir, tmp_path):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep")
+    a_folder = tmp_path / "outdir"
+    a_folder.mkdir()
+    for argv, says in [
+        (["--draw", a_file], "notes.txt is a file, not a folder"),
+        (["--draw", a_file / "drawings"], "notes.txt is a file, not a folder"),
+        (["--json", a_folder, "--force"], "outdir is a folder"),
+        (["--csv", a_folder, "--force"], "outdir is a folder"),
+        (["--csv", a_file / "faces.csv", "--force"], "notes.txt is a file, not a folder"),
+    ]:
+        code, _, err = _run(capsys, "detect", photos["folder"], *argv, *_model(tiny_model_dir))
+        assert code == 2 and err.startswith("facekp: error:") and says in err, (argv, err)
+        assert "facekp detect" not in err  # no progress bar: refused before reading any photo
+    assert a_file.read_text() == "keep" and not any(a_folder.iterdir())
+
+
+def test_os_errors_are_one_line_errors(capsys, photos, tiny_model_dir, tmp_path):
+    too_long = tmp_path / ("x" * 300 + ".json")  # the OS refuses the name itself
+    code, _, err = _run(capsys, "detect", photos["face"], "--json", too_long, *_model(tiny_model_dir))
+    assert code == 2 and err.startswith("facekp: error:") and "too long" in err and len(err.splitlines()) == 1
+
+
 def test_unreadable_photos_are_skipped_and_reported(capsys, photos, tiny_model_dir, tmp_path):
     broken = photos["folder"] / "broken.jpg"
     broken.write_bytes(b"\xff\xd8 not really a jpeg")

@@ -128,6 +128,16 @@ def test_draw_never_writes_onto_an_input(capsys, images, tiny_model_dir, force):
     assert collide.read_bytes() == before[0]
 
 
+def test_draw_onto_a_folder_or_under_a_file_is_refused(capsys, images, tiny_model_dir, tmp_path):
+    folder = tmp_path / "out.png"
+    folder.mkdir()
+    code, _, err = _run(capsys, "predict", images[0], "--draw", folder, "--force", *_model_args(tiny_model_dir))
+    assert code == 2 and err.startswith("facekp: error:") and "out.png is a folder" in err
+    code, _, err = _run(capsys, "predict", images[0], "--draw", images[1] / "d.png", *_model_args(tiny_model_dir))
+    assert code == 2 and err.startswith("facekp: error:") and "b.jpg is a file, not a folder" in err
+    assert not any(folder.iterdir())
+
+
 def test_draw_refuses_two_inputs_with_the_same_name(capsys, tiny_model_dir, tmp_path, face_u8):
     # a/face.png and b/face.png would both be drawn to d_face.png: refused up front, nothing written.
     paths = []

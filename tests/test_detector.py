@@ -96,9 +96,21 @@ def test_nonexistent_cuda_index_raises_device_error(tiny_model_dir):
         Detector(tiny_model_dir, device="cuda:99")
 
 
-def test_invalid_batch_size(tiny_model_dir):
-    with pytest.raises(ValueError, match="batch_size"):
-        Detector(tiny_model_dir, batch_size=0)
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
+def test_invalid_batch_size(tiny_model_dir, bad):
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        Detector(tiny_model_dir, device="cpu", batch_size=bad)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.0])
+def test_batch_size_argument_must_be_a_positive_int(detector, face_u8, bad):
+    gray = face_u8.astype(np.float32) / 255
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        detector.predict_batch([face_u8, face_u8], batch_size=bad)
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        detector.predict_batch(np.zeros((2, 96, 96), np.uint8), batch_size=bad)  # the input-sized fast path
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        detector.predict_framed([gray], letterbox_transform(80, 64)[None], batch_size=bad)
 
 
 # -- coordinates ----------------------------------------------------------------------------
@@ -166,6 +178,15 @@ def test_predict_framed_maps_crop_points_back_exactly(detector, face_u8):
     np.testing.assert_allclose(detector.predict(gray), detector.predict_framed([gray], lb[None])[0][0], atol=1e-6)
 
 
+def test_predict_framed_needs_one_transform_per_image(detector, face_u8):
+    gray = face_u8.astype(np.float32) / 255
+    transforms = np.stack([letterbox_transform(80, 64)] * 2)
+    with pytest.raises(ValueError, match="3 images but 2 transforms"):
+        detector.predict_framed([gray] * 3, transforms)
+    with pytest.raises(ValueError, match="1 images but 2 transforms"):
+        detector.predict_framed([gray], transforms)
+
+
 @pytest.mark.parametrize("w, h", [(96, 72), (48, 40), (40, 48)])
 def test_flip_test_is_mirror_equivariant(tiny_model_dir, make_face, w, h):
     # With flip_test the heatmaps are averaged with those of the mirrored crop (left/right
@@ -223,6 +244,9 @@ def test_predict_batch_accepts_stacked_arrays(detector, make_face):
         "(N,H,W,3) array": np.repeat(stack[..., None], 3, axis=3),
         "(N,H,W) tensor": torch.from_numpy(stack),
         "(N,C,H,W) tensor": torch.from_numpy(stack)[:, None],
+        "(N,C,H,W) array": stack[:, None],
+        "(N,3,H,W) array": np.repeat(stack[:, None], 3, axis=1),
+        "(N,3,H,W) tensor": torch.from_numpy(np.repeat(stack[:, None], 3, axis=1)),
     }.items():
         points = detector.predict_batch(batch)
         assert points.shape == (3, 15, 2), name

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -80,6 +81,15 @@ def test_cascade_finds_the_sample_face(haar):
     boxes, votes, angles = haar(sample_photo())
     assert len(boxes) == 1 and votes[0] >= 10 and angles[0] == 0
     np.testing.assert_allclose(boxes[0], HOPPER_BOX, atol=3)
+
+
+def test_cascade_takes_float_and_16_bit_images_like_load_gray(haar, small_photo):
+    boxes = haar(small_photo)[0]
+    assert len(boxes) == 1
+    np.testing.assert_array_equal(haar(small_photo / 255.0)[0], boxes)
+    np.testing.assert_array_equal(haar(small_photo.astype(np.uint16) * 257)[0], boxes)
+    with pytest.raises(InvalidImageError, match=r"\[0, 1\]"):
+        haar(small_photo.astype(np.float64))  # 0..255 floats
 
 
 def test_cascade_rejects_a_file_that_is_not_a_cascade(tmp_path):
@@ -253,9 +263,25 @@ def test_custom_face_detector(detector, small_photo):
     assert len(faces) == 1
 
 
-def test_max_faces(detector, group):
+def test_max_faces(detector, group, group_faces):
     faces = detector.detect(group[0], max_faces=1)
-    assert len(faces) == 1
+    assert len(faces) == 1 and faces[0].box == group_faces[0].box  # the largest
+    assert detector.detect(group[0], max_faces=0) == []
+    for bad in (-1, 1.5, "2", True):
+        with pytest.raises(ValueError, match="max_faces must be None or an integer >= 0"):
+            detector.detect(group[0], max_faces=bad)
+
+
+def test_concurrent_detect_matches_serial(detector, group, small_photo):
+    # Threads share the default face detector (one OpenCV cascade).
+    photos = [group[0], small_photo] * 12
+    serial = [detector.detect(p, refine=0) for p in photos]
+    with ThreadPoolExecutor(4) as pool:
+        parallel = list(pool.map(lambda p: detector.detect(p, refine=0), photos))
+    assert [len(f) for f in parallel] == [len(f) for f in serial] == [3, 1] * 12
+    for got, want in zip(parallel, serial):
+        assert [f.box for f in got] == [f.box for f in want]
+        np.testing.assert_allclose([f.points for f in got], [f.points for f in want], atol=1e-4)
 
 
 # -- calibration ----------------------------------------------------------------------------
@@ -393,6 +419,14 @@ def test_draw_faces(small_photo, detector):
     assert not np.array_equal(no_box, out)
     grey = draw(small_photo[:, :, 0], faces)
     assert grey.shape == small_photo.shape
+
+
+def test_draw_radius(small_photo):
+    points = np.stack([np.linspace(40, 200, 15), np.full(15, 150.0)], axis=1)
+    changed = lambda r: (draw(small_photo, points, radius=r) != small_photo).any(axis=2).sum()  # noqa: E731
+    assert 0 < changed(0) < changed(1) < changed(None) < changed(4)  # 0 is a radius, not "the default" (2 here)
+    with pytest.raises(ValueError, match="radius must be >= 0"):
+        draw(small_photo, points, radius=-1)
 
 
 # -- real photos ----------------------------------------------------------------------------

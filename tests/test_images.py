@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from facekp import InvalidImageError
-from facekp.images import load_gray, load_rgb
+from facekp.images import load_gray, load_rgb, upright_size
 from facekp.preprocess import (
     apply_affine,
     compose_affine,
@@ -87,6 +87,32 @@ def test_load_rgb_for_drawing(face_u8, colour_u8):
     assert load_rgb(face_u8.astype(np.uint16) * 257).dtype == np.uint8
 
 
+def test_load_rgb_clips_float_overshoot_instead_of_wrapping():
+    white = np.full((16, 16, 3), 1 + 0.5 / 255)  # within load_gray's tolerance; 255.5 rounds to 256
+    assert load_gray(white).max() == 1.0
+    assert (load_rgb(white) == 255).all()
+
+
+def test_exif_orientation_is_applied_to_files(face_u8, colour_u8, tmp_path):
+    # A phone photo stored sideways: the sensor's pixels plus an EXIF tag saying "rotate 90 degrees clockwise".
+    stored = np.ascontiguousarray(np.rot90(colour_u8))  # the upright face turned 90 degrees counter-clockwise
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 CW to display
+    tagged, plain = tmp_path / "tagged.jpg", tmp_path / "plain.jpg"
+    Image.fromarray(stored).save(tagged, quality=95, exif=exif)
+    Image.fromarray(stored).save(plain, quality=95)
+    gray = load_gray(tagged)
+    assert gray.shape == face_u8.shape  # (64, 80): upright, not the stored (80, 64)
+    np.testing.assert_array_equal(gray, np.rot90(load_gray(plain), -1))
+    expected = load_gray(colour_u8)
+    assert np.abs(gray - expected).mean() < 0.01  # the upright face, up to JPEG loss
+    rgb = load_rgb(tagged)
+    assert rgb.shape == (*face_u8.shape, 3)
+    np.testing.assert_array_equal(rgb, np.rot90(load_rgb(plain), -1))
+    h, w = face_u8.shape
+    assert upright_size(tagged) == (w, h) and upright_size(plain) == (h, w)  # read from the header alone
+
+
 # -- rejected inputs ------------------------------------------------------------------------
 def _garbage_png(tmp_path):
     p = tmp_path / "garbage.png"
@@ -121,6 +147,8 @@ BAD_INPUTS = [
     ("tiny PIL", lambda t, f: Image.fromarray(f[:20, :5]), InvalidImageError, r"5x20 pixels"),
     ("PIL float NaN", lambda t, f: Image.fromarray(np.full((16, 16), np.nan, np.float32)), InvalidImageError, "NaN"),
     ("PIL float out of range", lambda t, f: Image.fromarray(np.full((16, 16), 5.0, np.float32)), InvalidImageError, r"\[0, 1\]"),
+    ("PIL 32-bit int above 16 bits", lambda t, f: Image.fromarray(np.full((16, 16), 70000, np.int32)), InvalidImageError,
+     r"32-bit integer image values span \[70000, 70000\]; expected the 16-bit range \[0, 65535\]"),
     ("list of lists", lambda t, f: [[0.5] * 16] * 16, InvalidImageError, "unsupported image type list"),
     ("dict", lambda t, f: {"image": f}, InvalidImageError, "unsupported image type dict"),
     ("bytes", lambda t, f: b"\x89PNG", InvalidImageError, "unsupported image type bytes"),

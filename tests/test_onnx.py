@@ -199,6 +199,18 @@ def test_export_cache_is_reused_and_keyed_by_weights(make_model, tiny_config, mo
     assert len(list(cache_dir().glob("*.onnx"))) == 2
 
 
+def test_corrupt_cache_file_is_exported_again(tiny_model_dir, faces, monkeypatch, tmp_path):
+    monkeypatch.setenv("FACEKP_CACHE", str(tmp_path / "cache"))
+    want = Detector(tiny_model_dir, device="cpu", backend="onnx").predict_batch(faces)
+    (cached,) = cache_dir().glob("*.onnx")
+    good = cached.read_bytes()
+    cached.write_bytes(good[: len(good) // 2])  # e.g. a process killed mid-write by an older facekp, a full disk
+    np.testing.assert_array_equal(Detector(tiny_model_dir, device="cpu", backend="onnx").predict_batch(faces), want)
+    (repaired,) = cache_dir().glob("*.onnx")
+    assert repaired.read_bytes() == good
+    assert not list(cache_dir().glob("*.tmp"))
+
+
 def test_unwritable_cache_is_not_an_error(make_model, tiny_config, monkeypatch, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
@@ -273,6 +285,21 @@ def test_onnx_model_file_is_checked(int8_file, two_stack_dir, tiny_model_dir):
         Detector(two_stack_dir, device="cpu", backend="onnx", onnx_model=int8_file)
     with pytest.raises(ValueError, match="onnx_model"):
         Detector(tiny_model_dir, device="cpu", onnx_model=int8_file)
+
+
+def test_explicit_precision_must_match_the_onnx_model(int8_file, tiny_model_dir):
+    with pytest.raises(ValueError, match="precision='fp32'.*int8 graph"):
+        Detector(tiny_model_dir, device="cpu", backend="onnx", precision="fp32", onnx_model=int8_file)
+    assert Detector(tiny_model_dir, device="cpu", backend="onnx", onnx_model=int8_file).precision == "int8"  # auto
+
+
+def test_missing_or_unreadable_onnx_model_file(tiny_model_dir, tmp_path, face_png):
+    from facekp import WeightsError
+
+    with pytest.raises(FileNotFoundError, match="missing.onnx"):
+        Detector(tiny_model_dir, device="cpu", backend="onnx", onnx_model=tmp_path / "missing.onnx")
+    with pytest.raises(WeightsError, match="face.png.*not a readable ONNX graph"):
+        Detector(tiny_model_dir, device="cpu", backend="onnx", onnx_model=face_png)
 
 
 def test_bundled_int8_graph_is_verified_and_chosen_by_precision(tiny_manifest, tiny_weights, int8_file, tmp_path, faces):

@@ -160,6 +160,21 @@ def test_video_round_trip(clip, tmp_path):
         list(read_frames(bogus))
 
 
+def test_video_writer_rejects_frames_it_cannot_write(tmp_path):
+    path = tmp_path / "out.avi"
+    with VideoWriter(path, fps=10) as out:
+        out.write(np.full((48, 64, 3), 100, np.uint8))
+        with pytest.raises(ValueError, match=r"frame 1 is 32x48 pixels but the video is 64x48"):
+            out.write(np.full((48, 32, 3), 100, np.uint8))
+        with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8 RGB.*dtype float64"):
+            out.write(np.full((48, 64, 3), 0.5))
+        with pytest.raises(ValueError, match=r"shape \(48, 64\)"):
+            out.write(np.full((48, 64), 100, np.uint8))
+        out.write(np.full((48, 64, 3), 200, np.uint8))
+        assert out.frames == 2
+    assert len(list(read_frames(path))) == 2
+
+
 def test_track_video(clip, detector):
     frames = list(track_video(clip, detector, detect_every=1))
     assert len(frames) == 8
