@@ -202,7 +202,7 @@ class Detector:
                 if precision == "int8" and self._ort.precision != "int8":
                     raise WeightsError(f"precision='int8' was asked for, but {onnx_model} is a {self._ort.precision} graph")
                 if requested == "fp32" and self._ort.precision != "fp32":
-                    raise ValueError(f"precision='fp32' was asked for, but {onnx_model} is an {self._ort.precision} graph; "
+                    raise WeightsError(f"precision='fp32' was asked for, but {onnx_model} is an {self._ort.precision} graph; "
                                      "pass precision='auto' to run the graph as it is")
                 self.precision = self._ort.precision
         # Inference runs a copy with BatchNorm folded into the convolutions, in channels-last
@@ -338,7 +338,7 @@ class Detector:
                 fitted for the Haar detector (which also applies to ``boxes`` passed in).
             refine: re-frame each face on its first prediction and predict again this many times
                 (default 1; see ``docs/detection.md``).
-            max_faces: keep only the largest ones.
+            max_faces: keep only this many of the largest faces (an int >= 0; None: all).
 
         Returns:
             A list of :class:`facekp.faces.Face` (``box``, ``points`` (15, 2), ``confidence``

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import build_model, synthetic_face, to_uint8
-from facekp import Detector
+from facekp import Detector, WeightsError
 from facekp.cli import main
 from facekp.config import DetectorConfig
 from facekp.model import HourglassConfig, fuse_conv_bn
@@ -279,8 +279,6 @@ def _largest_int8_weight(proto) -> int:
 
 
 def test_onnx_model_file_is_checked(int8_file, two_stack_dir, tiny_model_dir):
-    from facekp import WeightsError
-
     with pytest.raises(WeightsError, match="architecture"):
         Detector(two_stack_dir, device="cpu", backend="onnx", onnx_model=int8_file)
     with pytest.raises(ValueError, match="onnx_model"):
@@ -288,14 +286,12 @@ def test_onnx_model_file_is_checked(int8_file, two_stack_dir, tiny_model_dir):
 
 
 def test_explicit_precision_must_match_the_onnx_model(int8_file, tiny_model_dir):
-    with pytest.raises(ValueError, match="precision='fp32'.*int8 graph"):
+    with pytest.raises(WeightsError, match="precision='fp32'.*int8 graph"):
         Detector(tiny_model_dir, device="cpu", backend="onnx", precision="fp32", onnx_model=int8_file)
     assert Detector(tiny_model_dir, device="cpu", backend="onnx", onnx_model=int8_file).precision == "int8"  # auto
 
 
 def test_missing_or_unreadable_onnx_model_file(tiny_model_dir, tmp_path, face_png):
-    from facekp import WeightsError
-
     with pytest.raises(FileNotFoundError, match="missing.onnx"):
         Detector(tiny_model_dir, device="cpu", backend="onnx", onnx_model=tmp_path / "missing.onnx")
     with pytest.raises(WeightsError, match="face.png.*not a readable ONNX graph"):
