@@ -178,9 +178,6 @@ class HeatmapCodec:
             cache[key] = tuple(m.to(device=device, dtype=dtype) for m in (ph, pw, _blur_matrix(3, g)))
         return cache[key]
 
-    def config(self) -> dict:
-        return {"input_size": self.input_size, "stride": self.stride, "sigma": self.sigma, "blur_kernel": self.blur_kernel}
-
 
 #: log of the floor that heatmaps are clamped to before the log.
 _LOG_FLOOR = float(torch.log(torch.tensor(1e-10)))

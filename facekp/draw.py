@@ -26,7 +26,7 @@ def draw(
     points_or_faces,
     names: bool = False,
     boxes: bool = True,
-    radius: int | None = None,
+    radius: float | None = None,
 ) -> np.ndarray:
     """Return an RGB uint8 copy of ``image`` with keypoints drawn (the input is not modified).
 
@@ -36,7 +36,7 @@ def draw(
             from :meth:`facekp.Detector.detect` (their boxes are drawn too).
         names: write each keypoint's name beside it.
         boxes: draw face boxes when faces are given.
-        radius: dot radius in pixels, >= 0 (default: scaled to each face's box when faces are
+        radius: dot radius in pixels, >= 0, rounded to whole pixels (default: scaled to each face's box when faces are
             given, else to the image).
     """
     if radius is not None and radius < 0:
@@ -44,7 +44,7 @@ def draw(
     canvas = load_rgb(image).copy()
     h, w = canvas.shape[:2]
     faces = _as_faces(points_or_faces)
-    r_image = max(1, round(min(h, w) / 150)) if radius is None else radius
+    r_image = max(1, round(min(h, w) / 150)) if radius is None else round(radius)  # whole pixels for cv2
     shift = 4  # sub-pixel drawing: coordinates in 1/16 px
     for box, pts in faces:
         r = r_image

@@ -328,11 +328,14 @@ class VideoWriter:
             raise FileExistsError(f"{self.path} exists; pass overwrite=True to replace it")
         self.fps = fps
         self._writer: cv2.VideoWriter | None = None
+        self._closed = False
         self._size: tuple[int, int] | None = None  # (H, W) of the first frame
         self.frames = 0
 
     def write(self, rgb: np.ndarray) -> None:
         """Append one (H, W, 3) uint8 RGB frame; ValueError if it is not one, or not the first frame's size."""
+        if self._closed:
+            raise ValueError(f"{self.path} is closed; a new VideoWriter would replace the file")
         rgb = np.asarray(rgb)
         self._check_frame(rgb)
         if self._writer is None:
@@ -359,6 +362,7 @@ class VideoWriter:
         if self._writer is not None:
             self._writer.release()
             self._writer = None
+        self._closed = True
 
     def __enter__(self) -> "VideoWriter":
         return self

@@ -425,6 +425,7 @@ def test_draw_radius(small_photo):
     points = np.stack([np.linspace(40, 200, 15), np.full(15, 150.0)], axis=1)
     changed = lambda r: (draw(small_photo, points, radius=r) != small_photo).any(axis=2).sum()  # noqa: E731
     assert 0 < changed(0) < changed(1) < changed(None) < changed(4)  # 0 is a radius, not "the default" (2 here)
+    assert changed(2.6) == changed(3)  # whole pixels
     with pytest.raises(ValueError, match="radius must be >= 0"):
         draw(small_photo, points, radius=-1)
 

@@ -103,7 +103,10 @@ def test_read_pts_and_folder_loader(tmp_path):
         assert s.mask.all()
     bad = tmp_path / "bad.pts"
     bad.write_text("version: 1\nn_points: 68\n{\n1 2\n}\n")
-    with pytest.raises(ValueError, match="declares 68 points but holds 1"):
+    with pytest.raises(ValueError, match="declares 68 points; expected 68 lines of 'x y', found 1 lines of 2 values"):
+        read_pts(bad)
+    bad.write_text("version: 1\nn_points: 2\n{\n1 2 3\n4 5 6\n}\n")
+    with pytest.raises(ValueError, match="found 2 lines of 3 values"):  # was "declares 2 points but holds 2"
         read_pts(bad)
     with pytest.raises(FileNotFoundError):
         load_pts_folder(tmp_path / "nope")

@@ -146,6 +146,13 @@ def test_fine_tune_starts_from_saved_weights_without_flips(kaggle_csv, tmp_path)
                        "--package", str(tmp_path / "pkg"), "--manifest", str(tmp_path / "manifest.json"),
                        "--model-card", str(card), "--no-int8"]) == 0
     assert f"Stage 1 starts from the weights `{saved.name}` (sha256 `{recorded['init_sha256']}`)" in card.read_text()
+    # A model exported beside the default one gets its own card and curves; the default's stay.
+    assert train_main(["export", "--run", str(tmp_path / "tuned"), "--name", "extra", "--no-default", "--no-int8",
+                       "--package", str(tmp_path / "pkg"), "--manifest", str(tmp_path / "manifest.json"),
+                       "--model-card", str(tmp_path / "model-card-extra.md")]) == 0
+    assert (tmp_path / "model-card-extra.md").read_text().startswith("# Model card: `extra`\n\nA facekp keypoint model")
+    assert (tmp_path / "training-curves-extra.png").stat().st_size > 5000
+    assert json.loads((tmp_path / "manifest.json").read_text())["default"] == "tiny"
     with pytest.raises(ValueError, match="init"):
         Trainer(_config(kaggle_csv, tmp_path / "other", init=str(saved), hourglass=HourglassConfig(num_stacks=1, channels=8)))
 
@@ -296,9 +303,12 @@ def test_cli_mirror_offset_flags(kaggle_csv, tmp_path, capsys):
     assert train_main(["eval", "--weights", str(run), "--data", str(kaggle_csv), "--split", "train",
                        "--mirror-offsets", "--device", "cpu"]) == 0
     assert "--mirror-offset " in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        train_main(["fit", "--data", str(kaggle_csv), "--out", str(tmp_path / "bad"), "--mirror-offset", "ytf"])
-    assert "expected SUBSET=PX" in capsys.readouterr().err
+    for bad, message in ((["--mirror-offset", "ytf"], "expected SUBSET=PX"), (["--mirror-offset", "ytf=nan"], "finite PX"),
+                         (["--val-fraction", "0"], "between 0 and 1"), (["--val-fraction", "1.5"], "between 0 and 1")):
+        with pytest.raises(SystemExit):
+            train_main(["fit", "--data", str(kaggle_csv), "--out", str(tmp_path / "bad"), *bad])
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_two_stage_run_fine_tunes_from_a_run_folder_and_the_card_shows_both(kaggle_csv, tmp_path, capsys):

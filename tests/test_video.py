@@ -172,6 +172,8 @@ def test_video_writer_rejects_frames_it_cannot_write(tmp_path):
             out.write(np.full((48, 64), 100, np.uint8))
         out.write(np.full((48, 64, 3), 200, np.uint8))
         assert out.frames == 2
+    with pytest.raises(ValueError, match="is closed"):  # writing again would silently start the file over
+        out.write(np.full((48, 64, 3), 100, np.uint8))
     assert len(list(read_frames(path))) == 2
 
 

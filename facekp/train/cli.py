@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
 from ..model import HourglassConfig
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "faces68"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--channels", type=int, default=HourglassConfig.channels)
     fit.add_argument("--stride", type=int, default=HourglassConfig.heatmap_stride, help="heatmap stride (1, 2 or 4)")
     fit.add_argument("--sigma", type=float, default=1.0, help="target Gaussian sigma, heatmap pixels")
-    fit.add_argument("--val-fraction", type=float, default=0.15)
+    fit.add_argument("--val-fraction", type=_fraction, default=0.15)
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--device", default="auto")
     fit.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -45,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--weights", required=True, help="a .safetensors file, save_pretrained folder, run folder or 'default'")
     ev.add_argument("--data", type=Path, help="default: a run folder's own data, else faces68")
     ev.add_argument("--split", choices=("val", "train", "all"), default="val")
-    ev.add_argument("--val-fraction", type=float, help="default: a run folder's own, else 0.15")
+    ev.add_argument("--val-fraction", type=_fraction, help="default: a run folder's own, else 0.15")
     ev.add_argument("--seed", type=int, help="split seed (must match training; default: a run folder's own, else 0)")
     ev.add_argument("--flip-test", action="store_true", help="average with the mirrored crop's heatmaps")
     ev.add_argument("--mirror-offsets", action="store_true",
@@ -62,7 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--data", type=Path, help="data for the metrics recorded in the manifest (default: the run's own)")
     ex.add_argument("--package", type=Path, default=Path(__file__).resolve().parents[1], help="facekp package folder")
     ex.add_argument("--manifest", type=Path, default=Path(__file__).resolve().parents[2] / "weights_manifest.json")
-    ex.add_argument("--model-card", type=Path, default=Path(__file__).resolve().parents[2] / "docs" / "model-card.md")
+    ex.add_argument("--model-card", type=Path,
+                    help="default: docs/model-card.md for the default model, else docs/model-card-NAME.md")
     ex.add_argument("--hub-folder", type=Path, help="also write config.json + model.safetensors here for a Hub upload")
     ex.add_argument("--no-default", action="store_true", help="do not make this the default model")
     ex.add_argument("--no-int8", action="store_true",
@@ -141,11 +144,23 @@ def _given(value, default):
 def _subset_offset(text: str) -> tuple[str, float]:
     name, sep, value = text.partition("=")
     try:
-        if not (name and sep):
+        offset = float(value)
+        if not (name and sep and math.isfinite(offset)):
             raise ValueError
-        return name, float(value)
+        return name, offset
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected SUBSET=PX such as ytf=1.3, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected SUBSET=PX with a finite PX, such as ytf=1.3; got {text!r}") from None
+
+
+def _fraction(text: str) -> float:
+    """A validation fraction: strictly between 0 and 1."""
+    try:
+        value = float(text)
+        if not 0.0 < value < 1.0:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1 (exclusive), got {text!r}") from None
+    return value
 
 
 def _eval(args) -> None:
@@ -210,7 +225,8 @@ def _export(args) -> None:
         weights = Path(args.package) / "weights" / entry["file"]
         calibration = int8_calibration_crops(train, fit.seed)
         entry["int8_onnx"] = summary["int8_onnx"] = export_int8(weights, args.manifest, args.name, calibration, samples)
-    write_model_card(args.model_card, entry, fit, report, flip, args.run)
+    card = args.model_card or DOCS / ("model-card.md" if not args.no_default else f"model-card-{args.name}.md")
+    write_model_card(card, entry, fit, report, flip, args.run, is_default=not args.no_default)
     print(json.dumps(summary, indent=2))
 
 

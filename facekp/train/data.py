@@ -73,7 +73,8 @@ def read_pts(path: Path) -> np.ndarray:
     except (ValueError, KeyError) as exc:
         raise ValueError(f"{path} is not a valid 300-W .pts file ({exc})") from exc
     if pts.shape != (n, 2):
-        raise ValueError(f"{path} declares {n} points but holds {len(pts)}")
+        raise ValueError(f"{path} declares {n} points; expected {n} lines of 'x y', found {len(pts)} lines"
+                         + (f" of {pts.shape[1]} values" if pts.ndim == 2 else ""))
     return pts
 
 

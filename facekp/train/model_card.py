@@ -10,14 +10,19 @@ from .fit import FitConfig, is_run_folder
 from .plots import plot_history
 
 
-def write_model_card(path: str | Path, entry: dict, fit: FitConfig, report: dict, flip: dict, run: str | Path) -> None:
-    """Write the model card: what the model is, how it was trained, how well it does, the licence."""
-    run = Path(run)
+def write_model_card(
+    path: str | Path, entry: dict, fit: FitConfig, report: dict, flip: dict, run: str | Path, is_default: bool = True
+) -> None:
+    """Write the model card: what the model is, how it was trained, how well it does, the licence.
+
+    The training curves go beside it (:func:`curves_path`).
+    """
+    path, run = Path(path), Path(run)
     h = fit.hourglass
     stages = _stages(fit, run)
     text = f"""# Model card: `{entry['name']}`
 
-facekp's default keypoint model: a {h.num_stacks}-stack hourglass ({h.channels} channels, depth {h.depth},
+{"facekp's default keypoint model" if is_default else "A facekp keypoint model"}: a {h.num_stacks}-stack hourglass ({h.channels} channels, depth {h.depth},
 {h.heatmap_size}x{h.heatmap_size} heatmaps for a {h.input_size}x{h.input_size} grayscale crop), predicting the
 15 Kaggle facial keypoints with DARK sub-pixel decoding.
 
@@ -71,7 +76,7 @@ With flip test-time augmentation: RMSE {flip['canonical']['rmse']:.3f} px canoni
 {flip['perturbed']['rmse']:.3f} px perturbed (it doubles the network cost; the default does not use it).
 {_int8_line(entry)}
 
-![training curves](training-curves.png)
+![training curves]({curves_path(path).name})
 
 ## Licence and intended use
 
@@ -80,7 +85,6 @@ and the 300-W re-annotation) were published for research; the weights inherit th
 **research use only**. Faces in the training data are mostly frontal to moderately turned adults;
 expect larger errors on profiles, heavy occlusion, infants and very low resolution.
 """
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     histories = [_history(r) for _, r in stages]
@@ -89,7 +93,13 @@ expect larger errors on profiles, heavy occlusion, infants and very low resoluti
         for history in histories:
             starts.append(len(combined))
             combined += [{**h, "epoch": len(combined) + i} for i, h in enumerate(history)]
-        plot_history(combined, path.parent / "training-curves.png", stage_starts=starts[1:])
+        plot_history(combined, curves_path(path), stage_starts=starts[1:])
+
+
+def curves_path(card: Path) -> Path:
+    """The training-curves picture of a model card: model-card[-NAME].md -> training-curves[-NAME].png."""
+    name = card.stem.replace("model-card", "training-curves", 1) if "model-card" in card.stem else f"{card.stem}-curves"
+    return card.with_name(f"{name}.png")
 
 
 def _notes_link(card: Path) -> str:
