@@ -201,6 +201,16 @@ def test_an_image_listed_twice_in_the_index_is_loaded_once(tmp_path):
         load_pts_folder(tmp_path)
 
 
+def test_without_an_index_frames_of_one_person_share_an_identity(tmp_path):
+    write_pts_folder(tmp_path, 3, seed=4)
+    for old, new in (("b/face0", "b/Ann_Lee_00"), ("a/face1", "b/Ann_Lee_07"), ("b/face2", "b/1051618982_1")):
+        for ext in (".png", ".pts"):
+            (tmp_path / (old + ext)).rename(tmp_path / (new + ext))
+    identities = {s.name: s.identity for s in load_pts_folder(tmp_path)}
+    assert identities == {str(Path("b") / "Ann_Lee_00.png"): "Ann_Lee", str(Path("b") / "Ann_Lee_07.png"): "Ann_Lee",
+                          str(Path("b") / "1051618982_1.png"): "1051618982"}
+
+
 def test_split_by_identity_is_disjoint_and_reproducible(tmp_path):
     write_pts_folder(tmp_path, 40, seed=2)
     samples = load_pts_folder(tmp_path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,8 +83,9 @@ def load_pts_folder(root: str | Path, subsets: tuple[str, ...] | None = None) ->
     """Every ``NAME.jpg`` (or .png) with a 68-point ``NAME.pts`` beside it, under ``root``.
 
     Uses ``root/index.csv`` (columns ``image``, ``subset``, ``identity``) when present;
-    otherwise walks the tree, taking the first folder level as the subset and the file stem as
-    the identity. An image the index lists more than once is loaded once (with a warning): a
+    otherwise walks the tree, taking the first folder level as the subset and the file stem, less
+    a trailing ``_NUMBER`` (a video frame's or a photo's face index: ``Name_07``, ``1051618982_1``),
+    as the identity, so that frames of one person stay on one side of the split. An image the index lists more than once is loaded once (with a warning): a
     repeated face would count twice in training and in the validation metrics.
     """
     root = Path(root)
@@ -107,7 +109,7 @@ def load_pts_folder(root: str | Path, subsets: tuple[str, ...] | None = None) ->
             image = next((pts.with_suffix(ext) for ext in (".jpg", ".png", ".jpeg") if pts.with_suffix(ext).exists()), None)
             if image is not None:
                 rel = image.relative_to(root)
-                rows.append((image, rel.parts[0] if len(rel.parts) > 1 else "", rel.stem))
+                rows.append((image, rel.parts[0] if len(rel.parts) > 1 else "", re.sub(r"_\d+$", "", rel.stem)))
     samples = []
     for image_path, subset, identity in rows:
         if subsets and subset not in subsets:
