@@ -328,6 +328,7 @@ def test_two_stage_run_fine_tunes_from_a_run_folder_and_the_card_shows_both(kagg
     assert "| 1 | `runs/stage1` | 1 |" in text and "kaggle +0.50" in text
     assert "| 2 | `runs/default` | 1 |" in text
     assert "--out runs/stage1" in text and "--mirror-offset kaggle=0.5" in text
+    assert "facekp-train fit --data training.csv" in text and "--batch-size 8 --val-fraction 0.25" in text  # not the defaults
     assert "--no-flip --init runs/stage1" in text and "facekp-train export --run runs/default --name tiny" in text
     assert (card.parent / "training-curves.png").stat().st_size > 5000
     # The int8 graph is written beside the weights, recorded with its hash and scored.

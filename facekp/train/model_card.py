@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
 
 from .evaluate import format_report
@@ -154,19 +155,27 @@ def _starting_weights(stages: list[tuple[FitConfig, Path]]) -> str:
     return f"\nStage 1 starts from the weights `{Path(fit.init).name}`{digest}.\n"
 
 
+#: fit flags the reproduce command gives only when the run did not use the default.
+_OPTIONAL_FLAGS = {"--batch-size": "batch_size", "--weight-decay": "weight_decay", "--val-fraction": "val_fraction", "--seed": "seed"}
+_FIT_DEFAULTS = {f.name: f.default for f in fields(FitConfig)}
+
+
 def _reproduce(stages: list[tuple[FitConfig, Path]], name: str) -> str:
     commands = []
     for fit, run in stages:
         h = fit.hourglass
         flags = [f"--epochs {fit.epochs} --lr {fit.lr:g}",
                  f"--stacks {h.num_stacks} --channels {h.channels} --depth {h.depth} --stride {h.heatmap_stride} --sigma {fit.sigma:g}"]
-        extra = [] if fit.flip else ["--no-flip"]
+        extra = [f"{flag} {getattr(fit, name):g}" for flag, name in _OPTIONAL_FLAGS.items()
+                 if getattr(fit, name) != _FIT_DEFAULTS[name]]
+        extra += [] if fit.flip else ["--no-flip"]
         extra += [f"--mirror-offset {k}={v:g}" for k, v in fit.mirror_offsets.items()] if fit.flip else []
         if fit.init is not None:
             extra.append(f"--init runs/{Path(fit.init).name}" if is_run_folder(fit.init) else f"--init {Path(fit.init).name}")
         if extra:
             flags.append(" ".join(extra))
-        commands.append(f"facekp-train fit --data ../shared/data/faces68 --out runs/{run.name} \\\n    " + " \\\n    ".join(flags))
+        data = "../shared/data/faces68" if Path(fit.data).name == "faces68" else Path(fit.data).name
+        commands.append(f"facekp-train fit --data {data} --out runs/{run.name} \\\n    " + " \\\n    ".join(flags))
     commands.append(f"facekp-train export --run runs/{stages[-1][1].name} --name {name}")
     return "\n".join(commands)
 
