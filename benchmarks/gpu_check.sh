@@ -23,7 +23,7 @@ from facekp.train.data import split_by_identity, load_pts_folder
 
 src, dst = Path(sys.argv[1]), Path(sys.argv[2])
 val = {s.name for s in split_by_identity(load_pts_folder(src), 0.15, seed=0)[1]}
-rows = [r for r in csv.DictReader((src / "index.csv").open(newline="")) if r["image"] in val]
+rows = list({r["image"]: r for r in csv.DictReader((src / "index.csv").open(newline="")) if r["image"] in val}.values())
 for r in rows:
     for path in (Path(r["image"]), Path(r["image"]).with_suffix(".pts")):
         (dst / path).parent.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,7 @@ def resolve_backend(backend: str, device: torch.device, precision: str = "auto",
     """``"auto"`` -> ``"onnx"`` on CPU for fp32 without compile when onnxruntime is importable, else ``"torch"``.
 
     ``precision="int8"`` resolves to ``"onnx"``; it needs ``backend`` ``"onnx"`` or ``"auto"`` and the
-    CPU (with ``"torch"``, the default of :class:`Detector`, it raises ``ValueError``).
+    CPU (with ``"torch"`` it raises ``ValueError``).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -107,16 +107,17 @@ class Detector:
             labels, but the bundled model's training labels are not (``docs/training-notes.md``):
             with it, flip test makes the validation RMSE about 0.2 px worse (``val_rmse_flip_test``
             vs ``val_rmse`` in ``weights_manifest.json``).
-        backend: ``"torch"`` (default), ``"onnx"`` to run the network with onnxruntime
+        backend: ``None`` (default: ``"onnx"`` when ``precision="int8"`` or ``onnx_model`` asks for
+            an ONNX graph, else ``"torch"``), ``"torch"``, ``"onnx"`` to run the network with onnxruntime
             (``pip install "facekp[onnx]"``; faster on CPU, see ``docs/benchmarks.md``; the export is cached in
             ``~/.cache/facekp/onnx``), or ``"auto"``: onnx on CPU when onnxruntime is installed,
             else torch. All give the same points to within 1e-3 px.
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast of the torch network; the
             heatmap decode always runs in fp32), ``"auto"``: fp16 on CUDA, fp32 on CPU, or
             ``"int8"``: the quantized ONNX graph bundled with the model, on CPU (needs
-            onnxruntime and ``backend="onnx"`` or ``"auto"``; the fastest CPU path). See
+            onnxruntime; the fastest CPU path). See
             ``docs/benchmarks.md`` for the speed and accuracy of each.
-        onnx_model: with ``backend="onnx"``, an ``.onnx`` file from ``facekp export-onnx`` (e.g. the
+        onnx_model: for the onnx backend, an ``.onnx`` file from ``facekp export-onnx`` (e.g. the
             int8 graph of ``--int8``) to run instead of exporting the weights; the weights still
             provide the config (and ``.model``). ``precision="auto"`` follows the graph; an
             explicit precision must match it.
@@ -134,7 +135,7 @@ class Detector:
         device: str | torch.device = "auto",
         batch_size: int = 64,
         flip_test: bool = False,
-        backend: str = "torch",
+        backend: str | None = None,
         precision: str = "auto",
         compile: bool | str = False,
         onnx_model: str | Path | None = None,
@@ -163,13 +164,15 @@ class Detector:
         batch_size: int,
         flip_test: bool,
         *,
-        backend: str = "torch",
+        backend: str | None = None,
         precision: str = "auto",
         compile: bool | str = False,
         onnx_model: str | Path | None = None,
     ) -> None:
         batch_size = _check_batch_size(batch_size)
         self.device = resolve_device(device)
+        if backend is None:  # the default: torch, unless an ONNX graph is asked for
+            backend = "onnx" if precision == "int8" or onnx_model is not None else "torch"
         backend = resolve_backend(backend, self.device, precision, compile)
         if onnx_model is not None and backend != "onnx":
             raise ValueError("onnx_model is run by backend='onnx'")

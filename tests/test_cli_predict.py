@@ -181,6 +181,8 @@ def test_backend_and_precision_options(capsys, images, tiny_model_dir, detector)
     code, _, err = _run(capsys, "predict", images[0], "--backend", "onnx", "--precision", "int8", *_model_args(tiny_model_dir))
     assert code == 2 and "int8 ONNX graph" in err
     code, _, err = _run(capsys, "predict", images[0], "--precision", "int8", *_model_args(tiny_model_dir))
+    assert code == 2 and "int8 ONNX graph" in err  # --precision int8 alone picks the onnx backend
+    code, _, err = _run(capsys, "predict", images[0], "--backend", "torch", "--precision", "int8", *_model_args(tiny_model_dir))
     assert code == 2 and "backend='onnx'" in err
 
 

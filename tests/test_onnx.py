@@ -282,7 +282,8 @@ def test_onnx_model_file_is_checked(int8_file, two_stack_dir, tiny_model_dir):
     with pytest.raises(WeightsError, match="architecture"):
         Detector(two_stack_dir, device="cpu", backend="onnx", onnx_model=int8_file)
     with pytest.raises(ValueError, match="onnx_model"):
-        Detector(tiny_model_dir, device="cpu", onnx_model=int8_file)
+        Detector(tiny_model_dir, device="cpu", backend="torch", onnx_model=int8_file)
+    assert Detector(tiny_model_dir, device="cpu", onnx_model=int8_file).backend == "onnx"  # the graph picks the backend
 
 
 def test_explicit_precision_must_match_the_onnx_model(int8_file, tiny_model_dir):
@@ -314,8 +315,9 @@ def test_bundled_int8_graph_is_verified_and_chosen_by_precision(tiny_manifest, t
     np.testing.assert_array_equal(det.predict_batch(faces), direct.predict_batch(faces))
     assert Detector("tiny", device="cpu", backend="auto", precision="int8").precision == "int8"
 
+    assert Detector("tiny", device="cpu", precision="int8").backend == "onnx"  # int8 alone picks the onnx backend
     with pytest.raises(ValueError, match="backend='onnx'"):
-        Detector("tiny", device="cpu", precision="int8")  # the torch backend has no int8 path
+        Detector("tiny", device="cpu", backend="torch", precision="int8")  # the torch backend has no int8 path
     with pytest.raises(ValueError, match="bundle none"):
         Detector(tiny_weights, device="cpu", backend="onnx", precision="int8")  # a file, not a manifest model
     with pytest.raises(WeightsError, match="fp32 graph"):

@@ -134,7 +134,7 @@ def _history(run: Path) -> list[dict]:
 
 
 def _stage_table(stages: list[tuple[FitConfig, Path]]) -> str:
-    rows = ["| stage | run | epochs | lr | flips | mirror offsets (px) | best epoch | val RMSE canonical / perturbed | wall time |",
+    rows = ["| stage | run | epochs | lr | flips | mirror offsets (px) | best epoch | its val RMSE in training, canonical / perturbed | wall time |",
             "|---|---|---|---|---|---|---|---|---|"]
     for i, (fit, run) in enumerate(stages, 1):
         history = _history(run)
