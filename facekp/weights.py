@@ -202,9 +202,11 @@ def download_from_hub(repo_id: str, revision: str | None = None, cache_dir: str 
     """Download (or reuse from the cache) ``config.json`` + ``model.safetensors``; return the folder.
 
     The weights are verified: against the manifest's sha256 when the repository is published
-    there, else against the Hub's own hash of the file (the ETag, which the cache keeps as the
-    blob's name: sha256 for LFS files, the git blob sha1 otherwise). A mismatch removes the
-    file from the cache and raises :class:`~facekp.errors.ChecksumError`.
+    there, else against the Hub's own hash of the file (the ETag: sha256 for LFS files, the git
+    blob sha1 otherwise), which the cache keeps as the blob's name. A cache without symlinks
+    (Windows without Developer Mode) keeps no blob names, so the hash is then asked from the Hub
+    for the snapshot's commit, which needs the network. A mismatch removes the file from the
+    cache and raises :class:`~facekp.errors.ChecksumError`.
     """
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
@@ -228,25 +230,47 @@ def download_from_hub(repo_id: str, revision: str | None = None, cache_dir: str 
         if entry is not None and (revision == entry.revision):
             verify_file(weights, entry.sha256, f"{repo_id}/{WEIGHTS_NAME}")
         else:
-            _verify_against_etag(weights, f"{repo_id}/{WEIGHTS_NAME}")
+            _verify_against_etag(weights, repo_id)
     except ChecksumError:
         _evict(weights)
         raise
     return weights.parent
 
 
-def _verify_against_etag(path: Path, what: str) -> None:
-    blob = Path(os.path.realpath(path))
-    etag = blob.name
+def _verify_against_etag(path: Path, repo_id: str) -> None:
+    what = f"{repo_id}/{path.name}"
+    etag = _hub_etag(path, repo_id)
     if _SHA256.match(etag):
         verify_file(path, etag, what)
     elif _SHA1.match(etag):
-        h = hashlib.sha1(f"blob {blob.stat().st_size}\0".encode())
-        h.update(blob.read_bytes())
+        h = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
+        h.update(path.read_bytes())
         if h.hexdigest() != etag:
             raise ChecksumError(f"{what}: git blob sha1 {h.hexdigest()} differs from the Hub's {etag}; the file is corrupt or tampered with")
     else:
-        raise WeightsError(f"{what}: the cache holds no Hub hash to verify the file against (blob {blob})")
+        raise WeightsError(f"{what}: the Hub's hash of the file, {etag!r}, is neither a sha256 nor a git blob sha1")
+
+
+def _hub_etag(path: Path, repo_id: str) -> str:
+    """The Hub's hash of a file in the cache: the name of the blob its snapshot entry links to, or,
+    where the cache has no symlinks, the ETag the Hub gives for the snapshot's commit."""
+    blob = Path(os.path.realpath(path))
+    if _SHA256.match(blob.name) or _SHA1.match(blob.name):
+        return blob.name
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    commit = path.parent.name  # snapshots/<commit>/<file>
+    try:
+        etag = get_hf_file_metadata(hf_hub_url(repo_id, path.name, revision=commit)).etag
+    except Exception as exc:  # offline, unreachable, refused: the file cannot be verified now
+        raise WeightsError(
+            f"{repo_id}/{path.name}: this Hugging Face cache keeps files without symlinks, so it holds no hash "
+            f"to verify them against, and asking the Hub for it failed ({exc}). Load it while online, or "
+            "enable symlinks (Windows: Developer Mode) so that the cache keeps the hashes"
+        ) from exc
+    if not etag:
+        raise WeightsError(f"{repo_id}/{path.name}: the Hub gave no hash (ETag) for commit {commit}")
+    return etag
 
 
 def _evict(path: Path) -> None:

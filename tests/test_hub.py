@@ -189,6 +189,31 @@ def test_tampered_download_raises_checksum_error_and_is_evicted(monkeypatch, mod
         hub.stop()
 
 
+@pytest.mark.parametrize("weights_lfs", [True, False], ids=["lfs-sha256", "git-sha1"])
+def test_cache_without_symlinks_is_verified_against_the_hub(monkeypatch, model_files, cache, reference, weights_lfs):
+    import huggingface_hub.file_download
+
+    # Windows without Developer Mode: huggingface_hub moves files into the snapshot instead of
+    # linking them to hash-named blobs, so the cache keeps no hash of them.
+    monkeypatch.setattr(huggingface_hub.file_download, "are_symlinks_supported", lambda *args, **kwargs: False)
+    hub = _start_hub(monkeypatch, model_files, weights_lfs=weights_lfs)
+    try:
+        det = Detector.from_pretrained(REPO, cache_dir=cache, device="cpu")
+        np.testing.assert_array_equal(det.predict_batch(reference[0]), reference[1])
+        snapshot = next(cache.rglob("snapshots/*/model.safetensors"))
+        assert not snapshot.is_symlink() and not list(cache.rglob("blobs/*"))
+        snapshot.write_bytes(_flip_one_byte(model_files["model.safetensors"]))  # altered on disk since
+        with pytest.raises(ChecksumError, match="corrupt or tampered"):
+            Detector.from_pretrained(REPO, cache_dir=cache, device="cpu")
+        assert not snapshot.exists()
+        Detector.from_pretrained(REPO, cache_dir=cache, device="cpu")  # downloaded again, verified
+    finally:
+        hub.stop()
+    _set_offline(monkeypatch, True)  # offline there is nothing to check against: refused, not loaded unverified
+    with pytest.raises(WeightsError, match="keeps files without symlinks.*Load it while online"):
+        Detector.from_pretrained(REPO, cache_dir=cache, device="cpu")
+
+
 def test_download_of_the_wrong_size_raises_weights_error(hub, cache, model_files, reference):
     # huggingface_hub itself notices a size different from X-Linked-Size; facekp reports it as a
     # WeightsError like every other weights problem, and nothing is left in the cache.
