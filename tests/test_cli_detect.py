@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facekp import KEYPOINT_NAMES
+from facekp import KEYPOINT_NAMES, Detector
 from facekp.cli import main
-from facekp.data import sample_photo
+from facekp.data import group_photo, sample_photo
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ def test_detect_one_photo_as_json(capsys, photos, tiny_model_dir, detector):
     assert "1 face(s) in 1 photo(s)" in err
 
 
-def test_detect_folder_to_csv_with_progress(capsys, photos, tiny_model_dir, tmp_path):
+def test_detect_folder_to_csv_with_progress(capsys, photos, tiny_model_dir, tmp_path, detector):
     out_csv = tmp_path / "out" / "faces.csv"
     code, out, err = _run(capsys, "detect", photos["folder"], "--recursive", "--csv", out_csv, *_model(tiny_model_dir))
     assert code == 0, err
@@ -63,7 +63,16 @@ def test_detect_folder_to_csv_with_progress(capsys, photos, tiny_model_dir, tmp_
     with out_csv.open(newline="") as f:
         rows = list(csv.DictReader(f))
     assert [Path(r["image"]).name for r in rows] == ["hopper.jpg", "blank.png"]
-    assert rows[0]["face"] == "0" and float(rows[0]["left_eye_center_x"]) > 0
+    assert rows[0]["face"] == "0"
+    # The row holds what Detector.detect finds on the photo, each value in its own column.
+    (expected,) = detector.detect(photos["face"])
+    assert float(rows[0]["score"]) == expected.score
+    box = [float(rows[0][f"box_{c}"]) for c in ("x0", "y0", "x1", "y1")]
+    np.testing.assert_allclose(box, expected.box, atol=0.005 + 1e-9)
+    for i, name in enumerate(KEYPOINT_NAMES):
+        x, y, conf = (float(rows[0][f"{name}_{c}"]) for c in ("x", "y", "confidence"))
+        np.testing.assert_allclose([x, y], expected.points[i], atol=5e-4 + 1e-6, err_msg=name)
+        assert conf == pytest.approx(expected.confidence[i], abs=5e-5 + 1e-7), name
     assert rows[1]["face"] == "" and rows[1]["left_eye_center_x"] == ""  # a photo without faces
     assert f"wrote {out_csv}" in err
     # Without --recursive only the folder's own photos are read.
@@ -159,3 +168,48 @@ def test_bad_inputs(capsys, tmp_path, tiny_model_dir):
     (tmp_path / "empty").mkdir()
     code, _, err = _run(capsys, "detect", tmp_path / "empty", *_model(tiny_model_dir))
     assert code == 2 and "no photos" in err
+
+
+# -- options, with the bundled trained model ------------------------------------------------
+@pytest.fixture(scope="module")
+def bundled() -> Detector:
+    return Detector(device="cpu")
+
+
+def _points(face: dict) -> np.ndarray:
+    return np.array([[v["x"], v["y"]] for v in face["keypoints"].values()])
+
+
+def test_max_faces_keeps_the_largest(capsys, tmp_path, bundled):
+    # Three copies of the portrait pasted left to right at decreasing sizes: three faces.
+    image, regions = group_photo((0.5, 0.3, 0.2), size=(580, 300))
+    path = tmp_path / "group.png"
+    Image.fromarray(image).save(path)
+    code, out, err = _run(capsys, "detect", path, "--json", "--device", "cpu")
+    assert code == 0, err
+    assert len(json.loads(out)[0]["faces"]) == 3
+    code, out, err = _run(capsys, "detect", path, "--json", "--max-faces", "1", "--device", "cpu")
+    assert code == 0, err
+    (face,) = json.loads(out)[0]["faces"]
+    cx, cy = (face["box"][0] + face["box"][2]) / 2, (face["box"][1] + face["box"][3]) / 2
+    x0, y0, x1, y1 = regions[0]  # the largest copy is the leftmost
+    assert x0 < cx < x1 and y0 < cy < y1
+    expected = bundled.detect(path)[0]
+    np.testing.assert_allclose(face["box"], expected.box, atol=0.005 + 1e-9)
+    np.testing.assert_allclose(_points(face), expected.points, atol=5e-4 + 1e-6)
+    assert "1 face(s) in 1 photo(s)" in err
+
+
+def test_refine_option(capsys, photos, bundled):
+    found = {}
+    for argv in ([], ["--refine", "0"], ["--refine", "1"]):
+        code, out, err = _run(capsys, "detect", photos["face"], "--json", *argv, "--device", "cpu")
+        assert code == 0, err
+        (face,) = json.loads(out)[0]["faces"]
+        found[tuple(argv)] = _points(face)
+    refine0 = bundled.detect(photos["face"], refine=0)[0].points
+    refine1 = bundled.detect(photos["face"], refine=1)[0].points
+    assert np.abs(refine0 - refine1).max() > 0.1  # re-framing moves the points (far beyond rounding)
+    np.testing.assert_allclose(found[("--refine", "0")], refine0, atol=5e-4 + 1e-6)
+    np.testing.assert_allclose(found[("--refine", "1")], refine1, atol=5e-4 + 1e-6)
+    np.testing.assert_allclose(found[()], refine1, atol=5e-4 + 1e-6)  # the default is one pass

@@ -79,7 +79,7 @@ def test_json_several_images(capsys, images, tiny_model_dir, detector):
         np.testing.assert_allclose(points, detector.predict(path), atol=1e-5)
 
 
-def test_draw_writes_png_of_the_input_size(capsys, images, tiny_model_dir, tmp_path):
+def test_draw_writes_png_of_the_input_size(capsys, images, tiny_model_dir, tmp_path, detector):
     out_png = tmp_path / "out" / "drawn.png"
     code, out, err = _run(capsys, "predict", images[1], "--draw", out_png, "--names", *_model_args(tiny_model_dir))
     assert code == 0, err
@@ -88,7 +88,19 @@ def test_draw_writes_png_of_the_input_size(capsys, images, tiny_model_dir, tmp_p
         assert im.format == "PNG" and im.size == (50, 70) and im.mode == "RGB"
         drawn = np.asarray(im)
     with Image.open(images[1]) as im:
-        assert not np.array_equal(drawn, np.asarray(im.convert("RGB")))  # something was drawn
+        photo = np.asarray(im.convert("RGB"))
+    assert not np.array_equal(drawn, photo)  # something was drawn
+    # Without --names: the same points, unlabelled, so another picture.
+    plain_png = tmp_path / "out" / "plain.png"
+    code, _, err = _run(capsys, "predict", images[1], "--draw", plain_png, *_model_args(tiny_model_dir))
+    assert code == 0, err
+    with Image.open(plain_png) as im:
+        plain = np.asarray(im)
+    assert plain.shape == drawn.shape and not np.array_equal(plain, drawn)
+    # Each is facekp.draw of the photo and its predicted points, with names or without.
+    points = detector.predict(images[1])
+    np.testing.assert_array_equal(plain, facekp.draw(photo, points, names=False))
+    np.testing.assert_array_equal(drawn, facekp.draw(photo, points, names=True))
 
 
 def test_draw_several_images(capsys, images, tiny_model_dir, tmp_path):
