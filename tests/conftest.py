@@ -26,6 +26,14 @@ from facekp.weights import WEIGHTS_NAME, save_model, sha256_file
 
 TINY = HourglassConfig(num_stacks=1, channels=16)
 
+ROOT = Path(__file__).resolve().parents[1]
+#: The 68-point training data (``$FACEKP_DATA``, else ``../shared/data/faces68`` beside the repository).
+DATA = Path(os.environ.get("FACEKP_DATA", ROOT.parent / "shared" / "data" / "faces68"))
+#: The folder counts as present only with its ``index.csv``: an empty or half-copied folder skips
+#: the tests that need it instead of failing them.
+FACES68_AVAILABLE = (DATA / "index.csv").is_file()
+requires_faces68 = pytest.mark.skipif(not FACES68_AVAILABLE, reason=f"faces68 data not found at {DATA} (set FACEKP_DATA)")
+
 # The test models are tiny: one intra-op thread is fastest, and avoids OpenMP threads spinning
 # against each other when the machine is busy (several times slower with 2 threads on 2 busy
 # cores). FACEKP_TEST_THREADS overrides.
@@ -34,6 +42,27 @@ torch.set_num_threads(int(os.environ.get("FACEKP_TEST_THREADS", "1")))
 # hub_server.py lies beside this file; make it importable whatever pytest's import mode.
 if str(Path(__file__).parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    """Caches go to a temporary folder of the session, never to ~/.cache.
+
+    ``Detector(backend="onnx")`` caches its export under ``$FACEKP_CACHE``, else
+    ``$XDG_CACHE_HOME/facekp``; both point into the session's temporary folder (shared by the tests,
+    so an export is still reused between them). Subprocesses the tests start inherit both.
+    """
+    base = tmp_path_factory.getbasetemp()
+    monkeypatch.setenv("FACEKP_CACHE", str(base / "facekp_cache"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(base / "xdg_cache"))
+
+
+@pytest.fixture(scope="session")
+def faces68() -> Path:
+    """The faces68 folder (:data:`DATA`); skips the test when it (or its index.csv) is absent."""
+    if not FACES68_AVAILABLE:
+        pytest.skip(f"faces68 data not found at {DATA} (set FACEKP_DATA)")
+    return DATA
 
 
 def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -31,12 +31,6 @@ from facekp.onnx import (  # noqa: E402
 TOLERANCE_PX = 1e-3  # the issue's bound for "same outputs" between backends
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path_factory, monkeypatch):
-    """Exports cached by Detector(backend="onnx") go to a temporary folder, not ~/.cache."""
-    monkeypatch.setenv("FACEKP_CACHE", str(tmp_path_factory.getbasetemp() / "facekp_cache"))
-
-
 @pytest.fixture(scope="module")
 def two_stack_dir(tmp_path_factory):
     """Two stacks (exercises the merge convolutions), depth 2, 16 channels."""
@@ -182,21 +176,30 @@ def test_onnx_backend_cuda_matches_cpu(tiny_model_dir, faces):
     np.testing.assert_allclose(gpu, cpu, atol=1e-2)
 
 
+def test_the_suite_caches_exports_in_its_temporary_folder(tmp_path_factory, monkeypatch):
+    """conftest's private_cache: no test writes into the user's ~/.cache (nor $XDG_CACHE_HOME)."""
+    base = tmp_path_factory.getbasetemp()
+    assert base in cache_dir().parents
+    monkeypatch.delenv("FACEKP_CACHE")
+    assert base in cache_dir().parents  # the XDG fallback is private too
+
+
 def test_export_cache_is_reused_and_keyed_by_weights(make_model, tiny_config, monkeypatch, tmp_path):
     monkeypatch.setenv("FACEKP_CACHE", str(tmp_path / "cache"))
     assert cache_dir() == tmp_path / "cache" / "onnx"
     model = make_model(seed=7)
     first = cached_onnx_bytes(model, tiny_config)
-    files = list(cache_dir().glob("*.onnx"))
-    assert len(files) == 1 and files[0].read_bytes() == first
-    import facekp.onnx as onnx_module
-
-    monkeypatch.setattr(onnx_module, "onnx_bytes", lambda *a, **k: pytest.fail("should come from the cache"))
+    (cached,) = cache_dir().glob("*.onnx")
+    assert cached.read_bytes() == first
+    before = cached.stat()
+    # The second call reads the file: an export again would replace it (a new file, atomically).
     assert cached_onnx_bytes(model, tiny_config) == first
-    monkeypatch.undo()
-    monkeypatch.setenv("FACEKP_CACHE", str(tmp_path / "cache"))
-    cached_onnx_bytes(make_model(seed=8), tiny_config)  # other weights: another file
-    assert len(list(cache_dir().glob("*.onnx"))) == 2
+    assert list(cache_dir().iterdir()) == [cached]
+    after = cached.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    second = cached_onnx_bytes(make_model(seed=8), tiny_config)  # other weights: another file
+    assert second != first
+    assert sorted(p.read_bytes() for p in cache_dir().glob("*.onnx")) == sorted([first, second])
 
 
 def test_corrupt_cache_file_is_exported_again(tiny_model_dir, faces, monkeypatch, tmp_path):
@@ -215,7 +218,9 @@ def test_unwritable_cache_is_not_an_error(make_model, tiny_config, monkeypatch, 
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     monkeypatch.setenv("FACEKP_CACHE", str(blocker))
-    assert cached_onnx_bytes(make_model(), tiny_config)[:4]
+    model = make_model()
+    assert cached_onnx_bytes(model, tiny_config) == onnx_bytes(model, tiny_config)
+    assert blocker.read_text() == "not a folder"
 
 
 def test_auto_backend_picks_onnx_on_cpu(tiny_model_dir, face_u8):

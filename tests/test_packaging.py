@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -11,12 +12,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _source_copy(dest: Path) -> Path:
+    """What the build reads, copied: setuptools writes build/ and facekp.egg-info beside the
+    sources, which must not land in the repository. Links stay links (facekp/weights_manifest.json
+    points to the top-level manifest, as in the repository)."""
+    dest.mkdir()
+    for name in ("pyproject.toml", "README.md", "weights_manifest.json"):
+        shutil.copy2(ROOT / name, dest / name)
+    shutil.copytree(ROOT / "facekp", dest / "facekp", symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    assert (dest / "facekp" / "weights_manifest.json").is_symlink()
+    return dest
+
+
 def test_wheel_ships_manifest_and_bundled_weights(tmp_path):
+    source = _source_copy(tmp_path / "src")
+    wheels = tmp_path / "wheels"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(source)],
         check=True, capture_output=True, cwd=tmp_path,
     )
-    wheel = next(tmp_path.glob("facekp-*.whl"))
+    wheel = next(wheels.glob("facekp-*.whl"))
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
         shipped = json.loads(z.read("facekp/weights_manifest.json"))

@@ -5,7 +5,6 @@ Unlike the rest of the suite (tiny random networks), these tests run the bundled
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,6 @@ from facekp.weights import default_entry, read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 FACE_CROP = ROOT / "examples" / "face_crop.jpg"
-DATA = Path(os.environ.get("FACEKP_DATA", ROOT.parent / "shared" / "data" / "faces68"))
 
 # Features of examples/face_crop.jpg (226 x 226 px) placed by hand on a 10 px grid, pixel-centre
 # convention; "left" is the subject's left (the image's right). The nose tip is the middle of the
@@ -88,13 +86,11 @@ def test_the_bundled_int8_graph_finds_the_same_features(detector, int8_detector)
 
 
 @pytest.fixture(scope="module")
-def val_crops():
-    if not DATA.is_dir():
-        pytest.skip("faces68 data not available")
+def val_crops(faces68):
     from facekp.train.data import load_pts_folder, split_by_identity
     from facekp.train.evaluate import make_eval_crops
 
-    _, val = split_by_identity(load_pts_folder(DATA), 0.15, seed=0)
+    _, val = split_by_identity(load_pts_folder(faces68), 0.15, seed=0)
     return make_eval_crops(val[::4])  # a quarter of the held-out faces keeps this quick; 96x96 canonical crops
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +20,9 @@ from facekp.train.data import (
     read_pts,
     split_by_identity,
 )
+from conftest import DATA, requires_faces68
 from synthetic import blob_image, write_kaggle_csv, write_pts_folder
 
-DATA = Path(os.environ.get("FACEKP_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data" / "faces68"))
 
 
 def test_68_to_15_mapping_follows_the_ibug_definition():
@@ -254,7 +253,7 @@ def test_points_pushed_outside_the_crop_are_masked():
     np.testing.assert_array_equal(mask, ~outside)
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason="faces68 data not available")
+@requires_faces68
 def test_real_faces68_helen_subset_loads_in_a_sane_frame():
     samples = load_pts_folder(DATA, subsets=("helen",))
     assert len(samples) > 500

@@ -311,19 +311,34 @@ def test_cli_mirror_offset_flags(kaggle_csv, tmp_path, capsys):
     assert not (tmp_path / "bad").exists()
 
 
-def test_two_stage_run_fine_tunes_from_a_run_folder_and_the_card_shows_both(kaggle_csv, tmp_path, capsys):
-    first = tmp_path / "stage1"
+@pytest.fixture(scope="module")
+def two_stage_runs(kaggle_csv, tmp_path_factory):
+    """Stage 1 (a mirror offset), then stage 2 fine-tuned from the stage-1 run folder without flips.
+
+    Returns the two run folders, stage 1's best weights and stage 2's weights before it trained.
+    """
+    runs = tmp_path_factory.mktemp("runs")
+    first = runs / "stage1"
     Trainer(_config(kaggle_csv, first, epochs=1, mirror_offsets={"kaggle": 0.5})).fit()
-    second = tmp_path / "default"
+    second = runs / "default"
     tuned = Trainer(_config(kaggle_csv, second, epochs=1, init=str(first), flip=False))
-    best = torch.load(first / "best.pt", weights_only=True)
-    for k, v in tuned.model.state_dict().items():  # starts from the first stage's best epoch
-        torch.testing.assert_close(v, best["model"][k] if "model" in best else best[k])
+    start = {k: v.clone() for k, v in tuned.model.state_dict().items()}
     tuned.fit()
+    best = torch.load(first / "best.pt", weights_only=True)
+    return first, second, best.get("model", best), start
+
+
+def _export_args(run, kaggle_csv, folder) -> list[str]:
+    return ["export", "--run", str(run), "--name", "tiny", "--data", str(kaggle_csv), "--package", str(folder / "pkg"),
+            "--manifest", str(folder / "manifest.json"), "--model-card", str(folder / "card" / "model-card.md")]
+
+
+def test_two_stage_run_fine_tunes_from_a_run_folder_and_the_card_shows_both(two_stage_runs, kaggle_csv, tmp_path):
+    first, second, stage1_best, stage2_start = two_stage_runs
+    for k, v in stage2_start.items():  # stage 2 starts from the first stage's best epoch
+        torch.testing.assert_close(v, stage1_best[k])
+    assert train_main([*_export_args(second, kaggle_csv, tmp_path), "--no-int8"]) == 0
     card = tmp_path / "card" / "model-card.md"
-    assert train_main(["export", "--run", str(second), "--name", "tiny", "--data", str(kaggle_csv),
-                       "--package", str(tmp_path / "pkg"), "--manifest", str(tmp_path / "manifest.json"),
-                       "--model-card", str(card)]) == 0
     text = card.read_text()
     assert "| 1 | `runs/stage1` | 1 |" in text and "kaggle +0.50" in text
     assert "| 2 | `runs/default` | 1 |" in text
@@ -331,9 +346,57 @@ def test_two_stage_run_fine_tunes_from_a_run_folder_and_the_card_shows_both(kagg
     assert "facekp-train fit --data training.csv" in text and "--batch-size 8 --val-fraction 0.25" in text  # not the defaults
     assert "--no-flip --init runs/stage1" in text and "facekp-train export --run runs/default --name tiny" in text
     assert (card.parent / "training-curves.png").stat().st_size > 5000
+    assert "int8_onnx" not in json.loads((tmp_path / "manifest.json").read_text())["models"][0]
+    assert "int8 ONNX graph" not in text and not list((tmp_path / "pkg" / "weights").glob("*.onnx"))
+
+
+def test_export_writes_a_scored_int8_graph_beside_the_weights(two_stage_runs, kaggle_csv, tmp_path):
+    pytest.importorskip("onnxruntime")  # the int8 graph is quantized and scored with onnxruntime (the onnx extra)
+    _, second, _, _ = two_stage_runs
+    assert train_main(_export_args(second, kaggle_csv, tmp_path)) == 0
     # The int8 graph is written beside the weights, recorded with its hash and scored.
     int8 = json.loads((tmp_path / "manifest.json").read_text())["models"][0]["int8_onnx"]
     graph = tmp_path / "pkg" / "weights" / int8["file"]
     assert int8["sha256"] == sha256_file(graph) and np.isfinite(int8["metrics"]["val_rmse_perturbed"])
     det = Detector(tmp_path / "pkg" / "weights" / "tiny.safetensors", device="cpu", backend="onnx", onnx_model=graph)
-    assert det.precision == "int8" and "int8 ONNX graph" in text
+    assert det.precision == "int8" and "int8 ONNX graph" in (tmp_path / "card" / "model-card.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def strided_run(kaggle_csv, tmp_path_factory):
+    """A one-step CLI run with a wider target (sigma 2) on a finer heatmap (stride 2: 48 x 48)."""
+    run = tmp_path_factory.mktemp("strided") / "run"
+    assert train_main(["fit", "--data", str(kaggle_csv), "--out", str(run), "--max-steps", "1", "--batch-size", "4",
+                       "--stacks", "1", "--depth", "2", "--channels", "8", "--sigma", "2", "--stride", "2",
+                       "--val-fraction", "0.25", "--device", "cpu"]) == 0
+    return run
+
+
+def test_cli_fit_records_sigma_and_stride_through_export(strided_run, kaggle_csv, tmp_path):
+    recorded = json.loads((strided_run / "fit_config.json").read_text())
+    assert recorded["sigma"] == 2.0 and recorded["hourglass"]["heatmap_stride"] == 2
+    assert train_main(["export", "--run", str(strided_run), "--name", "s2", "--package", str(tmp_path / "pkg"),
+                       "--manifest", str(tmp_path / "manifest.json"), "--model-card", str(tmp_path / "card.md"),
+                       "--no-int8", "--no-default"]) == 0
+    weights = tmp_path / "pkg" / "weights" / "s2.safetensors"
+    _, config = load_model(weights)
+    assert config.sigma == 2.0 and config.hourglass.heatmap_stride == 2 and config.hourglass.heatmap_size == 48
+    assert json.loads((tmp_path / "manifest.json").read_text())["models"][0]["config"] == config.to_dict()
+    det = Detector(weights, device="cpu")
+    assert (det.codec.sigma, det.codec.stride, det.codec.heatmap_size) == (2.0, 2, 48)  # decoded as trained
+    crop = (np.random.default_rng(0).random((96, 96)) * 255).astype(np.uint8)
+    points = det.predict(crop)
+    assert points.shape == (15, 2) and np.isfinite(points).all()
+
+
+def test_cli_eval_flip_test_averages_with_the_mirrored_crop(strided_run, tmp_path, capsys):
+    reports = {}
+    for flag in ([], ["--flip-test"]):
+        out = tmp_path / f"metrics{len(flag)}.json"
+        assert train_main(["eval", "--weights", str(strided_run), "--json", str(out), "--device", "cpu", *flag]) == 0
+        reports[bool(flag)] = json.loads(out.read_text())
+    capsys.readouterr()
+    plain, flipped = reports[False], reports[True]
+    for kind in ("canonical", "perturbed"):
+        assert flipped[kind]["faces"] == plain[kind]["faces"] > 0  # the same faces...
+        assert np.isfinite(flipped[kind]["rmse"]) and flipped[kind]["rmse"] != plain[kind]["rmse"]  # ...other predictions

@@ -19,6 +19,7 @@ from facekp.weights import (
     find_entry,
     load_bundled,
     load_model,
+    manifest_entries,
     save_model,
     read_manifest,
     sha256_file,
@@ -39,17 +40,34 @@ def _write(path, state, config: DetectorConfig | dict | None):
 
 
 # -- the default / bundled model ------------------------------------------------------------
-def test_default_detector_with_the_real_manifest():
+def test_the_real_manifest_matches_the_bundled_files():
+    """Each bundled file of the shipped manifest is installed with its published size and sha256, and
+    the default model loads from it with the recorded config. (What it predicts on a real face is
+    tested in test_shipped_model.py.)"""
     manifest = read_manifest()
     assert manifest["format_version"] == 1
-    if manifest["default"] is None:
-        with pytest.raises(WeightsError, match="ships no trained default weights") as info:
-            Detector()
-        # The message says what to do instead.
-        assert "Detector(weights=" in str(info.value) and "from_pretrained" in str(info.value)
-    else:  # once weights are bundled, the default must load, verify and predict
-        det = Detector(device="cpu")
-        assert det.predict(np.full((64, 64), 0.5, np.float32)).shape == (15, 2)
+    entries = manifest_entries()
+    default = default_entry()
+    assert default.name == manifest["default"] and default.bundled
+    for entry in entries:
+        if not entry.bundled:
+            continue
+        files = [(entry.path, entry.size, entry.sha256)]
+        if entry.int8_onnx:
+            graph = entry.int8_onnx
+            files.append((entry.path.with_name(graph["file"]), graph["size"], graph["sha256"]))
+        for path, size, sha256 in files:
+            assert path.stat().st_size == size and sha256_file(path) == sha256.lower(), path
+    _, config = load_bundled(default)
+    assert config.to_dict() == default.config
+
+
+def test_a_manifest_without_a_default_says_what_to_do(tiny_manifest):
+    tiny_manifest(default=None)
+    with pytest.raises(WeightsError, match="ships no trained default weights") as info:
+        Detector()
+    assert "Detector(weights=" in str(info.value) and "from_pretrained" in str(info.value)
+    assert Detector("tiny", device="cpu").config.hourglass.channels == 16  # named models still load
 
 
 def test_unknown_model_name_lists_known_ones():
