@@ -259,6 +259,18 @@ def test_warp_repeats_the_border_outside_the_image():
     assert crop.min() >= 0.2 - 1e-6 and crop.max() <= 0.8 + 1e-6
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["fits", "float64-image"])
+def test_warp_into_a_row_of_a_batch(dtype):
+    img = np.random.default_rng(2).random((120, 100)).astype(dtype)
+    m = letterbox_transform(100, 120, 96)
+    batch = np.zeros((3, 96, 96), np.float32)
+    row = batch[1]
+    assert warp(img, m, 96, out=row) is row
+    # Where OpenCV cannot write into ``out`` (a float64 image), the crop is copied there all the same.
+    np.testing.assert_allclose(batch[1], warp(img, m, 96), atol=1e-6)
+    assert not batch[0].any() and not batch[2].any()
+
+
 def test_affine_helpers_on_stacks():
     rng = np.random.default_rng(0)
     ms = np.concatenate([rng.normal(size=(4, 2, 2)) + 2 * np.eye(2), rng.normal(size=(4, 2, 1))], axis=-1)
