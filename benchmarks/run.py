@@ -511,7 +511,8 @@ def report(info: dict, results: list[dict], peers: dict, abl: dict | None) -> st
     L.append(f"Crops for timing: {CROP_SIDE}x{CROP_SIDE} uint8 grayscale face crops from the validation photos "
              "(letterboxed to 96x96 inside `predict`). Single-crop latency is `Detector.predict` end to end "
              "(image in, points in image pixels out); throughput is `Detector.predict_batch(crops, batch_size=B)` "
-             "end to end, preprocessing included.\n")
+             "end to end, preprocessing included. FLOP share: the network+decode rate times the model's FLOPs, over "
+             "the machine's fp32 GEMM rate (int8 rows do integer arithmetic, so they can pass 100%).\n")
     L.append("## facekp backends\n")
     L.append("| backend | device | precision | threads | single crop median / p90 (ms) | batch 1 | batch 8 | batch 64 | batch 256 | "
              + ("batch 1024 | " if info["gpu"] != "none" else "") + "network+decode (crops/s) | FLOP share | full photo (ms) | peak RSS (MB) | RMSE (px) | ΔRMSE vs fp32 | NME |")
