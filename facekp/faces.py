@@ -230,8 +230,13 @@ def default_face_detector() -> HaarFaceDetector:
 def _gray_u8(image: ImageInput) -> np.ndarray:
     """``image`` as (H, W) uint8 luma, with :func:`load_gray`'s checks (InvalidImageError)."""
     if isinstance(image, np.ndarray) and image.ndim == 2 and image.dtype == np.uint8:
-        return np.ascontiguousarray(image)  # already gray uint8, as detect_faces passes it: skip a round trip
-    return np.rint(load_gray(image) * 255.0).astype(np.uint8)
+        return np.ascontiguousarray(image)  # already gray uint8: skip a round trip
+    return _to_u8(load_gray(image))
+
+
+def _to_u8(gray: np.ndarray) -> np.ndarray:
+    """A :func:`load_gray` result (float32 in [0, 1], already checked) as uint8."""
+    return np.rint(gray * 255.0).astype(np.uint8)
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -488,7 +493,7 @@ def detect_faces(
         return []
     if boxes is None:
         fd = face_detector or default_face_detector()
-        source = _gray_u8(gray) if getattr(fd, "wants_gray", False) else load_rgb(image)
+        source = _to_u8(gray) if getattr(fd, "wants_gray", False) else load_rgb(image)
         boxes, scores, angles = run_face_detector(fd, source)
     else:
         fd = face_detector

@@ -100,6 +100,9 @@ def _open_upright(path: Path) -> Image.Image:
         raise InvalidImageError(f"{path} is a directory, expected an image file")
     try:
         with Image.open(path) as im:
+            im.load()
+            if im.getexif().get(ExifTags.Base.Orientation, 1) == 1:
+                return im  # upright already: no copy of the pixels
             return ImageOps.exif_transpose(im)
     except (UnidentifiedImageError, OSError) as exc:
         raise InvalidImageError(f"cannot read {path} as an image ({exc})") from exc

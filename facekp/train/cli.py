@@ -126,7 +126,7 @@ def _validation_samples(args):
     from .fit import FitConfig, is_run_folder
 
     if is_run_folder(args.weights):
-        fit = FitConfig.from_dict(json.loads((Path(args.weights) / "fit_config.json").read_text()))
+        fit = FitConfig.read(args.weights)
         data, val_fraction, seed = fit.data, fit.val_fraction, fit.seed
     else:
         data, val_fraction, seed = DEFAULT_DATA, 0.15, 0

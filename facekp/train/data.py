@@ -85,8 +85,9 @@ def load_pts_folder(root: str | Path, subsets: tuple[str, ...] | None = None) ->
     Uses ``root/index.csv`` (columns ``image``, ``subset``, ``identity``) when present;
     otherwise walks the tree, taking the first folder level as the subset and the file stem, less
     a trailing ``_NUMBER`` (a video frame's or a photo's face index: ``Name_07``, ``1051618982_1``),
-    as the identity, so that frames of one person stay on one side of the split. An image the index lists more than once is loaded once (with a warning): a
-    repeated face would count twice in training and in the validation metrics.
+    as the identity, so that frames of one person stay on one side of the split. An image the
+    index lists more than once is loaded once (with a warning): a repeated face would count twice
+    in training and in the validation metrics.
     """
     root = Path(root)
     if not root.is_dir():

@@ -23,7 +23,7 @@ def load_run(run: str | Path, checkpoint: str = "best.pt") -> tuple[StackedHourg
     for name in ("fit_config.json", checkpoint):
         if not (run / name).exists():
             raise FileNotFoundError(f"{run} is not a facekp-train run folder: {name} is missing")
-    fit = FitConfig.from_dict(json.loads((run / "fit_config.json").read_text()))
+    fit = FitConfig.read(run)
     model = StackedHourglass(fit.hourglass)
     state = torch.load(run / checkpoint, map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"] if "model" in state else state)

@@ -58,6 +58,11 @@ class FitConfig:
         d["hourglass"] = HourglassConfig.from_dict(d["hourglass"])
         return cls(**d)
 
+    @classmethod
+    def read(cls, run: str | Path) -> "FitConfig":
+        """The config a run folder was trained with (its ``fit_config.json``)."""
+        return cls.from_dict(json.loads((Path(run) / "fit_config.json").read_text()))
+
 
 #: What a resumed run may change; every other setting must be the one the run started with.
 RESUMABLE_CHANGES = frozenset({"out", "epochs", "max_steps", "device", "checkpoint_minutes", "init_sha256"})

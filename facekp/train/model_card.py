@@ -124,7 +124,7 @@ def _stages(fit: FitConfig, run: Path) -> list[tuple[FitConfig, Path]]:
     stages = [(fit, run)]
     while stages[0][0].init is not None and is_run_folder(stages[0][0].init) and len(stages) < 10:
         parent = Path(stages[0][0].init)
-        stages.insert(0, (FitConfig.from_dict(json.loads((parent / "fit_config.json").read_text())), parent))
+        stages.insert(0, (FitConfig.read(parent), parent))
     return stages
 
 
