@@ -6,7 +6,7 @@
 Splits faces68 by identity exactly as training does (``split_by_identity(samples, 0.15, seed=0)``).
 With ``--fit``, fits the Haar box calibration on the training split and prints it (the JSON that
 ``facekp/data/haar_calibration.json`` holds); then, on the validation photos, runs the face
-detector, matches its boxes to the annotated face (``facekp.faces.match_face``), and reports the
+detector, matches its boxes to the annotated face (``facekp.calibration.match_face``), and reports the
 detection rate and the NME (mean keypoint error / eye-centre distance, as ``keypoint_metrics``)
 of the detected faces, for each number of refining passes; the last row of each table frames
 the faces with the ground truth (the canonical frame of the annotated points), the ceiling the
@@ -38,9 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from facekp import Detector
-    from facekp.faces import (HaarFaceDetector, fit_box_calibration, match_face, predict_refined, resolve_calibration,
-                              run_face_detector)
-    from facekp.preprocess import canonical_transform
+    from facekp.calibration import fit_box_calibration, match_face, resolve_calibration
+    from facekp.face_detection import HaarFaceDetector, run_face_detector
+    from facekp.geometry import canonical_transform
     from facekp.train.data import load_pts_folder, split_by_identity
     from facekp.train.evaluate import keypoint_metrics
 
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         gray = s.image.astype(np.float32) / 255.0
         for r in args.refine:
             t = time.perf_counter()
-            pts, _ = predict_refined(det, gray, calibration.frame(boxes[i])[None], r)
+            pts, _ = det.predict_refined(gray, calibration.frame(boxes[i])[None], r)
             t_predict += time.perf_counter() - t
             for lst, v in zip(runs[r][s.subset], (pts[0], s.points, s.mask)):
                 lst.append(v)

@@ -98,7 +98,7 @@ def load_validation(data: Path, limit: int | None = None):
 
 
 def canonical_truth(samples) -> tuple[np.ndarray, np.ndarray]:
-    from facekp.preprocess import apply_affine
+    from facekp.geometry import apply_affine
 
     truth = np.stack([apply_affine(s.frame, s.points.astype(np.float64)) for s in samples])
     return truth, np.stack([s.mask for s in samples])
@@ -106,7 +106,7 @@ def canonical_truth(samples) -> tuple[np.ndarray, np.ndarray]:
 
 def to_frame(samples, points: np.ndarray) -> np.ndarray:
     """(N, 15, 2) points in each original image -> the canonical 96x96 frame of each sample."""
-    from facekp.preprocess import apply_affine
+    from facekp.geometry import apply_affine
 
     return np.stack([apply_affine(s.frame, p.astype(np.float64)) for s, p in zip(samples, points)])
 
@@ -126,7 +126,8 @@ def metrics(samples, image_points: np.ndarray) -> dict:
 
 def face_crops(samples, n: int, side: int = CROP_SIDE) -> list[np.ndarray]:
     """``n`` uint8 grayscale face crops (side x side), cut from the photos through their frames."""
-    from facekp.preprocess import compose_affine, warp
+    from facekp.geometry import compose_affine
+    from facekp.preprocess import warp
 
     scale = np.array([[side / 96, 0, 0.5 * side / 96 - 0.5], [0, side / 96, 0.5 * side / 96 - 0.5]])
     out = []
@@ -152,13 +153,10 @@ def worker(spec: dict) -> dict:
     result = {"spec": spec, "threads": torch.get_num_threads()}
     t = time.perf_counter()
     det = Detector(spec["weights"], device=spec["device"], backend=spec["backend"], precision=spec["precision"],
-                   compile=spec.get("compile", False), onnx_model=spec.get("onnx_model"))
+                   compile=spec.get("compile", False), onnx_model=spec.get("onnx_model"),
+                   threads=int(threads) if threads else None)
     result["init_s"] = time.perf_counter() - t
     result["precision"] = det.precision
-    if spec["backend"] == "onnx" and threads:
-        from facekp.onnx import OnnxBackend, onnx_bytes
-
-        det._ort = OnnxBackend(spec.get("onnx_model") or onnx_bytes(det.model, det.config), det.device, threads=int(threads))
     if spec["backend"] == "onnx":
         result["threads"] = int(threads) if threads else os.cpu_count()  # onnxruntime: one per core by default
     # Timing inputs come from a small pickle (crops, photos); the validation set is read only after
@@ -189,7 +187,7 @@ def worker(spec: dict) -> dict:
         ready = np.stack(small).astype(np.float32) / 255  # warped crops: standardize, network, decode
 
         def net():
-            det._run(ready, b)  # returns points on the host: synchronized
+            det.predict_crops(ready, b)  # returns points on the host: synchronized
 
         result["network_throughput"] = {"batch": b, "crops_per_s": b / float(np.median(timings(net, min_time=tmin, min_reps=3)))}
         # -- full photo: detect + keypoints ------------------------------------------------
@@ -219,7 +217,8 @@ def single_crop_parts(det, crop: np.ndarray, tmin: float) -> dict:
     import torch
 
     from facekp.images import load_gray
-    from facekp.preprocess import apply_affine, invert_affine, letterbox_transform, standardize, warp
+    from facekp.geometry import apply_affine, invert_affine, letterbox_transform
+    from facekp.preprocess import standardize, warp
 
     size = det.config.hourglass.input_size
     gray = load_gray(crop)
@@ -235,11 +234,11 @@ def single_crop_parts(det, crop: np.ndarray, tmin: float) -> dict:
 
     def net():
         with torch.inference_mode():
-            det._forward(x)
+            det.runner.heatmaps(x)
         sync()
 
     with torch.inference_mode():
-        hm = det._forward(x)
+        hm = det.runner.heatmaps(x)
 
     def decode():
         with torch.inference_mode():
@@ -294,7 +293,7 @@ def accuracy_full_photo(det, samples) -> dict:
 
 def box_frame(box: np.ndarray, calib: np.ndarray) -> np.ndarray:
     """Canonical frame from a face box [l, t, r, b] with calibration (scale, dx, dy)."""
-    from facekp.preprocess import CANONICAL_RMS, similarity_transform
+    from facekp.geometry import CANONICAL_RMS, similarity_transform
 
     side = 0.5 * ((box[2] - box[0]) + (box[3] - box[1]))
     centre = np.array([0.5 * (box[0] + box[2]), 0.5 * (box[1] + box[3])])
@@ -348,7 +347,7 @@ def ablation(spec: dict) -> dict:
                 "unfused, contiguous, no_grad": (copy.deepcopy(det.model), torch.contiguous_format, torch.no_grad),
                 "unfused, channels-last, inference_mode": (copy.deepcopy(det.model), torch.channels_last, torch.inference_mode),
                 "fused, contiguous, inference_mode": (fuse_conv_bn(copy.deepcopy(det.model)), torch.contiguous_format, torch.inference_mode),
-                "fused, channels-last, inference_mode": (det._net, torch.channels_last, torch.inference_mode),
+                "fused, channels-last, inference_mode": (det.runner.net, torch.channels_last, torch.inference_mode),
             }
             for name, (net, fmt, ctx) in variants.items():
                 net = net.to(memory_format=fmt)
@@ -361,9 +360,9 @@ def ablation(spec: dict) -> dict:
                 out[f"network | {name} | threads {threads} | batch {b}"] = float(np.median(timings(run, min_time=tmin, min_reps=10)) * 1e3)
             with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
                 out[f"network | fused, channels-last, bf16 autocast | threads {threads} | batch {b}"] = float(
-                    np.median(timings(lambda: det._net.predict_heatmaps(x.contiguous(memory_format=torch.channels_last)), min_time=tmin, min_reps=10)) * 1e3)
+                    np.median(timings(lambda: det.runner.net.predict_heatmaps(x.contiguous(memory_format=torch.channels_last)), min_time=tmin, min_reps=10)) * 1e3)
             with torch.inference_mode():
-                hm = det._net.predict_heatmaps(x)
+                hm = det.runner.net.predict_heatmaps(x)
             out[f"decode | windowed DARK (this build) | threads {threads} | batch {b}"] = float(
                 np.median(timings(lambda: det.codec.decode(hm), min_time=tmin, min_reps=20)) * 1e3)
             out[f"decode | full-map DARK (before) | threads {threads} | batch {b}"] = float(
@@ -412,7 +411,7 @@ def model_flops(weights) -> float:
     det = Detector(weights, device="cpu")
     x = torch.zeros(1, 1, 96, 96)
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        det._net.predict_heatmaps(x)
+        det.runner.net.predict_heatmaps(x)
     return float(counter.get_total_flops())
 
 
@@ -443,7 +442,7 @@ def fit_mediapipe_mapping(samples, mesh: np.ndarray) -> list[tuple[int, ...]]:
     """For each keypoint, the candidate (vertex or mean of vertices) nearest to the annotations
     on training faces, measured in the canonical frame."""
     from facekp.keypoints import KEYPOINT_NAMES
-    from facekp.preprocess import apply_affine
+    from facekp.geometry import apply_affine
 
     found = np.isfinite(mesh).all(axis=(1, 2))
     truth = np.stack([apply_affine(s.frame, s.points.astype(np.float64)) for s, f in zip(samples, found) if f])

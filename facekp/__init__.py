@@ -5,10 +5,12 @@
 """
 
 from .detector import Detector
+from .calibration import BoxCalibration
 from .draw import draw
 from .errors import ChecksumError, DeviceError, FacekpError, InvalidImageError, WeightsError
-from .faces import BoxCalibration, Face, HaarFaceDetector
+from .face_detection import HaarFaceDetector
 from .keypoints import KEYPOINT_NAMES
+from .results import Face
 
 __version__ = "0.1.0"
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from . import __version__
 from .errors import FacekpError
 from .keypoints import KEYPOINT_NAMES
+from .results import keypoints_to_dict
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -109,11 +110,7 @@ def _predict(args) -> None:
     results = []
     for i, path in enumerate(args.images):
         points, confidence = det.predict(path, return_confidence=True)
-        results.append({
-            "image": str(path),
-            "keypoints": {n: {"x": float(x), "y": float(y), "confidence": float(c)}
-                          for n, (x, y), c in zip(KEYPOINT_NAMES, points, confidence)},
-        })
+        results.append({"image": str(path), "keypoints": keypoints_to_dict(points, confidence, rounded=False)})
         if args.draw:
             from PIL import Image
 
@@ -262,12 +259,12 @@ def _export_onnx(args) -> None:
         import numpy as np
         import torch
 
-        from .onnx import OnnxBackend
+        from .runtime import OnnxRunner
 
         x = torch.randn(4, 1, h.input_size, h.input_size)
         with torch.inference_mode():
-            want = det._forward(x).numpy()
-        got = OnnxBackend(out)(x.numpy())
+            want = det.runner.heatmaps(x).numpy()
+            got = OnnxRunner(out).heatmaps(x).numpy()
         err = float(np.abs(got - want).max())
         print(f"onnxruntime vs torch: max |heatmap difference| {err:.2e}", file=sys.stderr)
         if err > 1e-3:

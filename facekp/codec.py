@@ -38,6 +38,11 @@ class HeatmapCodec:
         self.blur_kernel = blur_kernel
         self.heatmap_size = input_size // stride
 
+    @classmethod
+    def for_config(cls, config) -> "HeatmapCodec":
+        """The codec of a :class:`~facekp.config.DetectorConfig`: its input size, heatmap stride and sigma."""
+        return cls(config.hourglass.input_size, config.hourglass.heatmap_stride, config.sigma)
+
     # -- coordinates -----------------------------------------------------------------
     def to_heatmap(self, points: torch.Tensor) -> torch.Tensor:
         """Input-crop pixel coordinates -> heatmap pixel coordinates."""

@@ -1,4 +1,4 @@
-"""ONNX export of the keypoint network, and an onnxruntime inference backend.
+"""ONNX export of the keypoint network: the graph, its cache and its int8 quantization.
 
 The exported graph takes standardized crops ``(N, 1, S, S)`` float32 (see
 :func:`facekp.preprocess.standardize`) and has three outputs: ``heatmaps`` of the last stack
@@ -6,7 +6,8 @@ The exported graph takes standardized crops ``(N, 1, S, S)`` float32 (see
 traced from the same code the torch backend runs): ``points`` ``(N, K, 2)`` (x, y) in crop pixels,
 pixel-centre convention, and ``confidence`` ``(N, K)``. BatchNorm is folded into the convolutions;
 the batch dimension is dynamic. Decoding inside the graph costs a fraction of the dozens of small
-torch calls it replaces, which matters for one crop at a time.
+torch calls it replaces, which matters for one crop at a time. :class:`facekp.runtime.OnnxRunner`
+runs the graph.
 
 The model's :class:`~facekp.config.DetectorConfig` is embedded in the file's metadata
 (``facekp_config``), so an exported file is self-describing (:func:`read_onnx_config`).
@@ -32,8 +33,11 @@ from torch import nn
 
 from .codec import HeatmapCodec
 from .config import DetectorConfig
-from .errors import DeviceError, FacekpError, WeightsError
+from .errors import FacekpError
+from .images import load_gray
 from .model import StackedHourglass, fuse_conv_bn
+from .preprocess import frame_crops, letterbox_transforms, network_input
+from .weights import resolve_weights
 
 INPUT_NAME = "crops"
 OUTPUT_NAMES = ("heatmaps", "points", "confidence")
@@ -43,7 +47,7 @@ DEFAULT_OPSET = 17
 METADATA_KEY = "facekp_config"
 PRECISION_KEY = "facekp_precision"
 
-_INSTALL_HINT = 'the ONNX backend needs onnxruntime: pip install "facekp[onnx]"'
+INSTALL_HINT = 'the ONNX backend needs onnxruntime: pip install "facekp[onnx]"'
 
 
 class _HeatmapNet(nn.Module):
@@ -216,7 +220,7 @@ def quantize_int8(model: bytes, calibration: np.ndarray, *, weight_bits: int = 7
         import onnx
         from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
     except ImportError as exc:
-        raise ImportError(f"int8 quantization needs onnx and onnxruntime: {_INSTALL_HINT}") from exc
+        raise ImportError(f"int8 quantization needs onnx and onnxruntime: {INSTALL_HINT}") from exc
     if weight_bits not in (7, 8):
         raise ValueError(f"weight_bits must be 7 or 8, got {weight_bits!r}")
     calibration = np.ascontiguousarray(calibration, dtype=np.float32)
@@ -256,16 +260,11 @@ def quantize_int8(model: bytes, calibration: np.ndarray, *, weight_bits: int = 7
     return proto.SerializeToString()
 
 
-def calibration_inputs(images, size: int = 96) -> np.ndarray:
-    """Face crops (anything :meth:`facekp.Detector.predict` accepts) -> ``(N, 1, S, S)`` network input."""
-    from .images import load_gray
-    from .preprocess import letterbox_transform, standardize, warp
-
-    crops = []
-    for img in images:
-        gray = load_gray(img)
-        crops.append(warp(gray, letterbox_transform(gray.shape[1], gray.shape[0], size), size))
-    return standardize(np.stack(crops))[:, None]
+def calibration_inputs(images, size: int = 96, normalization: str = "standardize") -> np.ndarray:
+    """Face crops (anything :meth:`facekp.Detector.predict` accepts) -> ``(N, 1, S, S)`` network input,
+    letterboxed as ``predict`` does."""
+    grays = [load_gray(img) for img in images]
+    return network_input(frame_crops(grays, letterbox_transforms(grays, size), size), normalization)
 
 
 def export_onnx(
@@ -280,22 +279,24 @@ def export_onnx(
 
     Args:
         out: the ``.onnx`` file to write.
-        weights: a :class:`~facekp.Detector`, or anything ``Detector(weights)`` accepts
-            (``None`` for the bundled default model).
+        weights: a :class:`~facekp.Detector` (anything with ``model`` and ``config``), or what
+            :func:`facekp.weights.resolve_weights` accepts (``None`` for the bundled default model).
         opset: ONNX opset version.
         overwrite: replace ``out`` if it exists.
         int8_calibration: face crops (a sequence of images, as for ``Detector.predict``) to
             quantize the graph to int8 with (:func:`quantize_int8`); None keeps fp32.
     """
-    from .detector import Detector
-
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass overwrite=True (CLI: --force) to replace it")
-    det = weights if isinstance(weights, Detector) else Detector(weights, device="cpu")
-    data = onnx_bytes(det.model, det.config, opset=opset)
+    if hasattr(weights, "model") and hasattr(weights, "config"):
+        model, config = weights.model, weights.config
+    else:
+        resolved = resolve_weights(weights)
+        model, config = resolved.model, resolved.config
+    data = onnx_bytes(model, config, opset=opset)
     if int8_calibration is not None:
-        data = quantize_int8(data, calibration_inputs(int8_calibration, det.config.hourglass.input_size))
+        data = quantize_int8(data, calibration_inputs(int8_calibration, config.hourglass.input_size, config.normalization))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(data)
     return out
@@ -310,92 +311,3 @@ def read_onnx_config(path: str | Path) -> DetectorConfig:
     if METADATA_KEY not in meta:
         raise FacekpError(f"{path} carries no facekp config in its metadata; was it written by facekp export-onnx?")
     return DetectorConfig.from_dict(json.loads(meta[METADATA_KEY]))
-
-
-class OnnxBackend:
-    """Runs an exported graph with onnxruntime on standardized ``(N, 1, S, S)`` float32 crops.
-
-    Calling it returns the heatmaps ``(N, K, h, w)``; :meth:`keypoints` returns the points and
-    confidences decoded inside the graph.
-
-    Args:
-        model: ONNX bytes (:func:`onnx_bytes`) or a path to an ``.onnx`` file. A missing file
-            raises ``FileNotFoundError``, one onnxruntime cannot load :class:`~facekp.errors.WeightsError`.
-        device: ``cpu`` or ``cuda[:N]`` (the latter needs ``onnxruntime-gpu``).
-        threads: intra-op threads; ``None`` lets onnxruntime choose (one per physical core). On
-            the project's 2-core CPU two threads beat one even for a single crop (int8: 1.27 vs
-            1.56 ms), so no batch size gets fewer.
-    """
-
-    def __init__(self, model: bytes | str | Path, device: torch.device | str = "cpu", threads: int | None = None) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:
-            raise ImportError(_INSTALL_HINT) from exc
-        device = torch.device(device)
-        if device.type == "cuda":
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise DeviceError(
-                    "onnxruntime on this machine has no CUDA execution provider; install onnxruntime-gpu "
-                    "or use backend='torch' on CUDA"
-                )
-            providers = [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
-        else:
-            providers = ["CPUExecutionProvider"]
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.log_severity_level = 3
-        if threads is not None:
-            options.intra_op_num_threads = int(threads)
-        self.threads = threads
-        self.session = _session(ort, model, options, providers)
-        self.device = device
-        self.input_name = self.session.get_inputs()[0].name
-        outputs = [o.name for o in self.session.get_outputs()]
-        if outputs != list(OUTPUT_NAMES):
-            raise FacekpError(
-                f"the ONNX graph has outputs {outputs}, expected {list(OUTPUT_NAMES)}: it was not written by this "
-                "facekp's export-onnx (older exports hold heatmaps only); export it again"
-            )
-        #: the file's metadata: ``facekp_config`` (JSON) and, for quantized graphs, ``facekp_precision``
-        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
-
-    @property
-    def precision(self) -> str:
-        return self.metadata.get(PRECISION_KEY, "fp32")
-
-    def config(self) -> DetectorConfig | None:
-        """The embedded :class:`~facekp.config.DetectorConfig`, if the file carries one."""
-        text = self.metadata.get(METADATA_KEY)
-        return DetectorConfig.from_dict(json.loads(text)) if text else None
-
-    @property
-    def providers(self) -> list[str]:
-        return self.session.get_providers()
-
-    def __call__(self, crops: np.ndarray) -> np.ndarray:
-        """Heatmaps ``(N, K, h, w)`` float32."""
-        return self._run(["heatmaps"], crops)[0]
-
-    def keypoints(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Points ``(N, K, 2)`` in crop pixels and confidences ``(N, K)``, float32."""
-        points, confidence = self._run(["points", "confidence"], crops)
-        return points, confidence
-
-    def _run(self, outputs: list[str], crops: np.ndarray) -> list[np.ndarray]:
-        return self.session.run(outputs, {self.input_name: np.ascontiguousarray(crops, dtype=np.float32)})
-
-
-def _session(ort, model: bytes | str | Path, options, providers):
-    """An onnxruntime session of ``model`` (bytes or a path), with facekp's errors for a bad file."""
-    from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidGraph, InvalidProtobuf
-
-    is_bytes = isinstance(model, (bytes, bytearray))
-    if not is_bytes and not Path(model).exists():
-        raise FileNotFoundError(f"ONNX model not found: {model}")
-    try:
-        return ort.InferenceSession(model if is_bytes else str(model), sess_options=options, providers=providers)
-    except (InvalidProtobuf, InvalidGraph, Fail) as exc:
-        what = "the exported graph" if is_bytes else str(model)
-        raise WeightsError(f"{what} is not a readable ONNX graph ({exc})") from exc

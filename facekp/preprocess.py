@@ -1,84 +1,19 @@
-"""Affine framing of faces into the network's square grayscale input, and back.
+"""The crop builder: face images framed by 2x3 affines into the network's square input.
 
-All transforms are 2x3 float64 matrices ``M`` that map source-image pixel coordinates to
-crop pixel coordinates, ``crop = M @ [x, y, 1]``, with the pixel-centre convention on both
-sides (the centre of the top-left pixel is (0, 0)), which is also OpenCV's ``warpAffine``.
+:func:`frame_crops` resamples each image through its transform (image -> crop pixels, see
+:mod:`facekp.geometry`) into an ``(N, S, S)`` float32 batch in [0, 1]; :func:`network_input`
+normalizes crops as a model's ``DetectorConfig.normalization`` says. :class:`facekp.Detector`,
+int8 calibration and training evaluation all build their network input here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import cv2
 import numpy as np
 
-#: The canonical "Kaggle frame": the 15 keypoints' centroid sits at (48, 48) of the
-#: 96x96 crop and their RMS distance from it is 26 px (the Kaggle training mean face).
-CANONICAL_SIZE = 96
-CANONICAL_CENTER = 48.0
-CANONICAL_RMS = 26.0
-
-
-def letterbox_transform(width: int, height: int, size: int = CANONICAL_SIZE) -> np.ndarray:
-    """Scale a ``width x height`` image uniformly to fit ``size x size``, centred.
-
-    The longer side fills the crop; the shorter side is centred and padded by replicating
-    the border, so a non-square crop keeps its aspect ratio (no stretching).
-    """
-    s = size / max(width, height)
-    tx = 0.5 * s - 0.5 + 0.5 * (size - width * s)
-    ty = 0.5 * s - 0.5 + 0.5 * (size - height * s)
-    return np.array([[s, 0.0, tx], [0.0, s, ty]])
-
-
-def similarity_transform(
-    center: tuple[float, float] | np.ndarray,
-    scale: float,
-    angle_deg: float = 0.0,
-    out_center: tuple[float, float] = (CANONICAL_CENTER, CANONICAL_CENTER),
-) -> np.ndarray:
-    """Map ``center`` to ``out_center``, scaling by ``scale`` and rotating by ``angle_deg``.
-
-    A positive angle rotates the image content counter-clockwise as displayed.
-    """
-    a = np.deg2rad(angle_deg)
-    c, s = scale * np.cos(a), scale * np.sin(a)
-    rot = np.array([[c, s], [-s, c]])
-    t = np.asarray(out_center, dtype=np.float64) - rot @ np.asarray(center, dtype=np.float64)
-    return np.hstack([rot, t[:, None]])
-
-
-def canonical_transform(points: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """The similarity without rotation that puts ``points`` (K, 2) into the canonical Kaggle frame."""
-    pts = np.asarray(points, dtype=np.float64)
-    if mask is not None:
-        pts = pts[np.asarray(mask, dtype=bool)]
-    if len(pts) < 2:
-        raise ValueError("the canonical frame needs at least two visible keypoints")
-    center = pts.mean(axis=0)
-    rms = np.sqrt(((pts - center) ** 2).sum(axis=1).mean())
-    return similarity_transform(center, CANONICAL_RMS / rms)
-
-
-def invert_affine(m: np.ndarray) -> np.ndarray:
-    """Inverse of a 2x3 affine (or a stack of them, ``(..., 2, 3)``)."""
-    m = np.asarray(m, dtype=np.float64)
-    a_inv = np.linalg.inv(m[..., :2, :2])
-    t = -np.einsum("...ij,...j->...i", a_inv, m[..., :, 2])
-    return np.concatenate([a_inv, t[..., None]], axis=-1)
-
-
-def compose_affine(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
-    """The affine that applies ``inner`` first, then ``outer``."""
-    out = outer[:, :2] @ inner
-    out[:, 2] += outer[:, 2]
-    return out
-
-
-def apply_affine(m: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Apply 2x3 ``m`` (or ``(N, 2, 3)``) to points ``(..., K, 2)``; keeps the points' dtype."""
-    m = np.asarray(m, dtype=np.float64)
-    pts = np.asarray(points)
-    out = np.einsum("...ij,...kj->...ki", m[..., :2], pts.astype(np.float64)) + m[..., None, :, 2]
-    return out.astype(pts.dtype if np.issubdtype(pts.dtype, np.floating) else np.float32)
+from .geometry import CANONICAL_SIZE, apply_affine, compose_affine, frame_scale, invert_affine, letterbox_transform
 
 
 def warp(image: np.ndarray, m: np.ndarray, size: int = CANONICAL_SIZE, out: np.ndarray | None = None) -> np.ndarray:
@@ -90,7 +25,7 @@ def warp(image: np.ndarray, m: np.ndarray, size: int = CANONICAL_SIZE, out: np.n
     array to write the crop into (e.g. a row of a batch), instead of a new one.
     """
     m = np.asarray(m, dtype=np.float64)
-    scale = np.sqrt(abs(np.linalg.det(m[:, :2])))
+    scale = frame_scale(m)
     if scale < 0.5:
         h, w = image.shape[:2]
         corners = apply_affine(invert_affine(m), np.array([[-1, -1], [size, -1], [-1, size], [size, size]], float))
@@ -119,3 +54,39 @@ def standardize(crops: np.ndarray) -> np.ndarray:
     # The variance as one fused multiply-sum: half the time of np.std, which centres the data again.
     var = np.einsum("...ij,...ij->...", centred, centred)[..., None, None] / (crops.shape[-2] * crops.shape[-1])
     return centred / np.maximum(np.sqrt(var), 1e-3)
+
+
+#: ``DetectorConfig.normalization`` name -> the function that turns (..., S, S) crops in [0, 1] into network input.
+NORMALIZATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"standardize": standardize}
+
+
+def normalize(crops: np.ndarray, normalization: str = "standardize") -> np.ndarray:
+    """``crops`` (..., S, S) in [0, 1] normalized as ``normalization`` (a :data:`NORMALIZATIONS` key) says."""
+    try:
+        fn = NORMALIZATIONS[normalization]
+    except KeyError:
+        raise ValueError(f"unknown normalization {normalization!r}; expected one of {sorted(NORMALIZATIONS)}") from None
+    return fn(crops)
+
+
+def frame_crops(grays: Sequence[np.ndarray], transforms: np.ndarray, size: int = CANONICAL_SIZE) -> np.ndarray:
+    """``grays[i]`` ((H, W) float32 in [0, 1]) warped through ``transforms[i]`` (2x3, image -> crop)
+    into one ``(N, size, size)`` float32 batch."""
+    if len(grays) != len(transforms):
+        raise ValueError(f"got {len(grays)} images but {len(transforms)} transforms; expected one per image")
+    crops = np.empty((len(grays), size, size), np.float32)
+    for gray, m, crop in zip(grays, transforms, crops):
+        warp(gray, m, size, out=crop)  # straight into the batch: no per-crop array, no stack copy
+    return crops
+
+
+def letterbox_transforms(grays: Sequence[np.ndarray], size: int = CANONICAL_SIZE) -> np.ndarray:
+    """``(N, 2, 3)``: the letterbox of each (H, W) image into ``size x size`` (:func:`~facekp.geometry.letterbox_transform`)."""
+    if not len(grays):
+        return np.empty((0, 2, 3))
+    return np.stack([letterbox_transform(g.shape[1], g.shape[0], size) for g in grays])
+
+
+def network_input(crops: np.ndarray, normalization: str = "standardize") -> np.ndarray:
+    """``(N, S, S)`` crops in [0, 1] -> the network's ``(N, 1, S, S)`` float32 input."""
+    return normalize(crops, normalization)[:, None]

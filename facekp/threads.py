@@ -3,7 +3,7 @@
 Torch's thread pool costs more than it saves on the dozens of tiny ops of a small batch
 (2-core CPU: the heatmap decode of one crop 0.4 ms on one thread vs 1.0 ms on two), so torch
 calls under :data:`SMALL_BATCH` crops run on one intra-op thread. onnxruntime needs no such
-rule: its fused graph is faster on two threads even for one crop (:class:`facekp.onnx.OnnxBackend`).
+rule: its fused graph is faster on two threads even for one crop (:class:`facekp.runtime.OnnxRunner`).
 """
 
 from __future__ import annotations
@@ -18,17 +18,21 @@ SMALL_BATCH = 4
 
 
 @contextmanager
-def torch_threads_for(batch: int, device: torch.device) -> Iterator[None]:
-    """Run the block with one torch intra-op thread if ``batch`` is small and on the CPU.
+def torch_threads_for(batch: int, device: torch.device, threads: int | None = None) -> Iterator[None]:
+    """Run the block with ``threads`` torch intra-op threads (None: the current setting), and with
+    one if ``batch`` is small and on the CPU.
 
     ``torch.set_num_threads`` is process-wide: the previous setting is restored on exit, but
-    other Python threads running torch meanwhile see one thread too.
+    other Python threads running torch meanwhile see the block's setting too.
     """
     before = torch.get_num_threads()
-    if device.type != "cpu" or batch >= SMALL_BATCH or before == 1:
+    wanted = before if threads is None else int(threads)
+    if device.type == "cpu" and batch < SMALL_BATCH:
+        wanted = 1
+    if wanted == before:
         yield
         return
-    torch.set_num_threads(1)
+    torch.set_num_threads(wanted)
     try:
         yield
     finally:

@@ -28,8 +28,12 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from .calibration import BoxCalibration, reframe, resolve_calibration
 from .errors import FacekpError
-from .faces import BoxCalibration, Face, _safe_canonical, box_iou, resolve_calibration
+from .face_detection import box_iou
+from .geometry import box_side_centre
+from .images import load_gray
+from .results import Face
 
 if TYPE_CHECKING:  # pragma: no cover
     from .detector import Detector
@@ -84,7 +88,7 @@ class OneEuroFilter:
 # -- tracking -------------------------------------------------------------------------------
 @dataclass
 class TrackedFace(Face):
-    """A :class:`~facekp.faces.Face` with its track: ``points`` and ``box`` are smoothed;
+    """A :class:`~facekp.Face` with its track: ``points`` and ``box`` are smoothed;
     ``raw_points`` are the network's unsmoothed points of this frame."""
 
     track_id: int = -1
@@ -176,7 +180,7 @@ class FaceTracker:
     def _smoothed(self, track: _Track, face: Face, t: float) -> TrackedFace:
         points, box = np.asarray(face.points, np.float64), np.asarray(face.box, np.float64)
         if self.smooth:
-            side = max(1.0, 0.5 * ((box[2] - box[0]) + (box[3] - box[1])))
+            side = max(1.0, float(box_side_centre(box)[0]))
             track.points_filter.beta = track.box_filter.beta = self.beta / side
             points = track.points_filter(points, t)
             box = track.box_filter(box, t)
@@ -222,8 +226,6 @@ class VideoTracker:
     def update(self, frame, t: float | None = None) -> list[TrackedFace]:
         """Faces of the next frame (anything :meth:`Detector.detect` takes); ``t`` in seconds
         (default: the frame number / 30)."""
-        from .images import load_gray
-
         t = self._frame / 30.0 if t is None else t
         live = [tr for tr in self.tracker.tracks if tr.missed == 0]
         if self._frame % self.detect_every == 0 or not live:
@@ -232,7 +234,7 @@ class VideoTracker:
         else:
             gray = load_gray(frame)
             transforms = np.stack([
-                _safe_canonical(tr.face.points, self.calibration.frame(tr.face.box, tr.face.angle), tr.face.angle)
+                reframe(tr.face.points, self.calibration.frame(tr.face.box, tr.face.angle), tr.face.angle)
                 for tr in live
             ])
             points, confidence = self.detector.predict_framed([gray] * len(live), transforms)

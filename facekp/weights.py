@@ -282,3 +282,41 @@ def _evict(path: Path) -> None:
         except FileNotFoundError:
             pass
 
+
+
+# -- the one resolver ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class ResolvedWeights:
+    """A loaded model: the network (eval mode), its config, and its manifest entry (None for files)."""
+
+    model: StackedHourglass
+    config: DetectorConfig
+    entry: ManifestEntry | None = None
+
+
+def resolve_weights(
+    weights: str | Path | None = None,
+    *,
+    hub: bool = False,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+) -> ResolvedWeights:
+    """Load what ``weights`` names, verified.
+
+    ``None``: the manifest's default model, bundled; an existing ``.safetensors`` file or
+    :func:`save_model` folder: that; a bare name (no ``/``, no ``.safetensors``): the manifest model
+    of that name. With ``hub`` a name that is no local folder is a Hugging Face Hub repository id,
+    downloaded at ``revision`` into ``cache_dir`` (:func:`download_from_hub`). Anything else raises
+    ``FileNotFoundError``.
+    """
+    if weights is None:
+        entry = default_entry()
+    elif Path(weights).exists():
+        return ResolvedWeights(*load_model(weights))
+    elif hub:
+        return ResolvedWeights(*load_model(download_from_hub(str(weights), revision=revision, cache_dir=cache_dir)))
+    elif isinstance(weights, str) and "/" not in weights and "\\" not in weights and not weights.endswith(".safetensors"):
+        entry = find_entry(weights)
+    else:
+        raise FileNotFoundError(f"weights not found: {weights}")
+    return ResolvedWeights(*load_bundled(entry), entry)

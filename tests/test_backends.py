@@ -14,9 +14,9 @@ from PIL import Image
 from conftest import synthetic_face, to_uint8
 from facekp import Detector
 from facekp.codec import HeatmapCodec
-from facekp.detector import resolve_backend, resolve_precision
 from facekp.model import fuse_conv_bn
 from facekp.preprocess import standardize
+from facekp.runtime import resolve_backend, resolve_precision
 from facekp.train.evaluate import predict_crops
 
 ATOL_PX = 1e-3
@@ -37,20 +37,20 @@ def test_fused_channels_last_equals_unfused(detector, crops):
     with torch.inference_mode():
         unfused = detector.model.predict_heatmaps(x)
         fused = fuse_conv_bn(copy.deepcopy(detector.model)).predict_heatmaps(x)
-        fused_cl = detector._net.predict_heatmaps(x.contiguous(memory_format=torch.channels_last))
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in detector._net.modules())
+        fused_cl = detector.runner.net.predict_heatmaps(x.contiguous(memory_format=torch.channels_last))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in detector.runner.net.modules())
     torch.testing.assert_close(fused, unfused, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(fused_cl, unfused, atol=1e-4, rtol=1e-4)
     # and as points: the Detector path vs the training-side evaluation of the unfused model
-    points, _ = detector._run(crops, batch_size=8)
+    points, _ = detector.predict_crops(crops, batch_size=8)
     reference = predict_crops(detector.model, detector.codec, crops)
     np.testing.assert_allclose(points, reference, atol=ATOL_PX, rtol=0)
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 64])
 def test_batch_splitting_does_not_change_results(detector, crops, batch_size):
-    ref, ref_c = detector._run(crops, batch_size=8)
-    points, conf = detector._run(crops, batch_size=batch_size)
+    ref, ref_c = detector.predict_crops(crops, batch_size=8)
+    points, conf = detector.predict_crops(crops, batch_size=batch_size)
     np.testing.assert_allclose(points, ref, atol=ATOL_PX, rtol=0)
     np.testing.assert_allclose(conf, ref_c, atol=1e-6)
 
@@ -62,7 +62,7 @@ def test_autocast_heatmaps_close_to_fp32(tiny_model_dir, crops, precision):
     assert fp32.precision == "fp32" and low.precision == precision and f"precision={precision}" in repr(low)
     x = _inputs(crops)
     with torch.inference_mode():
-        want, got = fp32._forward(x), low._forward(x)
+        want, got = fp32.runner.heatmaps(x), low.runner.heatmaps(x)
     assert got.dtype == torch.float32 and got.shape == want.shape
     # bf16 keeps 8 bits of mantissa, fp16 11: errors of a few percent of the heatmap range at most
     scale = float(want.abs().max())
@@ -203,13 +203,13 @@ def test_cuda_matches_cpu(tiny_model_dir, crops, precision):
     gpu = Detector(tiny_model_dir, device="cuda", precision=precision, batch_size=3)
     x = _inputs(crops)
     with torch.inference_mode():
-        want, got = cpu._forward(x), gpu._forward(x.cuda()).cpu()
+        want, got = cpu.runner.heatmaps(x), gpu.runner.heatmaps(x.cuda()).cpu()
     tol = {"fp32": 1e-3, "fp16": 0.01, "bf16": 0.05}[precision] * float(want.abs().max())
     assert float((got - want).abs().max()) <= tol
-    points, conf = gpu._run(crops, batch_size=3)
+    points, conf = gpu.predict_crops(crops, batch_size=3)
     assert points.shape == (8, 15, 2) and np.isfinite(points).all() and conf.dtype == np.float32
     if precision == "fp32":
-        np.testing.assert_allclose(points, cpu._run(crops, 8)[0], atol=1e-2)
+        np.testing.assert_allclose(points, cpu.predict_crops(crops, 8)[0], atol=1e-2)
 
 
 def test_auto_backend_resolution(monkeypatch):

@@ -13,7 +13,8 @@ from torch import nn
 
 from facekp import KEYPOINT_NAMES, DeviceError, Detector, InvalidImageError
 from facekp.keypoints import FLIP_INDEX
-from facekp.preprocess import apply_affine, invert_affine, letterbox_transform, similarity_transform, warp
+from facekp.geometry import apply_affine, invert_affine, letterbox_transform, similarity_transform
+from facekp.preprocess import warp
 from facekp.weights import sha256_file
 
 ATOL = 1e-3  # px: "the same points"
@@ -170,7 +171,7 @@ def test_predict_framed_maps_crop_points_back_exactly(detector, face_u8):
     m = similarity_transform((41.3, 30.2), 1.7, angle_deg=23.0)
     points, confidence = detector.predict_framed([gray], m[None])
     crop = warp(gray, m, 96)
-    crop_points, crop_conf = detector._run(crop[None], 1)
+    crop_points, crop_conf = detector.predict_crops(crop[None], 1)
     np.testing.assert_allclose(points[0], apply_affine(invert_affine(m), crop_points[0]), atol=1e-4)
     np.testing.assert_array_equal(confidence, crop_conf)
     # And predict() is predict_framed() through the letterbox.

@@ -22,19 +22,11 @@ from facekp import Detector, Face, draw
 from facekp.config import DetectorConfig
 from facekp.data import group_photo, sample_photo, sample_photo_path
 from facekp.errors import InvalidImageError
-from facekp.faces import (
-    HAAR_NAME,
-    BoxCalibration,
-    HaarFaceDetector,
-    default_calibration,
-    face_geometry,
-    fit_box_calibration,
-    match_face,
-    resolve_calibration,
-    run_face_detector,
-)
+from facekp.calibration import BoxCalibration, default_calibration, fit_box_calibration, match_face, resolve_calibration
+from facekp.face_detection import HAAR_NAME, HaarFaceDetector, run_face_detector
+from facekp.geometry import CANONICAL_CENTER, CANONICAL_RMS, apply_affine, face_geometry, similarity_transform
 from facekp.images import load_gray
-from facekp.preprocess import CANONICAL_CENTER, CANONICAL_RMS, apply_affine, similarity_transform, warp
+from facekp.preprocess import warp
 from facekp.weights import save_model
 
 DATA = Path(os.environ.get("FACEKP_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "faces68"))

@@ -53,6 +53,8 @@ def validation_images(data: Path) -> dict[str, Path]:
     count: dict[str, int] = {}
     with (data / "index.csv").open(newline="") as f:
         for row in csv.DictReader(f):
+            if f"faces68/{row['image']}" in picked:
+                continue
             digest = hashlib.sha256(f"{SPLIT_SEED}:{row['subset']}/{row['identity']}".encode()).digest()
             if int.from_bytes(digest[:8], "big") / 2**64 < VAL_FRACTION and count.get(row["subset"], 0) < PER_SUBSET:
                 count[row["subset"]] = count.get(row["subset"], 0) + 1

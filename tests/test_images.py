@@ -9,15 +9,8 @@ from PIL import Image
 
 from facekp import InvalidImageError
 from facekp.images import load_gray, load_rgb, upright_size
-from facekp.preprocess import (
-    apply_affine,
-    compose_affine,
-    invert_affine,
-    letterbox_transform,
-    similarity_transform,
-    standardize,
-    warp,
-)
+from facekp.geometry import apply_affine, compose_affine, invert_affine, letterbox_transform, similarity_transform
+from facekp.preprocess import standardize, warp
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ ort = pytest.importorskip("onnxruntime")
 
 from facekp.onnx import (  # noqa: E402
     INPUT_NAME,
-    OnnxBackend,
     cache_dir,
     cached_onnx_bytes,
     calibration_inputs,
@@ -27,6 +26,7 @@ from facekp.onnx import (  # noqa: E402
     quantize_int8,
     read_onnx_config,
 )
+from facekp.runtime import OnnxRunner  # noqa: E402
 
 TOLERANCE_PX = 1e-3  # the bound for "same outputs" between backends
 
@@ -59,17 +59,17 @@ def test_export_has_dynamic_batch_and_runs_any_batch(exported, detector):
     assert dims == ["batch", 1, 96, 96]
     shapes = {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in outputs}
     assert shapes == {"heatmaps": ["batch", 15, 24, 24], "points": ["batch", 15, 2], "confidence": ["batch", 15]}
-    backend = OnnxBackend(exported)
+    backend = OnnxRunner(exported)
     assert backend.providers == ["CPUExecutionProvider"]
     for n in (1, 3, 17):
         x = torch.randn(n, 1, 96, 96, generator=torch.Generator().manual_seed(n))
         with torch.inference_mode():
             want = detector.model.predict_heatmaps(x)  # the unfused original
-        got = backend(x.numpy())
+        got = backend.heatmaps(x).numpy()
         assert got.shape == (n, 15, 24, 24) and got.dtype == np.float32
         np.testing.assert_allclose(got, want.numpy(), atol=1e-4, rtol=1e-4)
         # The decode traced into the graph gives what the torch codec gives on the same heatmaps.
-        points, confidence = backend.keypoints(x.numpy())
+        points, confidence = (t.numpy() for t in backend.keypoints(x))
         want_points, want_confidence = detector.codec.decode(torch.from_numpy(got))
         assert points.shape == (n, 15, 2) and points.dtype == np.float32
         np.testing.assert_allclose(points, want_points.numpy(), atol=TOLERANCE_PX, rtol=0)
@@ -84,7 +84,7 @@ def test_graph_without_decoded_outputs_is_refused(exported, tmp_path):
     old = tmp_path / "old.onnx"
     onnx.save(proto, str(old))
     with pytest.raises(FacekpError, match="export it again"):
-        OnnxBackend(old)
+        OnnxRunner(old)
 
 
 def test_metadata_holds_the_config(exported, tiny_config):
@@ -146,12 +146,12 @@ def test_onnx_backend_missing_onnxruntime_says_how_to_install(tiny_model_dir, mo
 
 def test_fused_export_equals_unfused_model(make_model):
     model = make_model(seed=5)
-    backend = OnnxBackend(onnx_bytes(model))
+    backend = OnnxRunner(onnx_bytes(model))
     x = torch.randn(5, 1, 96, 96, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         want = model.predict_heatmaps(x).numpy()
         fused = fuse_conv_bn(build_model(seed=5)).predict_heatmaps(x).numpy()
-    np.testing.assert_allclose(backend(x.numpy()), want, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(backend.heatmaps(x).numpy(), want, atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(fused, want, atol=1e-4, rtol=1e-4)
 
 
@@ -245,12 +245,13 @@ def test_int8_export_runs_as_a_detector(int8_file, tiny_model_dir, faces):
     assert det.precision == "int8" and "precision=int8" in repr(det)
     fp32 = Detector(tiny_model_dir, device="cpu", backend="onnx")
     x = calibration_inputs([to_uint8(synthetic_face(96, 96, seed=100 + i)) for i in range(6)])  # in-distribution
-    want, got = fp32._ort(x), det._ort(x)
+    x = torch.from_numpy(x)
+    want, got = fp32.runner.heatmaps(x).numpy(), det.runner.heatmaps(x).numpy()
     assert got.shape == want.shape and np.isfinite(got).all()
     assert np.corrcoef(got.ravel(), want.ravel())[0, 1] >= 0.98  # int8 is coarse, but the same function
     # Only the network is quantized: the decode in the graph is the fp32 codec, applied to int8 heatmaps.
     assert not any(n.op_type == "QuantizeLinear" and n.name.startswith("/decode/") for n in proto.graph.node)
-    points, _ = det._ort.keypoints(x)
+    points, _ = det.runner.keypoints(x)
     np.testing.assert_allclose(points, det.codec.decode(torch.from_numpy(got))[0].numpy(), atol=TOLERANCE_PX, rtol=0)
     points = det.predict_batch(faces)
     assert points.shape == (len(faces), 15, 2) and np.isfinite(points).all()
@@ -350,5 +351,5 @@ def test_cli_export_int8(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "int8.onnx"
     assert main(["export-onnx", str(out), "--weights", str(tiny_model_dir), "--int8", str(crops), "--check"]) == 0
     assert "int8 onnxruntime vs fp32 torch" in capsys.readouterr().err
-    assert OnnxBackend(out).precision == "int8"
+    assert OnnxRunner(out).precision == "int8"
     assert main(["export-onnx", str(tmp_path / "x.onnx"), "--weights", str(tiny_model_dir), "--int8", str(tmp_path / "none")]) == 2

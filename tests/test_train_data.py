@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from facekp.keypoints import FLIP_INDEX, KEYPOINT_NAMES
-from facekp.preprocess import CANONICAL_RMS, apply_affine, canonical_transform, compose_affine
+from facekp.geometry import CANONICAL_RMS, apply_affine, canonical_transform, compose_affine
 from facekp.train.augment import MIRROR, Augmenter, Perturbation, make_crop
 from facekp.train.data import (
     IBUG68_TO_15,

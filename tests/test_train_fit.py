@@ -12,12 +12,13 @@ import pytest
 import torch
 
 from facekp import Detector
-from facekp.faces import default_calibration
+from facekp.calibration import default_calibration
 from facekp.model import HourglassConfig
 from facekp.train.cli import main as train_main
 from facekp.train.data import load_kaggle_csv, split_by_identity
 from facekp.train.export import export_run
-from facekp.train.fit import FitConfig, Trainer, heatmap_loss, make_batch
+from facekp.train.fit import Trainer, heatmap_loss, make_batch
+from facekp.train.run import FitConfig
 from facekp.config import DetectorConfig
 from facekp.weights import load_model, save_model, sha256_file
 from synthetic import write_kaggle_csv
@@ -210,7 +211,7 @@ def test_cli_fit_eval_submit(kaggle_csv, tmp_path, capsys):
     assert report["canonical"]["faces"] > 0 and np.isfinite(report["perturbed"]["rmse"])
 
     weights = tmp_path / "model"
-    from facekp.train.export import load_run
+    from facekp.train.run import load_run
     from facekp.weights import save_model
 
     model, config, _ = load_run(run)

@@ -9,7 +9,8 @@ import cv2
 import numpy as np
 
 from ..keypoints import FLIP_INDEX
-from ..preprocess import CANONICAL_CENTER, CANONICAL_SIZE, apply_affine, compose_affine, similarity_transform, warp
+from ..geometry import CANONICAL_CENTER, CANONICAL_SIZE, apply_affine, compose_affine, similarity_transform
+from ..preprocess import warp
 
 #: Left-right mirror of the 96x96 crop, in pixel-centre coordinates.
 MIRROR = np.array([[-1.0, 0.0, CANONICAL_SIZE - 1.0], [0.0, 1.0, 0.0]])

@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
 from ..model import HourglassConfig
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "faces68"
+#: Training data when --data is not given: ``$FACEKP_DATA``, else ``../shared/data/faces68`` of the
+#: current directory (the project's layout, run from the repository root).
+DEFAULT_DATA = Path(os.environ.get("FACEKP_DATA", Path("..") / "shared" / "data" / "faces68"))
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
@@ -19,7 +22,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     fit = sub.add_parser("fit", help="train a model (resumable)")
-    fit.add_argument("--data", type=Path, default=DEFAULT_DATA, help="a 68-point .pts folder or a Kaggle training.csv")
+    fit.add_argument("--data", type=Path, default=DEFAULT_DATA, help="a 68-point .pts folder or a Kaggle training.csv (default: $FACEKP_DATA, else "
+                     "../shared/data/faces68 of the current directory)")
     fit.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, log, curves)")
     fit.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     fit.add_argument("--epochs", type=int, default=120)
@@ -85,8 +89,9 @@ def _parser() -> argparse.ArgumentParser:
 def _fit(args) -> None:
     import torch
 
-    from ..detector import resolve_device
-    from .fit import FitConfig, Trainer
+    from ..runtime import resolve_device
+    from .fit import Trainer
+    from .run import FitConfig
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -107,8 +112,9 @@ def _fit(args) -> None:
 def _load_eval_model(weights: str, device: str):
     """(model, codec) from a run folder, saved model, or 'default'."""
     from ..codec import HeatmapCodec
-    from ..detector import Detector, resolve_device
-    from .export import load_run
+    from ..detector import Detector
+    from ..runtime import resolve_device
+    from .run import load_run
 
     path = Path(weights)
     if (path / "fit_config.json").exists():
@@ -123,7 +129,7 @@ def _load_eval_model(weights: str, device: str):
 def _validation_samples(args):
     """The faces ``eval`` scores: the split of a run folder's own data unless the flags say otherwise."""
     from .data import load_dataset, split_by_identity
-    from .fit import FitConfig, is_run_folder
+    from .run import FitConfig, is_run_folder
 
     if is_run_folder(args.weights):
         fit = FitConfig.read(args.weights)
@@ -202,7 +208,8 @@ def _export(args) -> None:
     from ..codec import HeatmapCodec
     from .data import load_dataset, split_by_identity
     from .evaluate import evaluation_report
-    from .export import export_int8, export_run, int8_calibration_crops, load_run
+    from .export import export_int8, export_run, int8_calibration_crops
+    from .run import load_run
     from .model_card import write_model_card
 
     model, config, fit = load_run(args.run)

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from ..keypoints import KEYPOINT_NAMES, NUM_KEYPOINTS
-from ..preprocess import canonical_transform
+from ..geometry import canonical_transform
 
 #: iBUG/300-W 68-point indices (0-based) for each of the 15 keypoints; a tuple is averaged.
 IBUG68_TO_15: tuple[tuple[int, ...], ...] = (

@@ -6,8 +6,8 @@ import numpy as np
 import torch
 
 from ..codec import HeatmapCodec
-from ..keypoints import FLIP_INDEX, KEYPOINT_NAMES
-from ..preprocess import standardize
+from ..keypoints import KEYPOINT_NAMES
+from ..runtime import TorchRunner, run_crops
 from .augment import EVAL_PERTURBATION, MIRROR, Perturbation, make_crop
 from .data import Sample
 
@@ -30,22 +30,15 @@ def make_eval_crops(
     return np.stack(crops), np.stack(points), np.stack(masks)
 
 
-@torch.inference_mode()
 def predict_crops(
     model: torch.nn.Module, codec: HeatmapCodec, crops: np.ndarray, batch_size: int = 256, flip_test: bool = False
 ) -> np.ndarray:
-    """(N, 15, 2) predicted points, in crop pixels, for (N, 96, 96) crops in [0, 1]."""
-    device = next(model.parameters()).device
-    out = []
-    for i in range(0, len(crops), batch_size):
-        x = torch.from_numpy(standardize(crops[i : i + batch_size]))[:, None].to(device)
-        heatmaps = model(x)[-1]
-        if flip_test:
-            mirrored = model(x.flip(-1))[-1].flip(-1)[:, list(FLIP_INDEX)]
-            heatmaps = 0.5 * (heatmaps + mirrored)
-        points, _ = codec.decode(heatmaps)
-        out.append(points.cpu().numpy())
-    return np.concatenate(out)
+    """(N, 15, 2) predicted points, in crop pixels, for (N, 96, 96) crops in [0, 1].
+
+    ``model`` runs as it is (eval mode, on its device), through the same runner code as
+    :class:`facekp.Detector`."""
+    runner = TorchRunner(model, codec, next(model.parameters()).device, fuse=False)
+    return run_crops(runner, crops, batch_size, flip_test)[0]
 
 
 def keypoint_metrics(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> dict:

@@ -7,27 +7,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from ..calibration import default_calibration
 from ..config import DetectorConfig
-from ..faces import default_calibration
-from ..model import StackedHourglass
 from ..weights import load_model, save_model, sha256_file
 from .data import Sample
-from .fit import FitConfig
-
-
-def load_run(run: str | Path, checkpoint: str = "best.pt") -> tuple[StackedHourglass, DetectorConfig, FitConfig]:
-    """The model of a run folder (``fit_config.json`` + ``best.pt``), ready to export."""
-    run = Path(run)
-    for name in ("fit_config.json", checkpoint):
-        if not (run / name).exists():
-            raise FileNotFoundError(f"{run} is not a facekp-train run folder: {name} is missing")
-    fit = FitConfig.read(run)
-    model = StackedHourglass(fit.hourglass)
-    state = torch.load(run / checkpoint, map_location="cpu", weights_only=True)
-    model.load_state_dict(state["model"] if "model" in state else state)
-    return model.eval(), DetectorConfig(hourglass=fit.hourglass, sigma=fit.sigma), fit
+from .run import load_run
 
 
 def update_manifest(
@@ -128,13 +113,13 @@ def export_int8(
     """
     from ..detector import Detector
     from ..onnx import onnx_bytes, quantize_int8
-    from ..preprocess import standardize
+    from ..preprocess import network_input
     from .evaluate import CROP_PROTOCOLS, keypoint_metrics, make_eval_crops
 
     weights = Path(weights)
     model, config = load_model(weights)
     graph = weights.with_name(f"{name}-int8.onnx")
-    graph.write_bytes(quantize_int8(onnx_bytes(model, config), standardize(calibration)[:, None]))
+    graph.write_bytes(quantize_int8(onnx_bytes(model, config), network_input(calibration, config.normalization)))
     det = Detector(weights, device="cpu", backend="onnx", onnx_model=graph)
     metrics = {}
     for protocol, (perturbation, seed) in CROP_PROTOCOLS.items():

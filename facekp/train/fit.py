@@ -6,7 +6,6 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -14,77 +13,15 @@ import torch
 from tqdm import tqdm
 
 from ..codec import HeatmapCodec
-from ..model import HourglassConfig, StackedHourglass
-from ..preprocess import standardize
+from ..model import StackedHourglass
+from ..preprocess import network_input
 from .augment import EVAL_PERTURBATION, Augmenter, make_crop
 from .data import Sample, load_dataset, split_by_identity
 from .evaluate import evaluate
 from .plots import plot_history
+from .run import RESUMABLE_CHANGES, RUN_FILES, FitConfig, changed_settings, is_run_folder, load_run
 
 log = logging.getLogger("facekp.train")
-
-
-@dataclass
-class FitConfig:
-    """Everything that defines a training run (saved as ``fit_config.json`` in the run folder)."""
-
-    data: str
-    out: str
-    hourglass: HourglassConfig = field(default_factory=HourglassConfig)
-    sigma: float = 1.0
-    epochs: int = 100
-    batch_size: int = 32
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    warmup_epochs: float = 2.0
-    val_fraction: float = 0.15
-    seed: int = 0
-    device: str = "cpu"
-    checkpoint_minutes: float = 5.0
-    max_steps: int | None = None  # stop early after this many optimizer steps (tests, smoke runs)
-    flip: bool = True  # mirror half of the training crops (with the left/right keypoint swap)
-    init: str | None = None  # start from these weights (a model file/folder) instead of random ones
-    init_sha256: str | None = None  # of an --init weights file, recorded when the run starts (files get replaced)
-    mirror_offsets: dict[str, float] = field(default_factory=dict)  # subset -> labels' x offset, px
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["hourglass"] = self.hourglass.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "FitConfig":
-        d = dict(d)
-        d["hourglass"] = HourglassConfig.from_dict(d["hourglass"])
-        return cls(**d)
-
-    @classmethod
-    def read(cls, run: str | Path) -> "FitConfig":
-        """The config a run folder was trained with (its ``fit_config.json``)."""
-        return cls.from_dict(json.loads((Path(run) / "fit_config.json").read_text()))
-
-
-#: What a resumed run may change; every other setting must be the one the run started with.
-RESUMABLE_CHANGES = frozenset({"out", "epochs", "max_steps", "device", "checkpoint_minutes", "init_sha256"})
-#: Files of a run folder: a fresh run never writes into a folder that holds one of them.
-RUN_FILES = ("last.pt", "best.pt", "log.jsonl", "fit_config.json")
-
-
-def changed_settings(started: FitConfig, given: FitConfig) -> list[str]:
-    """``name: started -> given`` for each setting a resumed run may not change (paths compared resolved)."""
-    a, b = started.to_dict(), given.to_dict()
-
-    def same(key: str) -> bool:
-        if key in ("data", "init") and a[key] and b[key]:
-            return Path(a[key]).resolve() == Path(b[key]).resolve()
-        return a[key] == b[key]
-
-    return [f"{key}: {a[key]!r} -> {b[key]!r}" for key in a if key not in RESUMABLE_CHANGES and not same(key)]
-
-
-def is_run_folder(path: str | Path) -> bool:
-    """True for a folder written by :class:`Trainer` (it holds ``fit_config.json``)."""
-    return (Path(path) / "fit_config.json").is_file()
 
 
 def heatmap_loss(outputs: list[torch.Tensor], target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -111,7 +48,7 @@ def make_batch(
         crops.append(augmenter.photometric(crop, rng))
         points.append(pts)
         masks.append(mask)
-    x = torch.from_numpy(standardize(np.stack(crops)))[:, None]
+    x = torch.from_numpy(network_input(np.stack(crops)))
     mask = torch.from_numpy(np.stack(masks))
     return x, codec.encode(torch.from_numpy(np.stack(points)), mask), mask
 
@@ -155,8 +92,6 @@ class Trainer:
     def _load_init(self, weights: str) -> None:
         """Fine-tuning: take the network's weights from a run folder (its best epoch) or a saved model."""
         from ..weights import WEIGHTS_NAME, load_model, sha256_file
-        from .export import load_run
-
         if is_run_folder(weights):
             model, config = load_run(weights)[:2]
         else:

@@ -7,7 +7,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from .evaluate import format_report
-from .fit import FitConfig, is_run_folder
+from .run import FitConfig, is_run_folder
 from .plots import plot_history
 
 

@@ -1,0 +1,60 @@
+"""What the library returns: :class:`Face` and the one JSON form of keypoints."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .keypoints import KEYPOINT_NAMES
+
+
+def keypoints_to_dict(points: np.ndarray, confidence: np.ndarray, rounded: bool = True) -> dict[str, dict[str, float]]:
+    """``{name: {"x", "y", "confidence"}}`` in :data:`facekp.KEYPOINT_NAMES` order, from ``(15, 2)``
+    points (image pixels) and ``(15,)`` confidences: the form of :meth:`Face.to_dict` and of
+    ``facekp predict --json``. ``rounded``: x and y to 0.001 px, confidences to 0.0001; else the
+    float32 values as they are."""
+    out = {name: {"x": float(x), "y": float(y), "confidence": float(c)}
+           for name, (x, y), c in zip(KEYPOINT_NAMES, points, confidence)}
+    if rounded:
+        for v in out.values():
+            v.update(x=round(v["x"], 3), y=round(v["y"], 3), confidence=round(v["confidence"], 4))
+    return out
+
+
+@dataclass
+class Face:
+    """One face found in a photo.
+
+    Attributes:
+        box: ``(x0, y0, x1, y1)`` of the face detector's box, in image pixels (pixel-centre
+            convention: the top-left pixel's centre is (0, 0), its outer corner (-0.5, -0.5)).
+        points: ``(15, 2)`` float32 keypoints (x, y) in image pixels, in
+            :data:`facekp.KEYPOINT_NAMES` order.
+        confidence: ``(15,)`` float32 heatmap peak heights in [0, 1].
+        score: the face detector's score (for the Haar cascade: how many neighbouring windows
+            voted for the face; 1.0 for boxes passed in without scores).
+        angle: the rotation (degrees, counter-clockwise as displayed) that made the face upright
+            for the face detector; 0 unless it searched rotated copies of the photo (see
+            :class:`~facekp.face_detection.HaarFaceDetector`'s ``angles``). The network sees the face turned upright.
+    """
+
+    box: tuple[float, float, float, float]
+    points: np.ndarray
+    confidence: np.ndarray
+    score: float
+    angle: float = 0.0
+
+    @property
+    def area(self) -> float:
+        x0, y0, x1, y1 = self.box
+        return max(0.0, x1 - x0) * max(0.0, y1 - y0)
+
+    def to_dict(self) -> dict:
+        """JSON-ready: ``box``, ``score``, ``angle`` and ``keypoints`` {name: {x, y, confidence}}."""
+        return {
+            "box": [round(float(v), 2) for v in self.box],
+            "score": float(self.score),
+            "angle": float(self.angle),
+            "keypoints": keypoints_to_dict(self.points, self.confidence),
+        }

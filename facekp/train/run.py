@@ -1,0 +1,92 @@
+"""A training run folder: its settings (:class:`FitConfig`, ``fit_config.json``) and its model.
+
+Shared by the training loop (:mod:`facekp.train.fit`) and the export (:mod:`facekp.train.export`),
+so neither imports the other.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..config import DetectorConfig
+from ..model import HourglassConfig, StackedHourglass
+
+
+@dataclass
+class FitConfig:
+    """Everything that defines a training run (saved as ``fit_config.json`` in the run folder)."""
+
+    data: str
+    out: str
+    hourglass: HourglassConfig = field(default_factory=HourglassConfig)
+    sigma: float = 1.0
+    epochs: int = 100
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 2.0
+    val_fraction: float = 0.15
+    seed: int = 0
+    device: str = "cpu"
+    checkpoint_minutes: float = 5.0
+    max_steps: int | None = None  # stop early after this many optimizer steps (tests, smoke runs)
+    flip: bool = True  # mirror half of the training crops (with the left/right keypoint swap)
+    init: str | None = None  # start from these weights (a model file/folder) instead of random ones
+    init_sha256: str | None = None  # of an --init weights file, recorded when the run starts (files get replaced)
+    mirror_offsets: dict[str, float] = field(default_factory=dict)  # subset -> labels' x offset, px
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["hourglass"] = self.hourglass.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FitConfig":
+        d = dict(d)
+        d["hourglass"] = HourglassConfig.from_dict(d["hourglass"])
+        return cls(**d)
+
+    @classmethod
+    def read(cls, run: str | Path) -> "FitConfig":
+        """The config a run folder was trained with (its ``fit_config.json``)."""
+        return cls.from_dict(json.loads((Path(run) / "fit_config.json").read_text()))
+
+
+#: What a resumed run may change; every other setting must be the one the run started with.
+RESUMABLE_CHANGES = frozenset({"out", "epochs", "max_steps", "device", "checkpoint_minutes", "init_sha256"})
+#: Files of a run folder: a fresh run never writes into a folder that holds one of them.
+RUN_FILES = ("last.pt", "best.pt", "log.jsonl", "fit_config.json")
+
+
+def changed_settings(started: FitConfig, given: FitConfig) -> list[str]:
+    """``name: started -> given`` for each setting a resumed run may not change (paths compared resolved)."""
+    a, b = started.to_dict(), given.to_dict()
+
+    def same(key: str) -> bool:
+        if key in ("data", "init") and a[key] and b[key]:
+            return Path(a[key]).resolve() == Path(b[key]).resolve()
+        return a[key] == b[key]
+
+    return [f"{key}: {a[key]!r} -> {b[key]!r}" for key in a if key not in RESUMABLE_CHANGES and not same(key)]
+
+
+def is_run_folder(path: str | Path) -> bool:
+    """True for a folder written by :class:`Trainer` (it holds ``fit_config.json``)."""
+    return (Path(path) / "fit_config.json").is_file()
+
+
+def load_run(run: str | Path, checkpoint: str = "best.pt") -> tuple[StackedHourglass, DetectorConfig, FitConfig]:
+    """The model of a run folder (``fit_config.json`` + ``best.pt``), ready to export."""
+    run = Path(run)
+    for name in ("fit_config.json", checkpoint):
+        if not (run / name).exists():
+            raise FileNotFoundError(f"{run} is not a facekp-train run folder: {name} is missing")
+    fit = FitConfig.read(run)
+    model = StackedHourglass(fit.hourglass)
+    state = torch.load(run / checkpoint, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"] if "model" in state else state)
+    return model.eval(), DetectorConfig(hourglass=fit.hourglass, sigma=fit.sigma), fit
