@@ -3,7 +3,7 @@
 A :class:`Runner` takes normalized crops ``(B, 1, S, S)`` float32 (a torch tensor on the CPU, see
 :func:`facekp.preprocess.network_input`) and returns torch tensors: :meth:`Runner.heatmaps`
 ``(B, K, h, w)`` float32, :meth:`Runner.keypoints` points ``(B, K, 2)`` (x, y) in crop pixels,
-pixel-centre convention, and confidences ``(B, K)``. Two implement it with the same call shape:
+pixel-centre convention, and confidences ``(B, K)``; both run without autograd. Two implement it with the same call shape:
 :class:`TorchRunner` (the fused network, optionally autocast or compiled) and :class:`OnnxRunner`
 (an exported graph in onnxruntime, decoded inside the graph). :func:`make_runner` owns the rules of
 device x backend x precision and builds the one that was asked for; :func:`run_crops` drives a
@@ -161,6 +161,7 @@ class _FlipTest:
     device: torch.device
     threads: int | None
 
+    @torch.inference_mode()
     def keypoints(self, x: torch.Tensor, flip_test: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Points ``(B, K, 2)`` in crop pixels and confidences ``(B, K)`` of normalized crops ``x``;
         ``flip_test``: from the average of the heatmaps of ``x`` and of its mirror image, left and
@@ -200,6 +201,7 @@ class TorchRunner(_FlipTest):
         if compile:
             self._heatmaps = torch.compile(model.predict_heatmaps, mode=None if compile is True else compile)
 
+    @torch.inference_mode()
     def heatmaps(self, x: torch.Tensor) -> torch.Tensor:
         """Float32 heatmaps ``(B, K, h, w)`` of the last stack, on the runner's device."""
         x = x.to(self.device).contiguous(memory_format=torch.channels_last)

@@ -156,6 +156,16 @@ def face_u8() -> np.ndarray:
     return to_uint8(synthetic_face(80, 64, seed=1))
 
 
+@pytest.fixture(scope="session")
+def small_photo() -> np.ndarray:
+    """The sample portrait at 256x300 (H, W, 3) uint8 RGB: detection is quick on it."""
+    import cv2
+
+    from facekp.data import sample_photo
+
+    return cv2.resize(sample_photo(), (256, 300), interpolation=cv2.INTER_AREA)
+
+
 @pytest.fixture
 def face_png(tmp_path, face_u8) -> Path:
     from PIL import Image

@@ -1,5 +1,7 @@
-"""Inference paths agree: fused vs unfused, channels-last vs contiguous, fp32 vs autocast, compile
-wiring, batch splitting, and the codec's windowed DARK decode vs the full-map reference."""
+"""Runners (facekp.runtime): the torch and onnxruntime runners have one call shape and agree; the
+rules of backend x precision; and the inference paths behind them agree: fused vs unfused,
+channels-last vs contiguous, fp32 vs autocast, compile wiring, batch splitting, and the codec's
+windowed DARK decode vs the full-map reference."""
 
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ from facekp import Detector
 from facekp.codec import HeatmapCodec
 from facekp.model import fuse_conv_bn
 from facekp.preprocess import standardize
-from facekp.runtime import resolve_backend, resolve_precision
+from facekp.keypoints import FLIP_INDEX
+from facekp.runtime import OnnxRunner, Runner, TorchRunner, make_runner, resolve_backend, resolve_precision, run_crops
 from facekp.train.evaluate import predict_crops
 
 ATOL_PX = 1e-3
@@ -256,3 +259,75 @@ def test_invalid_stacks_still_raise(detector):
     bad[0, 0, 0] = np.nan
     with pytest.raises(InvalidImageError):
         detector.predict_batch(bad)
+
+
+# -- both runners, one call shape ------------------------------------------------------------
+@pytest.fixture(scope="module", params=["torch", "onnx"])
+def runner(request, detector):
+    if request.param == "onnx":
+        pytest.importorskip("onnxruntime")
+    return make_runner(detector.model, detector.config, torch.device("cpu"), backend=request.param, precision="fp32")
+
+
+def test_runners_share_one_call_shape(runner, detector, crops):
+    assert isinstance(runner, Runner) and runner.backend in ("torch", "onnx") and runner.precision == "fp32"
+    x = _inputs(crops)
+    with torch.inference_mode():
+        heatmaps = runner.heatmaps(x)
+        points, confidence = runner.keypoints(x)
+        want = detector.model.predict_heatmaps(x)  # the unfused original
+    assert heatmaps.shape == (8, 15, 24, 24) and heatmaps.dtype == torch.float32
+    torch.testing.assert_close(heatmaps, want, atol=1e-4, rtol=1e-4)
+    assert points.shape == (8, 15, 2) and confidence.shape == (8, 15) and points.dtype == torch.float32
+    want_points, want_confidence = detector.codec.decode(heatmaps)
+    np.testing.assert_allclose(points, want_points, atol=ATOL_PX, rtol=0)
+    np.testing.assert_allclose(confidence, want_confidence, atol=1e-6)
+
+
+def test_flip_test_averages_the_mirrored_heatmaps(runner, detector, crops):
+    x = _inputs(crops)
+    with torch.inference_mode():
+        heatmaps = runner.heatmaps(x)
+        mirrored = runner.heatmaps(x.flip(-1)).flip(-1)[:, list(FLIP_INDEX)]
+        want, _ = detector.codec.decode(0.5 * (heatmaps + mirrored))
+        points, _ = runner.keypoints(x, flip_test=True)
+    np.testing.assert_allclose(points, want, atol=ATOL_PX, rtol=0)
+    assert np.abs(np.asarray(points) - np.asarray(runner.keypoints(x)[0])).max() > 1e-3  # it changed something
+
+
+def test_run_crops_gives_each_runner_the_same_points(runner, detector, crops):
+    reference = detector.predict_crops(crops)  # the detector's torch runner
+    points, confidence = run_crops(runner, crops, batch_size=3)
+    assert points.dtype == np.float32 and confidence.dtype == np.float32
+    np.testing.assert_allclose(points, reference[0], atol=ATOL_PX, rtol=0)
+    np.testing.assert_allclose(confidence, reference[1], atol=1e-5)
+
+
+def test_the_onnx_runner_leaves_the_torch_network_alone(tiny_model_dir):
+    pytest.importorskip("onnxruntime")
+    det = Detector(tiny_model_dir, device="cpu", backend="onnx", threads=1)
+    assert isinstance(det.runner, OnnxRunner) and det.backend == "onnx"
+    assert not hasattr(det.runner, "net")  # no fused torch copy is made for onnx
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in det.model.modules())  # the original, unfused
+    assert det.runner.threads == 1 and det.runner.session.get_session_options().intra_op_num_threads == 1
+
+
+def test_the_torch_runner_runs_a_training_model_as_it_is(make_model, detector, crops):
+    model = make_model()
+    runner = TorchRunner(model, detector.codec, "cpu", fuse=False)
+    assert runner.net is model  # no copy: evaluation during training sees the live weights
+    with pytest.raises(ValueError, match="fp32, bf16 or fp16"):
+        TorchRunner(model, detector.codec, "cpu", precision="int8")
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(backend="torch", precision="int8"), "quantized ONNX graph on the CPU"),
+    (dict(backend="onnx", precision="bf16"), "exported fp32 or int8 graph"),
+    (dict(backend="onnx", compile=True), "exported fp32 or int8 graph"),
+    (dict(backend="torch", onnx_model="model.onnx"), "onnx_model is run by backend='onnx'"),
+    (dict(precision="int8"), "needs an int8 ONNX graph"),
+])
+def test_make_runner_refuses_combinations_that_cannot_run(detector, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_runner(detector.model, detector.config, torch.device("cpu"), **kwargs)
+
