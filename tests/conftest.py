@@ -1,9 +1,11 @@
-"""Shared fixtures for the inference-library tests.
+"""Shared fixtures for the tests.
 
-No trained weights are bundled yet, so the tests use a tiny randomly initialised network
-(one stack, 16 channels). Its outputs are meaningless as keypoints but deterministic, which is
-all that round trips and equivalences need. BatchNorm running statistics and affine parameters
-are randomised too, so that BatchNorm folding and save/load are actually exercised.
+Most tests use a tiny randomly initialised network (one stack, 16 channels): its outputs are
+meaningless as keypoints but deterministic, which is all that round trips and equivalences need,
+and it is fast. BatchNorm running statistics and affine parameters are randomised too, so that
+BatchNorm folding and save/load are actually exercised. The trained model bundled with the
+package is tested where its real outputs matter: test_shipped_model.py (it finds real features)
+and test_golden.py (its points stay where they were recorded).
 """
 
 from __future__ import annotations
