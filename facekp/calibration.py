@@ -140,23 +140,32 @@ def fit_box_calibration(samples, face_detector: Callable | None = None, progress
     were found and the spread of the residuals.
     """
     fd = face_detector or default_face_detector()
-    rel, log_ratio = [], []
     items = samples
     if progress:
         from tqdm import tqdm
 
         items = tqdm(samples, desc="calibrating", unit="photo")
+    boxes = (run_face_detector(fd, detector_input(fd, np.asarray(s.image))).boxes for s in items)
+    return fit_to_boxes(samples, boxes, getattr(fd, "name", "custom"))
+
+
+def fit_to_boxes(samples, boxes, detector: str = "custom") -> BoxCalibration:
+    """Fit :class:`BoxCalibration` on annotated photos and the boxes a face detector found in them.
+
+    ``boxes[i]``: the ``(N_i, 4)`` boxes ``x0, y0, x1, y1`` found in ``samples[i]``'s photo (may be
+    empty); ``detector``: the name the calibration records. The fit is :func:`fit_box_calibration`'s.
+    """
+    rel, log_ratio = [], []
     n = 0
-    for s in items:
+    for s, found in zip(samples, boxes):
         n += 1
-        image = detector_input(fd, np.asarray(s.image))
-        boxes, _, _ = run_face_detector(fd, image)
+        found = np.asarray(found, dtype=np.float64).reshape(-1, 4)
         mask = getattr(s, "mask", None)
-        i = match_face(boxes, s.points, mask)
+        i = match_face(found, s.points, mask)
         if i is None:
             continue
         c, rms = face_geometry(s.points, mask)
-        side, centre = box_side_centre(boxes[i])
+        side, centre = box_side_centre(found[i])
         rel.append((c - centre) / side)
         log_ratio.append(np.log(rms / side))
     if len(rel) < 3:
@@ -178,7 +187,7 @@ def fit_box_calibration(samples, face_detector: Callable | None = None, progress
         "centroid_error_rms": round(float(np.sqrt((((rel[keep] - offset) ** 2).sum(1) / np.exp(2 * log_ratio[keep])).mean())), 4),
         "log_scale_error_std": round(float(log_ratio[keep].std()), 4),
     }
-    return BoxCalibration(float(np.exp(log_scale)), tuple(offset), getattr(fd, "name", "custom"), stats)
+    return BoxCalibration(float(np.exp(log_scale)), tuple(offset), detector, stats)
 
 
 def reframe(points: np.ndarray, fallback: np.ndarray, angle: float = 0.0) -> np.ndarray:

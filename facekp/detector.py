@@ -13,7 +13,7 @@ from .codec import HeatmapCodec
 from .errors import InvalidImageError
 from .face_detection import as_detections, default_face_detector, run_face_detector, to_u8
 from .geometry import apply_affine, invert_affine
-from .images import ImageInput, channels_first, load_gray, load_rgb
+from .images import INTEGER_PEAKS, ImageInput, channels_first, load_gray, load_rgb, scale_integers
 from .model import StackedHourglass
 from .preprocess import frame_crops, letterbox_transforms
 from .results import Face
@@ -202,10 +202,8 @@ class Detector:
             if arr.dtype in (torch.float16, torch.bfloat16):
                 arr = arr.float()
             arr = arr.numpy()
-        if arr.dtype == np.uint8:
-            return arr.astype(np.float32) / np.float32(255)
-        if arr.dtype == np.uint16:
-            return arr.astype(np.float32) / np.float32(65535)
+        if arr.dtype in INTEGER_PEAKS:
+            return scale_integers(arr)
         if arr.dtype.kind == "f":
             arr = arr.astype(np.float32, copy=False)
             lo, hi = float(arr.min()), float(arr.max())  # NaN fails both tests

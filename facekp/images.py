@@ -144,10 +144,8 @@ def _from_array(arr: np.ndarray) -> np.ndarray:
         )
     if arr.size == 0:
         raise InvalidImageError(f"image array is empty (shape {arr.shape})")
-    if arr.dtype == np.uint8:
-        arr = arr.astype(np.float32) / 255.0
-    elif arr.dtype == np.uint16:
-        arr = arr.astype(np.float32) / 65535.0
+    if arr.dtype in INTEGER_PEAKS:
+        arr = scale_integers(arr)
     elif arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.floating):
         raise InvalidImageError(
             f"unsupported image dtype {arr.dtype}; expected uint8, uint16 or float with values in [0, 1]"
@@ -168,6 +166,15 @@ def _from_array(arr: np.ndarray) -> np.ndarray:
     if arr.ndim == 3:
         arr = cv2.cvtColor(np.ascontiguousarray(arr[:, :, :3]), cv2.COLOR_RGB2GRAY)
     return np.ascontiguousarray(arr)
+
+
+#: Integer image dtypes and the value each maps to 1.0.
+INTEGER_PEAKS = {np.dtype(np.uint8): np.float32(255), np.dtype(np.uint16): np.float32(65535)}
+
+
+def scale_integers(arr: np.ndarray) -> np.ndarray:
+    """A uint8 or uint16 array (a :data:`INTEGER_PEAKS` dtype) as float32 in [0, 1]."""
+    return arr.astype(np.float32) / INTEGER_PEAKS[arr.dtype]
 
 
 def _check(gray: np.ndarray, what: str) -> np.ndarray:

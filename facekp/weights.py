@@ -137,6 +137,14 @@ def read_manifest(path: str | Path | None = None) -> dict:
     return json.loads(source.read_text())
 
 
+def write_manifest(manifest: dict, path: str | Path) -> None:
+    """Write ``manifest`` (the form :func:`read_manifest` returns) to ``path``; each model entry must
+    be one :class:`ManifestEntry` accepts (``TypeError`` otherwise, before anything is written)."""
+    for m in manifest["models"]:
+        ManifestEntry(**m)
+    Path(path).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
 def manifest_entries(path: str | Path | None = None) -> list[ManifestEntry]:
     return [ManifestEntry(**m) for m in read_manifest(path)["models"]]
 

@@ -14,7 +14,8 @@ from ..model import HourglassConfig
 #: Training data when --data is not given: ``$FACEKP_DATA``, else ``../shared/data/faces68`` of the
 #: current directory (the project's layout, run from the repository root).
 DEFAULT_DATA = Path(os.environ.get("FACEKP_DATA", Path("..") / "shared" / "data" / "faces68"))
-DOCS = Path(__file__).resolve().parents[2] / "docs"
+#: export writes into a repository checkout: these defaults are relative to the current directory (its root).
+DOCS = Path("docs")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -66,8 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--run", type=Path, required=True, help="run folder written by 'fit'")
     ex.add_argument("--name", required=True, help="model name in weights_manifest.json")
     ex.add_argument("--data", type=Path, help="data for the metrics recorded in the manifest (default: the run's own)")
-    ex.add_argument("--package", type=Path, default=Path(__file__).resolve().parents[1], help="facekp package folder")
-    ex.add_argument("--manifest", type=Path, default=Path(__file__).resolve().parents[2] / "weights_manifest.json")
+    ex.add_argument("--package", type=Path, default=Path("facekp"),
+                    help="facekp package folder to write weights/NAME.safetensors into (default: ./facekp)")
+    ex.add_argument("--manifest", type=Path, default=Path("weights_manifest.json"),
+                    help="the manifest to record the model in (default: ./weights_manifest.json)")
     ex.add_argument("--model-card", type=Path,
                     help="default: docs/model-card.md for the default model, else docs/model-card-NAME.md")
     ex.add_argument("--hub-folder", type=Path, help="also write config.json + model.safetensors here for a Hub upload")

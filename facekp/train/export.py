@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import numpy as np
 
 from ..calibration import default_calibration
 from ..config import DetectorConfig
-from ..weights import load_model, save_model, sha256_file
+from ..weights import load_model, read_manifest, save_model, sha256_file, write_manifest
 from .data import Sample
 from .run import load_run
 
@@ -27,7 +26,7 @@ def update_manifest(
 ) -> dict:
     """Add or replace the entry ``name`` in the manifest; returns the entry."""
     manifest_path = Path(manifest_path)
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"format_version": 1, "default": None, "models": []}
+    manifest = read_manifest(manifest_path) if manifest_path.exists() else {"format_version": 1, "default": None, "models": []}
     entry = {
         "name": name,
         "file": weights_file.name,
@@ -42,7 +41,7 @@ def update_manifest(
     manifest["models"] = [m for m in manifest["models"] if m["name"] != name] + [entry]
     if make_default or not manifest.get("default"):
         manifest["default"] = name
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    write_manifest(manifest, manifest_path)
     return entry
 
 
@@ -126,10 +125,9 @@ def export_int8(
         crops, truth, mask = make_eval_crops(val, perturbation, seed)
         key = "val_rmse" if protocol == "canonical" else f"val_rmse_{protocol}"
         metrics[key] = keypoint_metrics(det.predict_batch(crops), truth, mask)["rmse"]
-    manifest_path = Path(manifest_path)
-    manifest = json.loads(manifest_path.read_text())
+    manifest = read_manifest(manifest_path)
     entry = next(m for m in manifest["models"] if m["name"] == name)
     entry["int8_onnx"] = {"file": graph.name, "sha256": sha256_file(graph), "size": graph.stat().st_size,
                           "calibration_faces": len(calibration), "metrics": metrics}
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    write_manifest(manifest, manifest_path)
     return entry["int8_onnx"]
