@@ -95,11 +95,15 @@ class Detector:
         self.device = resolve_device(device)
         self.config = resolved.config
         self.flip_test = flip_test
-        self.codec = HeatmapCodec.for_config(self.config)
         self._model = resolved.model.eval()
         #: what runs the network (:class:`facekp.runtime.TorchRunner` or :class:`~facekp.runtime.OnnxRunner`)
         self.runner = make_runner(self._model, self.config, self.device, backend=backend, precision=precision,
                                   compile=compile, onnx_model=onnx_model, threads=threads)
+
+    @property
+    def codec(self) -> HeatmapCodec:
+        """The heatmap codec of the model (its decode turns the network's heatmaps into points)."""
+        return self.runner.codec
 
     @property
     def backend(self) -> str:
@@ -295,9 +299,6 @@ class Detector:
         if len(grays) != len(transforms):
             raise ValueError(f"predict_framed got {len(grays)} images but {len(transforms)} transforms; expected one per image")
         batch_size = self._batch_size(batch_size)
-        k = self.config.hourglass.num_keypoints
-        if len(grays) == 0:
-            return np.empty((0, k, 2), np.float32), np.empty((0, k), np.float32)
         crops = frame_crops(grays, transforms, self.config.hourglass.input_size)
         points, confidence = self.predict_crops(crops, batch_size)
         return apply_affine(invert_affine(transforms), points), confidence
@@ -305,6 +306,9 @@ class Detector:
     def predict_crops(self, crops: np.ndarray, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Network-sized ``(N, S, S)`` float32 crops in [0, 1] -> points ``(N, K, 2)`` in crop pixels
         and confidences ``(N, K)``, ``batch_size`` crops per call of the runner."""
+        if len(crops) == 0:
+            k = self.config.hourglass.num_keypoints
+            return np.empty((0, k, 2), np.float32), np.empty((0, k), np.float32)
         return run_crops(self.runner, crops, self._batch_size(batch_size), self.flip_test, self.config.normalization)
 
     def __repr__(self) -> str:
