@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def prepare_inputs(data: Path, limit: int | None, out: Path) -> tuple[Path, dict]:
     """Standardized validation crops per crop protocol -> ``out``; returns it and the truth."""
-    from facekp.preprocess import standardize
+    from facekp.preprocess import network_input
     from facekp.train.data import load_dataset, split_by_identity
     from facekp.train.evaluate import CROP_PROTOCOLS, make_eval_crops
 
@@ -85,7 +85,7 @@ def prepare_inputs(data: Path, limit: int | None, out: Path) -> tuple[Path, dict
     arrays, truth = {}, {}
     for name, (perturbation, seed) in CROP_PROTOCOLS.items():
         crops, points, mask = make_eval_crops(val, perturbation, seed=seed)
-        arrays[name] = standardize(crops)[:, None]
+        arrays[name] = network_input(crops)
         truth[name] = (points, mask)
     np.savez(out, **arrays)
     return out, truth
@@ -95,12 +95,12 @@ def full_range_graph(data: Path, out: Path) -> Path:
     """The default model quantized with 8-bit weights, calibrated exactly as its bundled graph."""
     from facekp import Detector
     from facekp.onnx import onnx_bytes, quantize_int8
-    from facekp.preprocess import standardize
+    from facekp.preprocess import network_input
     from facekp.train.data import load_dataset, split_by_identity
     from facekp.train.export import int8_calibration_crops
 
     train = split_by_identity(load_dataset(data), 0.15, seed=0)[0]
-    calibration = standardize(int8_calibration_crops(train, seed=0))[:, None]
+    calibration = network_input(int8_calibration_crops(train, seed=0))
     det = Detector(device="cpu")
     out.write_bytes(quantize_int8(onnx_bytes(det.model, det.config), calibration, weight_bits=8))
     return out

@@ -93,18 +93,17 @@ def single_crop_parts(det, crop: np.ndarray, tmin: float) -> dict:
     """Median ms of the stages of Detector.predict on one crop."""
     import torch
 
+    from facekp.geometry import apply_affine, invert_affine
     from facekp.images import load_gray
-    from facekp.geometry import apply_affine, invert_affine, letterbox_transform
-    from facekp.preprocess import standardize, warp
+    from facekp.preprocess import frame_crops, letterbox_transforms, network_input
 
     size = det.config.hourglass.input_size
-    gray = load_gray(crop)
-    m = letterbox_transform(gray.shape[1], gray.shape[0], size)
+    ms = letterbox_transforms([load_gray(crop)], size)
 
-    def prep():
-        g = load_gray(crop)
-        mm = letterbox_transform(g.shape[1], g.shape[0], size)
-        return torch.from_numpy(standardize(warp(g, mm, size)[None]))[:, None]
+    def prep():  # what predict does before the network: load, letterbox, warp, normalize
+        grays = [load_gray(crop)]
+        crops = frame_crops(grays, letterbox_transforms(grays, size), size)
+        return torch.from_numpy(network_input(crops, det.config.normalization))
 
     x = prep().to(det.device)
     sync = torch.cuda.synchronize if det.device.type == "cuda" else (lambda: None)
@@ -123,7 +122,6 @@ def single_crop_parts(det, crop: np.ndarray, tmin: float) -> dict:
         sync()
 
     pts = np.zeros((1, 15, 2), np.float32)
-    ms = np.stack([m])
     return {
         "preprocess": float(np.median(timings(prep, min_time=tmin, min_reps=50)) * 1e3),
         "network": float(np.median(timings(net, min_time=tmin, min_reps=50)) * 1e3),

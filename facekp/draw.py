@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from .geometry import box_side_centre
 from .images import ImageInput, load_rgb
 from .keypoints import KEYPOINT_NAMES
 
@@ -49,7 +50,7 @@ def draw(
     for box, pts in faces:
         r = r_image
         if box is not None and radius is None and np.isfinite(box).all():
-            r = max(1, round(0.5 * ((box[2] - box[0]) + (box[3] - box[1])) / 55))  # dots follow the face's size
+            r = max(1, round(float(box_side_centre(box)[0]) / 55))  # dots follow the face's size
         if box is not None and boxes and np.isfinite(box).all():
             # Box edges are pixel-centre coordinates; cv2 draws lines centred on pixel centres.
             x0, y0, x1, y1 = (int(round(v * (1 << shift))) for v in box)
