@@ -41,7 +41,7 @@ run)
     export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
     python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))" | tee -a "$out/gpu.txt"
-    python3 -m pytest -q -p no:cacheprovider tests/test_backends.py tests/test_onnx.py tests/test_detector.py 2>&1 | tee "$out/pytest.log"
+    python3 -m pytest -q -p no:cacheprovider tests/test_runtime.py tests/test_onnx.py tests/test_detector.py 2>&1 | tee "$out/pytest.log"
     python3 benchmarks/run.py --device cuda --data .gpu-data/faces68-val --out "$out/benchmarks-gpu.md" 2>&1 | tee "$out/benchmarks.log"
     ;;
 *)

@@ -132,7 +132,7 @@ def fit_box_calibration(samples, face_detector: Callable | None = None, progress
     Args:
         samples: objects with ``image`` (H, W) uint8 (or anything the detector takes),
             ``points`` (15, 2) and optionally ``mask`` (15,) — e.g. ``facekp.train.data.Sample``.
-        face_detector: default :func:`default_face_detector`.
+        face_detector: default :func:`facekp.face_detection.default_face_detector`.
 
     The offset is the mean of ``(centroid - box centre) / side`` and the scale the geometric mean
     of ``RMS radius / side`` over the faces the detector found (:func:`match_face`), after

@@ -160,6 +160,7 @@ class _FlipTest:
     codec: HeatmapCodec
     device: torch.device
     threads: int | None
+    flip_index: torch.Tensor  # FLIP_INDEX where the runner's heatmaps are
 
     @torch.inference_mode()
     def keypoints(self, x: torch.Tensor, flip_test: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -170,8 +171,7 @@ class _FlipTest:
             return self._decoded(x)
         with torch_threads_for(len(x), self.device, self.threads):
             heatmaps = self.heatmaps(x)
-            flip_index = torch.tensor(FLIP_INDEX, device=heatmaps.device)
-            mirrored = self.heatmaps(x.flip(-1)).flip(-1).index_select(1, flip_index)
+            mirrored = self.heatmaps(x.flip(-1)).flip(-1).index_select(1, self.flip_index)
             return self.codec.decode(0.5 * (heatmaps + mirrored))
 
 
@@ -194,6 +194,7 @@ class TorchRunner(_FlipTest):
         self.codec = codec
         self.precision = precision
         self.threads = threads
+        self.flip_index = torch.tensor(FLIP_INDEX, device=self.device)
         if fuse:
             model = fuse_conv_bn(copy.deepcopy(model)).to(self.device, memory_format=torch.channels_last).eval()
         self.net = model
@@ -266,6 +267,7 @@ class OnnxRunner(_FlipTest):
         #: the file's metadata: ``facekp_config`` (JSON) and, for quantized graphs, ``facekp_precision``
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
         self.codec = codec if codec is not None else HeatmapCodec.for_config(self.config() or DetectorConfig())
+        self.flip_index = torch.tensor(FLIP_INDEX)  # its heatmaps come back on the CPU
 
     @property
     def precision(self) -> str:
