@@ -304,3 +304,27 @@ def test_weights_sha_matches_fixture(model_files, tiny_weights):
     # Sanity check of the fixture the tests above rely on.
     assert hashlib.sha256(model_files["model.safetensors"]).hexdigest() == sha256_file(tiny_weights)
     assert os.path.getsize(tiny_weights) == len(model_files["model.safetensors"])
+
+
+# -- one resolver for every way of naming weights ---------------------------------------------
+def test_from_pretrained_takes_a_local_folder_without_the_network(tiny_model_dir, face_u8, monkeypatch):
+    _set_offline(monkeypatch, True)  # a folder is read from disk: no Hub request could succeed
+    det = Detector.from_pretrained(tiny_model_dir, device="cpu")
+    np.testing.assert_array_equal(det.predict(face_u8), Detector(tiny_model_dir, device="cpu").predict(face_u8))
+
+
+def test_resolve_weights_reads_each_form(tiny_model_dir, tiny_weights, tiny_manifest):
+    from facekp.weights import resolve_weights
+
+    by_folder, by_file = resolve_weights(tiny_model_dir), resolve_weights(tiny_weights)
+    by_name, default = resolve_weights("tiny"), resolve_weights(None)
+    assert by_folder.entry is None and by_file.entry is None
+    assert by_name.entry.name == default.entry.name == "tiny"
+    assert by_folder.config == by_file.config == by_name.config == default.config
+    for other in (by_file, by_name, default):
+        for name, tensor in by_folder.model.state_dict().items():
+            assert (other.model.state_dict()[name] == tensor).all(), name
+    with pytest.raises(FileNotFoundError, match="weights not found"):
+        resolve_weights("no/such/folder")
+    with pytest.raises(WeightsError, match="no model named 'nope'"):
+        resolve_weights("nope")
