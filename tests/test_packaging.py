@@ -43,3 +43,19 @@ def test_wheel_ships_manifest_and_bundled_weights(tmp_path):
             assert f"facekp/weights/{model['file']}" in names
     assert "facekp = facekp.cli:main" in scripts and "facekp-train = facekp.train.cli:main" in scripts
     assert "facekp/train/fit.py" in names
+
+
+def test_the_training_cli_defaults_do_not_point_into_the_package(tmp_path):
+    """Installed, facekp/train lies in site-packages: its defaults come from $FACEKP_DATA or the current
+    directory, never from paths next to the package's own files."""
+    import os
+
+    show = ("import facekp.train.cli as c; print(c.DEFAULT_DATA, c.DOCS, sep='|')\n"
+            "try:\n    c.main(['fit', '--help'])\nexcept SystemExit:\n    pass")
+    env = {k: v for k, v in os.environ.items() if k != "FACEKP_DATA"}
+    out = subprocess.run([sys.executable, "-c", show], capture_output=True, text=True, check=True, cwd=tmp_path, env=env).stdout
+    assert out.splitlines()[0] == f"{Path('..', 'shared', 'data', 'faces68')}|docs"
+    assert "$FACEKP_DATA" in out and "../shared/data/faces68" in out  # said in --help
+    env["FACEKP_DATA"] = str(tmp_path / "faces")
+    out = subprocess.run([sys.executable, "-c", show], capture_output=True, text=True, check=True, cwd=tmp_path, env=env).stdout
+    assert out.splitlines()[0].split("|")[0] == str(tmp_path / "faces")
