@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import validate
 from .calibration import CalibrationLike, reframe, resolve_calibration
 from .codec import HeatmapCodec
 from .errors import InvalidImageError
-from .face_detection import as_detections, default_face_detector, run_face_detector, to_u8
+from .face_detection import as_detections, default_face_detector, run_face_detector, to_u8, usable_detections
 from .geometry import apply_affine, invert_affine
 from .images import ImageInput, channels_first, load_gray, load_rgb
 from .model import StackedHourglass
@@ -245,16 +246,18 @@ class Detector:
             All faces go through the network in one batch.
         """
         _check_max_faces(max_faces)
+        refine = DEFAULT_REFINE if refine is None else validate.integer("refine", refine, 0, 100)
+        validate.callable_or_none("face_detector", face_detector)
         gray = load_gray(image)
         if max_faces == 0:
             return []
         if boxes is None:
             fd = face_detector or default_face_detector()
             source = to_u8(gray) if getattr(fd, "wants_gray", False) else load_rgb(image)
-            boxes, scores, angles = run_face_detector(fd, source)
+            boxes, scores, angles = usable_detections(run_face_detector(fd, source), gray.shape, drop=True)
         else:
             fd = face_detector
-            boxes, scores, angles = as_detections(boxes)
+            boxes, scores, angles = usable_detections(as_detections(boxes), gray.shape, drop=False)
         if len(boxes) == 0:
             return []
         order = np.argsort(-(boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), kind="stable")
@@ -263,7 +266,7 @@ class Detector:
         boxes, scores, angles = boxes[order], scores[order], angles[order]
         calib = resolve_calibration(self, fd, calibration)
         transforms = np.stack([calib.frame(b, a) for b, a in zip(boxes, angles)])
-        points, confidence = self.predict_refined(gray, transforms, DEFAULT_REFINE if refine is None else refine, angles)
+        points, confidence = self.predict_refined(gray, transforms, refine, angles)
         return [Face(tuple(float(v) for v in b), p, c, float(s), float(a))
                 for b, p, c, s, a in zip(boxes, points, confidence, scores, angles)]
 
@@ -297,12 +300,15 @@ class Detector:
         if len(grays) != len(transforms):
             raise ValueError(f"predict_framed got {len(grays)} images but {len(transforms)} transforms; expected one per image")
         batch_size = self._batch_size(batch_size)
+        transforms = validate.transforms(transforms)
         k = self.config.hourglass.num_keypoints
         if len(grays) == 0:
             return np.empty((0, k, 2), np.float32), np.empty((0, k), np.float32)
         crops = frame_crops(grays, transforms, self.config.hourglass.input_size)
         points, confidence = self.predict_crops(crops, batch_size)
-        return apply_affine(invert_affine(transforms), points), confidence
+        points = apply_affine(invert_affine(transforms), points)
+        validate.finite_points(points, confidence)
+        return points, confidence
 
     def predict_crops(self, crops: np.ndarray, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Network-sized ``(N, S, S)`` float32 crops in [0, 1] -> points ``(N, K, 2)`` in crop pixels

@@ -19,7 +19,7 @@ from pathlib import Path
 PathLike = str | os.PathLike
 
 
-def check_output(path: PathLike, *, inputs: Iterable[PathLike] = (), overwrite: bool = False) -> Path:
+def check_output(path: PathLike, *, inputs: Iterable[PathLike] = (), overwrite: bool = False, kind: str = "files") -> Path:
     """``path`` as a Path, once it is known to be writable under the rule; raises otherwise.
 
     Raises:
@@ -27,19 +27,30 @@ def check_output(path: PathLike, *, inputs: Iterable[PathLike] = (), overwrite: 
             replaced), or exists and ``overwrite`` is False.
         IsADirectoryError: ``path`` is a folder.
         NotADirectoryError: a parent of ``path`` is a file.
+
+    ``kind`` names the inputs in the message ("images", "weights"...).
     """
     out = Path(path)
     for item in inputs:
         if _same_file(out, Path(item)):
-            raise FileExistsError(f"refusing to write {out}: it is one of the inputs ({item})")
+            raise FileExistsError(f"refusing to write {out}: it is one of the input {kind} ({item})")
     if out.is_dir():
-        raise IsADirectoryError(f"cannot write {out}: it is a folder; expected a file path")
+        raise IsADirectoryError(f"cannot write {out}: {out} is a folder; expected a file path")
     folder = next(p for p in out.absolute().parents if p.exists())  # the root always exists
     if not folder.is_dir():
         raise NotADirectoryError(f"cannot write {out}: {folder} is a file, not a folder")
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --force (overwrite=True) to replace it")
     return out
+
+
+def files_of(path: PathLike | None) -> list[Path]:
+    """``path`` and, for a folder (such as a save_pretrained model), the files directly in it: the
+    inputs an output must not replace. Nothing for None or a name that is not a path."""
+    if path is None:
+        return []
+    p = Path(path)
+    return [p, *(c for c in p.iterdir() if c.is_file())] if p.is_dir() else [p]
 
 
 def _same_file(a: Path, b: Path) -> bool:

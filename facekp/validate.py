@@ -45,7 +45,7 @@ def integer(name: str, value, lo: int | None = None, hi: int | None = None) -> i
         raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
     value = int(value)
     if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise ValueError(f"{name} must be an integer in [{_bound(lo)}, {_bound(hi)}], got {value}")
+        raise ValueError(f"{name} must be an integer in [{_bound(lo, '-inf')}, {_bound(hi, 'inf')}], got {value}")
     return value
 
 
@@ -212,7 +212,11 @@ def keypoints(points: np.ndarray, mask: np.ndarray, width: int, height: int, whe
 
 def radius(value) -> float | None:
     """A drawing radius in pixels: None (automatic) or a finite number >= 0."""
-    return None if value is None else number("radius", value, 0.0, None)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not (0 <= value < math.inf):
+        raise ValueError(f"radius must be >= 0 pixels and finite (or None for the default), got {value!r}")
+    return float(value)
 
 
 def callable_or_none(name: str, value) -> None:

@@ -323,6 +323,9 @@ def resolve_weights(
     downloaded at ``revision`` into ``cache_dir`` (:func:`download_from_hub`). Anything else raises
     ``FileNotFoundError``.
     """
+    if not (weights is None or isinstance(weights, (str, os.PathLike))) or (hub and weights is None):
+        what = "a Hub repository id or a local folder" if hub else "None, a model name or a path"
+        raise TypeError(f"weights must be {what}, got {weights!r}")
     if weights is None:
         entry = default_entry()
     elif Path(weights).exists():
