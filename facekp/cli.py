@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 #: Errors whose message says it all; any other type is named in the line.
-EXPECTED_ERRORS = (FacekpError, OSError, ValueError, TypeError, ImportError)
+EXPECTED_ERRORS = (FacekpError, OSError, ValueError, TypeError, ImportError, FloatingPointError)
 
 
 def one_line(exc: BaseException) -> str:
