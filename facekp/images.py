@@ -122,8 +122,9 @@ def open_image(path: str | os.PathLike) -> Iterator[Image.Image]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
             im = Image.open(path)
-    except Image.DecompressionBombError as exc:
-        raise InvalidImageError(f"{path} claims more than {MAX_PIXELS:,} pixels ({exc}); refusing to decode it") from None
+    except Image.DecompressionBombError:
+        raise InvalidImageError(f"{path} claims more than {MAX_PIXELS:,} pixels (a decompression bomb?); "
+                                "facekp refuses to decode it") from None
     except PermissionError:
         raise InvalidImageError(f"cannot read {path}: permission denied") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:

@@ -61,12 +61,12 @@ def number(name: str, value, lo: float | None = None, hi: float | None = None, *
         raise ValueError(f"{name} must be a finite number, got {value}")
     low_fails = lo is not None and (value <= lo if open_lo else value < lo)
     if low_fails or (hi is not None and value > hi):
-        raise ValueError(f"{name} must be in {'(' if open_lo else '['}{_bound(lo)}, {_bound(hi)}], got {value:g}")
+        raise ValueError(f"{name} must be in {'(' if open_lo else '['}{_bound(lo, '-inf')}, {_bound(hi, 'inf')}], got {value:g}")
     return value
 
 
-def _bound(v) -> str:
-    return "-inf" if v is None else f"{v:g}"
+def _bound(v, unbounded: str) -> str:
+    return unbounded if v is None else f"{v:g}"
 
 
 def hourglass(values: Mapping[str, object]) -> None:
