@@ -82,7 +82,7 @@ def load_rgb(image: ImageInput) -> np.ndarray:
 def _pil_rgb(im: Image.Image) -> np.ndarray:
     if _high_depth(im):  # scaled like load_gray, not clipped to 255
         return np.repeat(np.round(_from_pil(im) * 255).astype(np.uint8)[:, :, None], 3, axis=2)
-    return np.asarray(im.convert("RGB"))
+    return np.asarray(_convert(im, "RGB"))
 
 
 def upright_size(path: str | os.PathLike) -> tuple[int, int]:
@@ -189,7 +189,14 @@ def _from_pil(im: Image.Image) -> np.ndarray:
             )
         peak = 65535.0 if im.mode.startswith("I") else 1.0
         return _from_array(arr / peak)  # the same NaN and [0, 1] range checks as float arrays
-    return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+    return np.asarray(_convert(im, "L"), dtype=np.float32) / 255.0
+
+
+def _convert(im: Image.Image, mode: str) -> Image.Image:
+    try:
+        return im.convert(mode)
+    except ValueError as exc:  # e.g. "conversion from LAB to RGB not supported"
+        raise InvalidImageError(f"PIL images of mode {im.mode!r} cannot be read ({exc}); convert to 'L' or 'RGB' first") from None
 
 
 def _tensor_to_hwc(t: torch.Tensor) -> np.ndarray:

@@ -35,9 +35,10 @@ def bmp_bomb(side: int = BOMB_SIDE) -> bytes:
 
 
 def jpeg_bomb(side: int = 60_000) -> bytes:
-    """A JPEG whose start-of-frame marker claims ``side`` x ``side`` pixels."""
+    """A JPEG whose start-of-frame marker claims ``side`` x ``side`` pixels (at most 65535: 16-bit fields)."""
     data = bytearray(_encode(np.zeros((8, 8), np.uint8), "JPEG"))
     sof = data.index(b"\xff\xc0")
+    side = min(side, 65535)
     data[sof + 5 : sof + 9] = struct.pack(">HH", side, side)
     return bytes(data)
 

@@ -452,11 +452,13 @@ def test_training_refuses_unusable_labels_up_front(tmp_path, labels, says):
         Trainer(FitConfig(data=str(data), out=str(tmp_path / "run"), hourglass=HourglassConfig(num_stacks=1, channels=8)))
 
 
-def test_pts_labels_all_on_one_spot_leave_no_faces_to_train(tmp_path):
+@pytest.mark.parametrize("point, says", [("50 50", "one spot"), ("nan nan", "NaN"), ("inf -inf", "infinite"),
+                                         ("1e300 1e300", "NaN or infinite|far outside")])
+def test_pts_labels_that_cannot_be_trained_on_leave_no_faces_to_train(tmp_path, point, says):
     write_pts_folder(tmp_path, 3)
     for pts in tmp_path.rglob("*.pts"):
-        pts.write_text("version: 1\nn_points: 68\n{\n" + "50 50\n" * 68 + "}\n")
-    with pytest.warns(UserWarning, match="one spot"), pytest.raises(ValueError, match="no annotated faces.*3 skipped"):
+        pts.write_text("version: 1\nn_points: 68\n{\n" + f"{point}\n" * 68 + "}\n")
+    with pytest.warns(UserWarning, match=says), pytest.raises(ValueError, match="no annotated faces.*3 skipped"):
         load_pts_folder(tmp_path)
 
 
