@@ -354,7 +354,7 @@ def test_refine_and_face_detector_are_checked_even_when_no_face_is_found(detecto
 
 
 def test_from_pretrained_and_weights_arguments_are_checked():
-    with pytest.raises(TypeError, match="repo_id"):
+    with pytest.raises(TypeError, match="Hub repository id"):
         Detector.from_pretrained(None)
     with pytest.raises(TypeError, match="weights must be"):
         Detector(5)

@@ -138,13 +138,15 @@ def load_pts_folder(root: str | Path, subsets: tuple[str, ...] | None = None) ->
 
 def _pts_sample(root: Path, image_path: Path, subset: str, identity: str) -> Sample:
     """One face of a .pts folder: its labels checked, its image checked before decoding (facekp.images)."""
-    points = map_68_to_15(read_pts(image_path.with_suffix(".pts")))
-    mask = np.ones(NUM_KEYPOINTS, dtype=bool)
+    points68 = read_pts(image_path.with_suffix(".pts"))
     with open_image(image_path) as im:
         try:
             gray = np.asarray(im.convert("L"), dtype=np.uint8)
         except (OSError, ValueError, SyntaxError, EOFError) as exc:  # truncated or corrupt pixel data
             raise InvalidImageError(f"cannot decode {image_path} ({exc})") from None
+    validate.keypoints(points68, np.ones(len(points68), bool), gray.shape[1], gray.shape[0], str(image_path.with_suffix(".pts")))
+    points = map_68_to_15(points68)
+    mask = np.ones(NUM_KEYPOINTS, dtype=bool)
     validate.keypoints(points, mask, gray.shape[1], gray.shape[0], str(image_path.with_suffix(".pts")))
     return Sample(gray, points, mask, canonical_transform(points), subset, identity, str(image_path.relative_to(root)))
 

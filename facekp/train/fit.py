@@ -186,7 +186,7 @@ class Trainer:
                 x, target, mask = make_batch(self.train, idx, self.augmenter, self.codec, cfg.seed, epoch)
                 loss = heatmap_loss(self.model(x.to(self.device)), target.to(self.device), mask.to(self.device))
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"the training loss became {float(loss)} at step {self.step} (epoch {epoch}); "
+                    raise FloatingPointError(f"the training loss became {float(loss.detach())} at step {self.step} (epoch {epoch}); "
                                              f"lower --lr (now {cfg.lr:g}) or check the labels; {self.checkpoint_path} "
                                              "holds the last finite state")
                 self.optimizer.zero_grad(set_to_none=True)
