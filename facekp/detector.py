@@ -229,7 +229,9 @@ class Detector:
         Args:
             image: anything :meth:`predict` accepts.
             boxes: face boxes to use instead of running a face detector: ``(N, 4)``
-                ``x0, y0, x1, y1`` in image pixels, or ``(N, 5)`` with a score column.
+                ``x0, y0, x1, y1`` in image pixels, or ``(N, 5)`` with a score column. A box the
+                image cannot frame (wholly outside it, under 1 pixel or over 10 image sides) raises
+                ``ValueError``; such boxes from a face detector are dropped (``docs/robustness.md``).
             face_detector: a callable ``rgb_image -> boxes`` or ``-> (boxes, scores)`` (see
                 :class:`facekp.face_detection.FaceDetector`); default: OpenCV's frontal-face Haar cascade,
                 shipped with OpenCV and run offline (:class:`facekp.face_detection.HaarFaceDetector`).

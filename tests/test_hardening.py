@@ -160,7 +160,9 @@ def test_a_fifo_named_like_an_image_is_refused_at_once(tmp_path, detector, capsy
         with pytest.raises(InvalidImageError, match="not a regular file"):
             detector.predict(fifo)
         code, err = _cli(capsys, cli_main, "predict", fifo, "--weights", tiny_model_dir, "--device", "cpu")
-    assert code == 2 and "not a regular file" in _one_error_line(err)
+        assert code == 2 and "not a regular file" in _one_error_line(err)
+        code, err = _cli(capsys, cli_main, "detect", fifo, "--weights", tiny_model_dir, "--device", "cpu")
+    assert code == 2 and f"skipping {fifo}" in err and "1 file(s) could not be read" in _one_error_line(err)
 
 
 def test_predict_cli_reports_and_skips_a_bad_file_among_several(capsys, tmp_path, face_png, tiny_model_dir):
