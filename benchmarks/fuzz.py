@@ -35,7 +35,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/hostile.py: the hostile files
 import hostile  # noqa: E402
 
-from facekp import BoxCalibration, Detector, FacekpError, HaarFaceDetector, InvalidImageError, WeightsError, draw  # noqa: E402
+from facekp import Detector, FacekpError, HaarFaceDetector, InvalidImageError, WeightsError, draw  # noqa: E402
 from facekp.cli import main as cli_main  # noqa: E402
 from facekp.config import DetectorConfig  # noqa: E402
 from facekp.model import HourglassConfig, StackedHourglass  # noqa: E402

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import json
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -24,7 +23,7 @@ import torch
 from . import validate
 from .codec import HeatmapCodec
 from .config import DetectorConfig
-from .errors import DeviceError, FacekpError, WeightsError
+from .errors import DeviceError, WeightsError
 from .keypoints import FLIP_INDEX
 from .model import StackedHourglass, fuse_conv_bn
 from .onnx import INSTALL_HINT, METADATA_KEY, OUTPUT_NAMES, PRECISION_KEY, cached_onnx_bytes, embedded_config
