@@ -124,7 +124,7 @@ def gen_arrays(rng, det, tmp):
     else:
         shape = tuple(int(pick(rng, [0, 1, 3, 4, 7, 8, 24, 33])) for _ in range(int(rng.integers(0, 5))))
     scale = 255 if np.dtype(dt).kind in "biu" else pick(rng, [1, 1, 1, 2, -1])
-    arr = (rng.random(shape) * scale).astype(dt)
+    arr = np.asarray(rng.random(shape) * scale).astype(dt)
     if np.dtype(dt).kind in "fc" and arr.size and rng.random() < 0.15:
         arr.flat[int(rng.integers(arr.size))] = pick(rng, [np.nan, np.inf])
     batch = rng.random() < 0.3
@@ -395,7 +395,8 @@ def gen_train_cli(rng, det, tmp):
     argv = {
         "json-onto-data": ["eval", "--weights", TINY_DIR, "--data", data, "--split", "all", "--device", "cpu", "--json", data, *force],
         "plots-exist": ["eval", "--weights", TINY_DIR, "--data", data, "--split", "all", "--device", "cpu", "--plots", case],
-        "bad-settings": ["fit", "--data", data, "--out", case / "run", "--device", "cpu",
+        # --max-steps 1: a setting that is valid after all (--epochs 1000000) trains one step, not for hours
+        "bad-settings": ["fit", "--data", data, "--out", case / "run", "--device", "cpu", "--max-steps", "1",
                          pick(rng, ["--batch-size", "--epochs", "--sigma", "--lr", "--stacks", "--channels"]),
                          str(pick(rng, [0, -1, "nan", "inf", 10**6, 2**31]))],
         "big-field": ["fit", "--data", case / "big.csv", "--out", case / "run", "--device", "cpu"],
