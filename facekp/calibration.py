@@ -16,6 +16,7 @@ from typing import Any, Union
 
 import numpy as np
 
+from . import validate
 from .face_detection import HAAR_NAME, default_face_detector, detector_input, run_face_detector
 from .geometry import CANONICAL_RMS, box_side_centre, face_geometry, frame_scale, similarity_transform
 
@@ -38,9 +39,9 @@ class BoxCalibration:
     stats: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
-        if not (np.isfinite(self.scale) and self.scale > 0):
-            raise ValueError(f"calibration scale must be positive, got {self.scale}")
-        object.__setattr__(self, "offset", (float(self.offset[0]), float(self.offset[1])))
+        scale, offset = validate.calibration(self.scale, self.offset)
+        object.__setattr__(self, "scale", scale)
+        object.__setattr__(self, "offset", offset)
 
     def frame(self, box: Sequence[float], angle: float = 0.0) -> np.ndarray:
         """The 2x3 transform from image pixels to the canonical 96x96 crop for ``box``.
@@ -74,6 +75,7 @@ class BoxCalibration:
 
     @classmethod
     def from_dict(cls, data: dict) -> "BoxCalibration":
+        validate.calibration_dict(data)
         try:
             return cls(float(data["scale"]), tuple(data.get("offset", (0.0, 0.0))), data.get("detector", HAAR_NAME),
                        dict(data.get("stats", {})))

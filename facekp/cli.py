@@ -8,8 +8,8 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__
-from .errors import FacekpError
+from . import __version__, fileio
+from .errors import FacekpError, one_line
 from .keypoints import KEYPOINT_NAMES
 from .results import keypoints_to_dict
 
@@ -83,17 +83,17 @@ def output_path(requested: Path, source: Path, several: bool, inputs: list[Path]
 
 
 def _check_output_file(out: Path, inputs: list[Path], force: bool) -> None:
-    """Refuse, before any work is done, an output file that cannot or must not be written: one of
-    the ``inputs``, a folder, a path under a file, or an existing file without ``--force``."""
-    if any(out.resolve() == i.resolve() for i in inputs):
-        raise FacekpError(f"refusing to write {out}: it is one of the input images")
-    if out.is_dir():
-        raise FacekpError(f"cannot write {out}: {out} is a folder; expected a file path")
-    folder = next(p for p in out.absolute().parents if p.exists())  # the root always exists
-    if not folder.is_dir():
-        raise FacekpError(f"cannot write {out}: {folder} is a file, not a folder")
-    if out.exists() and not force:
-        raise FacekpError(f"{out} exists; pass --force to replace it")
+    """Refuse, before any work is done, an output file that cannot or must not be written
+    (:func:`facekp.fileio.check_output`): an input, a folder, a path under a file, or an existing
+    file without ``--force``."""
+    fileio.check_output(out, inputs=inputs, overwrite=force, kind="images")
+
+
+def _save_drawing(out: Path, rgb, inputs: list[Path], force: bool) -> None:
+    from PIL import Image
+
+    with fileio.atomic_path(out, inputs=inputs, overwrite=force) as tmp:
+        Image.fromarray(rgb).save(tmp)
 
 
 def _predict(args) -> None:
@@ -107,25 +107,32 @@ def _predict(args) -> None:
     if clash is not None:
         raise FacekpError(f"several input images would be drawn to {clash}; give them different names")
     det = _detector(args)
-    results = []
+    results, failed = [], []
     for i, path in enumerate(args.images):
-        points, confidence = det.predict(path, return_confidence=True)
+        try:
+            points, confidence = det.predict(path, return_confidence=True)
+        except (FacekpError, OSError) as exc:
+            if not several:
+                raise
+            failed.append(path)
+            print(f"facekp: skipping {path}: {exc}", file=sys.stderr)
+            continue
         results.append({"image": str(path), "keypoints": keypoints_to_dict(points, confidence, rounded=False)})
         if args.draw:
-            from PIL import Image
-
-            out = outs[i]
-            out.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(draw(load_rgb(path), points, names=args.names)).save(out)
-            print(f"wrote {out}", file=sys.stderr)
+            _save_drawing(outs[i], draw(load_rgb(path), points, names=args.names), args.images, args.force)
+            print(f"wrote {outs[i]}", file=sys.stderr)
     if args.json:
         print(json.dumps(results if several else results[0], indent=2))
+        if failed:
+            raise FacekpError(f"{len(failed)} file(s) could not be read as images: {', '.join(map(str, failed[:5]))}")
         return
     for r in results:
         print(r["image"])
         print(f"  {'keypoint':<26}{'x':>9}{'y':>9}{'conf':>7}")
         for name, v in r["keypoints"].items():
             print(f"  {name:<26}{v['x']:>9.2f}{v['y']:>9.2f}{v['confidence']:>7.2f}")
+    if failed:
+        raise FacekpError(f"{len(failed)} file(s) could not be read as images: {', '.join(map(str, failed[:5]))}")
 
 
 #: File types ``facekp detect`` picks up in folders.
@@ -152,7 +159,6 @@ def _photos(inputs: list[Path], recursive: bool) -> tuple[list[tuple[Path, Path]
 def _detect(args) -> None:
     import csv
 
-    from PIL import Image
     from tqdm import tqdm
 
     from .draw import draw
@@ -184,16 +190,14 @@ def _detect(args) -> None:
             continue
         results.append({"image": str(path), "width": width, "height": height, "faces": [f.to_dict() for f in faces]})
         if path in drawings:
-            drawings[path].parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(draw(load_rgb(path), faces, names=args.names)).save(drawings[path])
+            _save_drawing(drawings[path], draw(load_rgb(path), faces, names=args.names), sources, args.force)
 
     if args.json is not None:
         text = json.dumps(results, indent=2)
         if str(table) == "-":
             print(text)
         else:
-            table.parent.mkdir(parents=True, exist_ok=True)
-            table.write_text(text + "\n")
+            fileio.write_text(table, text + "\n", inputs=sources, overwrite=args.force)
     elif args.csv is not None:
         header = ["image", "face", "score", "box_x0", "box_y0", "box_x1", "box_y1"]
         header += [f"{n}_{c}" for n in KEYPOINT_NAMES for c in ("x", "y", "confidence")]
@@ -208,8 +212,7 @@ def _detect(args) -> None:
         if str(table) == "-":
             csv.writer(sys.stdout).writerows([header, *rows])
         else:
-            table.parent.mkdir(parents=True, exist_ok=True)
-            with table.open("w", newline="") as fh:
+            with fileio.atomic_path(table, inputs=sources, overwrite=args.force) as tmp, tmp.open("w", newline="") as fh:
                 csv.writer(fh).writerows([header, *rows])
     else:
         for r in results:
@@ -232,8 +235,8 @@ def _export_onnx(args) -> None:
     from .detector import Detector
     from .onnx import export_onnx
 
-    if args.out.exists() and not args.force:
-        raise FacekpError(f"{args.out} exists; pass --force to replace it")
+    inputs = fileio.files_of(args.weights) if args.weights and Path(args.weights).exists() else []
+    fileio.check_output(args.out, inputs=inputs, overwrite=args.force, kind="weights")
     det = Detector(args.weights, device="cpu")
     calibration = None
     if args.int8 is not None:
@@ -242,7 +245,7 @@ def _export_onnx(args) -> None:
         calibration = sorted(p for p in args.int8.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if not calibration:
             raise FacekpError(f"no images (png, jpg, ...) under {args.int8}")
-    out = export_onnx(args.out, det, opset=args.opset, overwrite=True, int8_calibration=calibration)
+    out = export_onnx(args.out, det, opset=args.opset, overwrite=args.force, int8_calibration=calibration)
     h = det.config.hourglass
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): input 'crops' (N, 1, {h.input_size}, {h.input_size}) "
           f"standardized float32 -> 'heatmaps' (N, {h.num_keypoints}, {h.heatmap_size}, {h.heatmap_size})", file=sys.stderr)
@@ -278,8 +281,11 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into a reader that stopped early (e.g. `| head`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 1
-    except (FacekpError, OSError, ValueError) as exc:  # OSError: unwritable outputs, full disks...
-        print(f"facekp: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("facekp: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # every error is one line, never a traceback
+        print(f"facekp: error: {one_line(exc)}", file=sys.stderr)
         return 2
     return 0
 

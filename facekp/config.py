@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from . import validate
 from .keypoints import KEYPOINT_NAMES
 from .model import HourglassConfig
 
@@ -32,8 +33,13 @@ class DetectorConfig:
     box_to_frame: dict | None = None
 
     def __post_init__(self) -> None:
-        if tuple(self.keypoint_names) != KEYPOINT_NAMES:
-            raise ValueError(f"keypoint_names {list(self.keypoint_names)} differ from facekp's {list(KEYPOINT_NAMES)}")
+        if not isinstance(self.hourglass, HourglassConfig):
+            raise TypeError(f"hourglass must be a HourglassConfig, got {type(self.hourglass).__name__}")
+        validate.sigma(self.sigma)
+        if self.box_to_frame is not None:
+            validate.calibration_dict(self.box_to_frame)
+        if not isinstance(self.keypoint_names, (list, tuple)) or tuple(self.keypoint_names) != KEYPOINT_NAMES:
+            raise ValueError(f"keypoint_names {self.keypoint_names!r} differ from facekp's {list(KEYPOINT_NAMES)}")
         if self.normalization != "standardize":
             raise ValueError(f"unknown normalization {self.normalization!r}; this facekp knows 'standardize'")
         if self.hourglass.num_keypoints != len(KEYPOINT_NAMES):
@@ -52,14 +58,20 @@ class DetectorConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "DetectorConfig":
+        """The config of ``data`` (a parsed ``config.json``); ``ValueError`` or ``TypeError`` naming what is wrong."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a facekp config must be a JSON object, got {type(data).__name__}")
+        missing = [k for k in ("hourglass", "sigma", "keypoint_names", "normalization") if k not in data]
         version = data.get("format_version")
         if version != FORMAT_VERSION:
             raise ValueError(f"config format_version {version!r} is not supported; this facekp reads version {FORMAT_VERSION}")
         if data.get("architecture") != "stacked_hourglass":
             raise ValueError(f"unknown architecture {data.get('architecture')!r}; expected 'stacked_hourglass'")
+        if missing:
+            raise ValueError(f"the config lacks {missing}")
         return cls(
             hourglass=HourglassConfig.from_dict(data["hourglass"]),
-            sigma=float(data["sigma"]),
+            sigma=validate.sigma(data["sigma"]),
             keypoint_names=tuple(data["keypoint_names"]),
             normalization=data["normalization"],
             box_to_frame=data.get("box_to_frame"),

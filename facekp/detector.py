@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import validate
 from .calibration import CalibrationLike, reframe, resolve_calibration
 from .codec import HeatmapCodec
 from .errors import InvalidImageError
-from .face_detection import as_detections, default_face_detector, run_face_detector, to_u8
+from .face_detection import as_detections, default_face_detector, run_face_detector, to_u8, usable_detections
 from .geometry import apply_affine, invert_affine
 from .images import INTEGER_PEAKS, ImageInput, channels_first, load_gray, load_rgb, scale_integers
 from .model import StackedHourglass
@@ -230,7 +231,9 @@ class Detector:
         Args:
             image: anything :meth:`predict` accepts.
             boxes: face boxes to use instead of running a face detector: ``(N, 4)``
-                ``x0, y0, x1, y1`` in image pixels, or ``(N, 5)`` with a score column.
+                ``x0, y0, x1, y1`` in image pixels, or ``(N, 5)`` with a score column. A box the
+                image cannot frame (wholly outside it, under 1 pixel or over 10 image sides) raises
+                ``ValueError``; such boxes from a face detector are dropped (``docs/robustness.md``).
             face_detector: a callable ``rgb_image -> boxes`` or ``-> (boxes, scores)`` (see
                 :class:`facekp.face_detection.FaceDetector`); default: OpenCV's frontal-face Haar cascade,
                 shipped with OpenCV and run offline (:class:`facekp.face_detection.HaarFaceDetector`).
@@ -247,16 +250,18 @@ class Detector:
             All faces go through the network in one batch.
         """
         _check_max_faces(max_faces)
+        refine = DEFAULT_REFINE if refine is None else validate.integer("refine", refine, 0, 100)
+        validate.callable_or_none("face_detector", face_detector)
         gray = load_gray(image)
         if max_faces == 0:
             return []
         if boxes is None:
             fd = face_detector or default_face_detector()
             source = to_u8(gray) if getattr(fd, "wants_gray", False) else load_rgb(image)
-            boxes, scores, angles = run_face_detector(fd, source)
+            boxes, scores, angles = usable_detections(run_face_detector(fd, source), gray.shape, drop=True)
         else:
             fd = face_detector
-            boxes, scores, angles = as_detections(boxes)
+            boxes, scores, angles = usable_detections(as_detections(boxes), gray.shape, drop=False)
         if len(boxes) == 0:
             return []
         order = np.argsort(-(boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), kind="stable")
@@ -265,7 +270,7 @@ class Detector:
         boxes, scores, angles = boxes[order], scores[order], angles[order]
         calib = resolve_calibration(self, fd, calibration)
         transforms = np.stack([calib.frame(b, a) for b, a in zip(boxes, angles)])
-        points, confidence = self.predict_refined(gray, transforms, DEFAULT_REFINE if refine is None else refine, angles)
+        points, confidence = self.predict_refined(gray, transforms, refine, angles)
         return [Face(tuple(float(v) for v in b), p, c, float(s), float(a))
                 for b, p, c, s, a in zip(boxes, points, confidence, scores, angles)]
 
@@ -299,9 +304,12 @@ class Detector:
         if len(grays) != len(transforms):
             raise ValueError(f"predict_framed got {len(grays)} images but {len(transforms)} transforms; expected one per image")
         batch_size = self._batch_size(batch_size)
+        transforms = validate.transforms(transforms)
         crops = frame_crops(grays, transforms, self.config.hourglass.input_size)
         points, confidence = self.predict_crops(crops, batch_size)
-        return apply_affine(invert_affine(transforms), points), confidence
+        points = apply_affine(invert_affine(transforms), points)
+        validate.finite_points(points, confidence)
+        return points, confidence
 
     def predict_crops(self, crops: np.ndarray, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Network-sized ``(N, S, S)`` float32 crops in [0, 1] -> points ``(N, K, 2)`` in crop pixels

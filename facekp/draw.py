@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from . import validate
 from .geometry import box_side_centre
 from .images import ImageInput, load_rgb
 from .keypoints import KEYPOINT_NAMES
@@ -40,23 +41,24 @@ def draw(
         radius: dot radius in pixels, >= 0, rounded to whole pixels (default: scaled to each face's box when faces are
             given, else to the image).
     """
-    if radius is not None and radius < 0:
-        raise ValueError(f"radius must be >= 0 pixels (or None for the default), got {radius}")
+    radius = validate.radius(radius)
     canvas = load_rgb(image).copy()
     h, w = canvas.shape[:2]
     faces = _as_faces(points_or_faces)
-    r_image = max(1, round(min(h, w) / 150)) if radius is None else round(radius)  # whole pixels for cv2
+    # Whole pixels for cv2, and no bigger than the canvas (cv2's fixed-point coordinates overflow).
+    r_image = max(1, round(min(h, w) / 150)) if radius is None else min(round(radius), 2 * max(h, w))
+    far = 2.0 * max(h, w)  # points and box corners beyond this are off the canvas: clipped, not overflowed
     shift = 4  # sub-pixel drawing: coordinates in 1/16 px
     for box, pts in faces:
         r = r_image
         if box is not None and radius is None and np.isfinite(box).all():
-            r = max(1, round(float(box_side_centre(box)[0]) / 55))  # dots follow the face's size
+            r = min(max(1, round(float(box_side_centre(box)[0]) / 55)), 2 * max(h, w))  # dots follow the face's size
         if box is not None and boxes and np.isfinite(box).all():
             # Box edges are pixel-centre coordinates; cv2 draws lines centred on pixel centres.
-            x0, y0, x1, y1 = (int(round(v * (1 << shift))) for v in box)
+            x0, y0, x1, y1 = (int(round(v * (1 << shift))) for v in np.clip(box, -far, far))
             cv2.rectangle(canvas, (x0, y0), (x1, y1), (255, 255, 0), max(1, r // 2), cv2.LINE_AA, shift)
         for name, (x, y) in zip(KEYPOINT_NAMES, pts):
-            if not np.isfinite([x, y]).all():
+            if not np.isfinite([x, y]).all() or max(abs(x), abs(y)) > far:
                 continue
             centre = (int(round(x * (1 << shift))), int(round(y * (1 << shift))))
             cv2.circle(canvas, centre, r << shift, _colour(name), -1, cv2.LINE_AA, shift)
@@ -69,10 +71,15 @@ def draw(
 def _as_faces(points_or_faces) -> list[tuple[Sequence[float] | None, np.ndarray]]:
     if hasattr(points_or_faces, "points"):  # a single face
         points_or_faces = [points_or_faces]
-    if isinstance(points_or_faces, (list, tuple)) and points_or_faces and hasattr(points_or_faces[0], "points"):
+    if isinstance(points_or_faces, (list, tuple)) and any(hasattr(f, "points") for f in points_or_faces):
+        if not all(hasattr(f, "points") for f in points_or_faces):
+            raise ValueError("draw takes points or faces: a list mixing faces and arrays is ambiguous; draw them in two calls")
         return [(None if getattr(f, "box", None) is None else np.asarray(f.box, dtype=np.float64), np.asarray(f.points))
                 for f in points_or_faces]
-    arr = np.asarray(points_or_faces, dtype=np.float64)
+    try:
+        arr = np.asarray(points_or_faces, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"expected points of shape (15, 2) or (N, 15, 2), or a list of faces ({exc})") from None
     if arr.ndim == 2:
         arr = arr[None]
     if arr.ndim != 3 or arr.shape[-2:] != (len(KEYPOINT_NAMES), 2):

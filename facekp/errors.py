@@ -25,3 +25,14 @@ class ChecksumError(WeightsError):
 
 class DeviceError(FacekpError, RuntimeError):
     """The requested torch device is not available on this machine."""
+
+
+#: Errors whose message says it all; any other type is named in the line.
+EXPECTED_ERRORS = (FacekpError, OSError, ValueError, TypeError, ImportError, FloatingPointError)
+
+
+def one_line(exc: BaseException) -> str:
+    """``exc`` as one line for ``PROG: error: ...``: its message, prefixed by its type when that is
+    not one of :data:`EXPECTED_ERRORS` (then it is a bug worth reporting)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if isinstance(exc, EXPECTED_ERRORS) else f"unexpected {type(exc).__name__}: {text}"

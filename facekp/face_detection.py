@@ -17,6 +17,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import cv2
 import numpy as np
 
+from . import validate
 from .geometry import apply_affine, invert_affine, similarity_transform
 from .images import ImageInput, load_gray, load_rgb
 
@@ -95,10 +96,12 @@ class HaarFaceDetector:
         cascade: str | Path | None = None,
         angles: Sequence[float] = (0.0,),
     ) -> None:
-        if scale_factor <= 1.0:
-            raise ValueError(f"scale_factor must be > 1, got {scale_factor}")
-        if max_side is not None and max_side < 32:
+        validate.number("scale_factor", scale_factor, 1.0, 10.0, open_lo=True)
+        validate.integer("min_neighbors", min_neighbors, 0, 10_000)
+        validate.number("min_size", min_size, 0, 100_000)
+        if max_side is not None and validate.integer("max_side", max_side) < 32:
             raise ValueError(f"max_side must be at least 32 (or None), got {max_side}")
+        validate.angles(angles)
         self.scale_factor = scale_factor
         self.min_neighbors = min_neighbors
         self.min_size = min_size
@@ -261,3 +264,15 @@ def as_detections(boxes, scores=None, angles=None) -> Detections:
     if len(s) != len(arr) or len(a) != len(arr):
         raise ValueError(f"{len(arr)} boxes but {len(s)} scores and {len(a)} angles")
     return Detections(arr, s, a)
+
+
+def usable_detections(found: Detections, shape: tuple[int, int], drop: bool) -> Detections:
+    """The faces an ``shape`` (H, W) image can frame (:func:`facekp.validate.boxes`: overlapping it,
+    1 pixel to 10 image sides): a face detector's others are dropped (``drop``); boxes passed in by
+    the caller are refused with ``ValueError`` instead. Scores and angles must be finite."""
+    keep = validate.boxes(found.boxes, shape[1], shape[0])
+    if not np.isfinite(found.scores).all():
+        raise ValueError("face scores contain NaN or infinite values")
+    if not drop and not keep.all():
+        raise ValueError(validate.describe_box_problem(found.boxes[~keep][0], shape[1], shape[0]))
+    return Detections(found.boxes[keep], found.scores[keep], validate.angles(found.angles[keep]))

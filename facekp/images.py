@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Union
+from typing import Iterator, Union
 
 import cv2
 import numpy as np
@@ -19,6 +23,9 @@ from .errors import InvalidImageError
 ImageInput = Union[np.ndarray, Image.Image, str, os.PathLike, torch.Tensor]
 
 MIN_SIDE = 8
+#: Largest image accepted, in pixels (150 MP), checked from the file's header before decoding: a
+#: "decompression bomb" (a tiny file claiming 100000x100000 pixels) is refused, not decoded.
+MAX_PIXELS = 150_000_000
 
 
 def load_gray(image: ImageInput) -> np.ndarray:
@@ -35,6 +42,7 @@ def load_gray(image: ImageInput) -> np.ndarray:
     if isinstance(image, (str, os.PathLike)):
         return _check(_from_pil(_open_upright(Path(image))), f"image file {os.fspath(image)!r}")
     if isinstance(image, Image.Image):
+        check_pixel_count(image.size, "PIL image")
         return _check(_from_pil(image), "PIL image")
     if isinstance(image, torch.Tensor):
         return _check(_from_array(_tensor_to_hwc(image)), "tensor")
@@ -56,6 +64,7 @@ def load_rgb(image: ImageInput) -> np.ndarray:
         _check(_from_pil(im), f"image file {os.fspath(image)!r}")  # the same checks and messages as load_gray
         return _pil_rgb(im)
     if isinstance(image, Image.Image):
+        check_pixel_count(image.size, "PIL image")
         return _pil_rgb(image)
     arr = _tensor_to_hwc(image) if isinstance(image, torch.Tensor) else np.asarray(image)
     load_gray(arr)
@@ -73,13 +82,13 @@ def load_rgb(image: ImageInput) -> np.ndarray:
 def _pil_rgb(im: Image.Image) -> np.ndarray:
     if _high_depth(im):  # scaled like load_gray, not clipped to 255
         return np.repeat(np.round(_from_pil(im) * 255).astype(np.uint8)[:, :, None], 3, axis=2)
-    return np.asarray(im.convert("RGB"))
+    return np.asarray(_convert(im, "RGB"))
 
 
 def upright_size(path: str | os.PathLike) -> tuple[int, int]:
     """``(width, height)`` of an image file as :func:`load_gray` returns it (EXIF orientation applied),
     read from the header without decoding the pixels."""
-    with Image.open(path) as im:
+    with open_image(path) as im:
         w, h = im.size
         turned = im.getexif().get(ExifTags.Base.Orientation) in (5, 6, 7, 8)  # the four that swap the axes
     return (h, w) if turned else (w, h)
@@ -94,18 +103,76 @@ def channels_first(shape: tuple[int, ...]) -> bool:
 def _open_upright(path: Path) -> Image.Image:
     """The decoded image file, turned upright by its EXIF Orientation tag (phones store photos
     sideways and tag them)."""
-    if not path.exists():
-        raise FileNotFoundError(f"image file not found: {path}")
-    if path.is_dir():
-        raise InvalidImageError(f"{path} is a directory, expected an image file")
-    try:
-        with Image.open(path) as im:
+    with open_image(path) as im:
+        try:
             im.load()
             if im.getexif().get(ExifTags.Base.Orientation, 1) == 1:
                 return im  # upright already: no copy of the pixels
             return ImageOps.exif_transpose(im)
-    except (UnidentifiedImageError, OSError) as exc:
+        except (OSError, ValueError, SyntaxError, EOFError) as exc:  # truncated or corrupt data
+            raise InvalidImageError(f"cannot read {path} as an image ({exc})") from exc
+
+
+@contextmanager
+def open_image(path: str | os.PathLike) -> Iterator[Image.Image]:
+    """The image file at ``path`` opened lazily (header read, pixels not decoded), once
+    :func:`check_image_file` accepts it and its header is within :data:`MAX_PIXELS`."""
+    path = check_image_file(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
+            im = Image.open(path)
+    except Image.DecompressionBombError:
+        raise InvalidImageError(f"{path} claims more than {MAX_PIXELS:,} pixels (a decompression bomb?); "
+                                "facekp refuses to decode it") from None
+    except PermissionError:
+        raise InvalidImageError(f"cannot read {path}: permission denied") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
         raise InvalidImageError(f"cannot read {path} as an image ({exc})") from exc
+    with im:
+        check_pixel_count(im.size, str(path))
+        yield im
+
+
+def check_image_file(path: str | os.PathLike) -> Path:
+    """``path`` as a Path if it names a readable regular file; the clear error otherwise.
+
+    Checked before anything opens the file: a FIFO or device named ``x.jpg`` would block the
+    reader forever.
+
+    Raises:
+        FileNotFoundError: nothing at ``path``.
+        InvalidImageError: a folder, a FIFO/device/socket, a name too long for the file system, or
+            a file or folder without read permission.
+    """
+    path = Path(path)
+    try:
+        st = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        raise FileNotFoundError(f"image file not found: {path}") from None
+    except PermissionError:
+        raise InvalidImageError(f"cannot read {path}: permission denied (on the file or one of its folders)") from None
+    except ValueError as exc:  # e.g. an embedded NUL character
+        raise InvalidImageError(f"invalid file name {str(path)[:60]!r}: {exc}") from None
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            raise InvalidImageError(f"cannot read {str(path)[:60]}...: the name ({len(path.name)} characters) is too long "
+                                    "for the file system") from None
+        raise InvalidImageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InvalidImageError(f"{path} is a directory, expected an image file")
+    if not stat.S_ISREG(st.st_mode):
+        raise InvalidImageError(f"{path} is not a regular file (a FIFO, device or socket?); expected an image file")
+    if not os.access(path, os.R_OK):
+        raise InvalidImageError(f"cannot read {path}: permission denied")
+    return path
+
+
+def check_pixel_count(size: tuple[int, int], what: str) -> None:
+    """Refuse an image of more than :data:`MAX_PIXELS` pixels (``size``: width, height)."""
+    w, h = size
+    if w * h > MAX_PIXELS:
+        raise InvalidImageError(f"{what} is {w}x{h} pixels ({w * h:,}); facekp accepts up to {MAX_PIXELS:,} pixels")
 
 
 def _high_depth(im: Image.Image) -> bool:
@@ -122,16 +189,29 @@ def _from_pil(im: Image.Image) -> np.ndarray:
             )
         peak = 65535.0 if im.mode.startswith("I") else 1.0
         return _from_array(arr / peak)  # the same NaN and [0, 1] range checks as float arrays
-    return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+    return np.asarray(_convert(im, "L"), dtype=np.float32) / 255.0
+
+
+def _convert(im: Image.Image, mode: str) -> Image.Image:
+    try:
+        return im.convert(mode)
+    except ValueError as exc:  # e.g. "conversion from LAB to RGB not supported"
+        raise InvalidImageError(f"PIL images of mode {im.mode!r} cannot be read ({exc}); convert to 'L' or 'RGB' first") from None
 
 
 def _tensor_to_hwc(t: torch.Tensor) -> np.ndarray:
-    arr = t.detach().cpu()
+    if t.is_meta or t.layout != torch.strided or t.is_complex() or t.is_quantized:
+        raise InvalidImageError(f"unsupported tensor (device {t.device.type}, layout {t.layout}, dtype {t.dtype}); "
+                                "expected a dense real tensor with data, uint8 or float in [0, 1]")
+    arr = t.detach().cpu().resolve_conj().resolve_neg()  # numpy() refuses lazily conjugated/negated views
     if channels_first(tuple(arr.shape)):
         arr = arr.permute(1, 2, 0)
     if arr.dtype in (torch.float16, torch.bfloat16):
         arr = arr.float()
-    return arr.numpy()
+    try:
+        return arr.numpy()
+    except (RuntimeError, TypeError) as exc:
+        raise InvalidImageError(f"tensor of dtype {t.dtype} cannot be read as an image ({exc})") from None
 
 
 def _from_array(arr: np.ndarray) -> np.ndarray:

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import nn
 
+from . import validate
 from .keypoints import NUM_KEYPOINTS
 
 
@@ -42,6 +43,7 @@ class HourglassConfig:
             value = getattr(self, f.name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ValueError(f"{f.name} must be an integer, got {value!r}")
+        validate.hourglass(asdict(self))  # bounds, before anything builds a network of this size
         if self.heatmap_stride not in (1, 2, 4):
             raise ValueError(f"heatmap_stride must be 1, 2 or 4, got {self.heatmap_stride}")
         side = self.heatmap_size
@@ -63,6 +65,8 @@ class HourglassConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "HourglassConfig":
+        if not isinstance(data, dict):
+            raise ValueError(f"the hourglass config must be a JSON object, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:

@@ -31,9 +31,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import fileio, validate
 from .codec import HeatmapCodec
 from .config import DetectorConfig
-from .errors import FacekpError
+from .errors import FacekpError, WeightsError
 from .images import load_gray
 from .model import StackedHourglass, fuse_conv_bn
 from .preprocess import frame_crops, letterbox_transforms, network_input
@@ -286,28 +287,38 @@ def export_onnx(
         int8_calibration: face crops (a sequence of images, as for ``Detector.predict``) to
             quantize the graph to int8 with (:func:`quantize_int8`); None keeps fp32.
     """
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass overwrite=True (CLI: --force) to replace it")
     if hasattr(weights, "model") and hasattr(weights, "config"):
-        model, config = weights.model, weights.config
+        model, config, sources = weights.model, weights.config, []
     else:
+        sources = fileio.files_of(weights) if isinstance(weights, (str, os.PathLike)) and Path(weights).exists() else []
+    images = [] if int8_calibration is None else [c for c in int8_calibration if isinstance(c, (str, os.PathLike))]
+    out = fileio.check_output(out, inputs=[*sources, *images], overwrite=overwrite)
+    if not (hasattr(weights, "model") and hasattr(weights, "config")):
         resolved = resolve_weights(weights)
         model, config = resolved.model, resolved.config
     data = onnx_bytes(model, config, opset=opset)
     if int8_calibration is not None:
         data = quantize_int8(data, calibration_inputs(int8_calibration, config.hourglass.input_size, config.normalization))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(data)
-    return out
+    return fileio.write_bytes(out, data, inputs=sources, overwrite=overwrite)
 
 
 def read_onnx_config(path: str | Path) -> DetectorConfig:
     """The :class:`~facekp.config.DetectorConfig` embedded in a file written by :func:`export_onnx`."""
     import onnx
 
-    proto = onnx.load(str(path), load_external_data=False)
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except (OSError, ValueError, RuntimeError) as exc:  # onnx raises DecodeError (a RuntimeError subclass) too
+        raise WeightsError(f"{path} is not a readable ONNX file ({exc})") from exc
     meta = {p.key: p.value for p in proto.metadata_props}
     if METADATA_KEY not in meta:
         raise FacekpError(f"{path} carries no facekp config in its metadata; was it written by facekp export-onnx?")
-    return DetectorConfig.from_dict(json.loads(meta[METADATA_KEY]))
+    return embedded_config(meta[METADATA_KEY], str(path))
+
+
+def embedded_config(text: str, where: str) -> DetectorConfig:
+    """The ``facekp_config`` metadata entry of a graph, or a :class:`WeightsError` naming the file."""
+    try:
+        return DetectorConfig.from_dict(validate.json_object(text, f"the {METADATA_KEY} metadata of {where}"))
+    except (ValueError, TypeError) as exc:
+        raise WeightsError(f"invalid {METADATA_KEY} metadata in {where}: {exc}") from exc

@@ -14,19 +14,19 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import json
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
+from . import validate
 from .codec import HeatmapCodec
 from .config import DetectorConfig
-from .errors import DeviceError, FacekpError, WeightsError
+from .errors import DeviceError, WeightsError
 from .keypoints import FLIP_INDEX
 from .model import StackedHourglass, fuse_conv_bn
-from .onnx import INSTALL_HINT, METADATA_KEY, OUTPUT_NAMES, PRECISION_KEY, cached_onnx_bytes
+from .onnx import INSTALL_HINT, METADATA_KEY, OUTPUT_NAMES, PRECISION_KEY, cached_onnx_bytes, embedded_config
 from .preprocess import network_input
 from .threads import torch_threads_for
 
@@ -119,6 +119,7 @@ def make_runner(
     if onnx_model is None:
         return OnnxRunner(cached_onnx_bytes(model, config), codec, device, threads=threads)
     runner = OnnxRunner(onnx_model, codec, device, threads=threads)
+    runner.check_input_size(config.hourglass.input_size)
     embedded = runner.config()
     if embedded is not None and embedded.hourglass != config.hourglass:
         raise WeightsError(f"{onnx_model} holds another architecture ({embedded.hourglass}) than the weights ({config.hourglass})")
@@ -255,12 +256,13 @@ class OnnxRunner(_FlipTest):
         if threads is not None:
             options.intra_op_num_threads = int(threads)
         self.threads = threads
+        self.source = "the exported graph" if isinstance(model, (bytes, bytearray)) else str(model)
         self.session = _session(ort, model, options, providers)
         self.device = device
         self.input_name = self.session.get_inputs()[0].name
         outputs = [o.name for o in self.session.get_outputs()]
         if outputs != list(OUTPUT_NAMES):
-            raise FacekpError(
+            raise WeightsError(
                 f"the ONNX graph has outputs {outputs}, expected {list(OUTPUT_NAMES)}: it was not written by this "
                 "facekp's export-onnx (older exports hold heatmaps only); export it again"
             )
@@ -276,7 +278,13 @@ class OnnxRunner(_FlipTest):
     def config(self) -> DetectorConfig | None:
         """The embedded :class:`~facekp.config.DetectorConfig`, if the file carries one."""
         text = self.metadata.get(METADATA_KEY)
-        return DetectorConfig.from_dict(json.loads(text)) if text else None
+        return embedded_config(text, self.source) if text is not None else None
+
+    def check_input_size(self, size: int) -> None:
+        """Refuse a graph whose input is not ``(N, 1, size, size)``: it was exported for another model."""
+        shape = self.session.get_inputs()[0].shape
+        if len(shape) != 4 or any(isinstance(d, int) and d != want for d, want in zip(shape[1:], (1, size, size))):
+            raise WeightsError(f"{self.source} takes input of shape {shape}; these weights need (N, 1, {size}, {size})")
 
     @property
     def providers(self) -> list[str]:
@@ -297,14 +305,14 @@ class OnnxRunner(_FlipTest):
 
 def _session(ort, model: bytes | str | Path, options, providers):
     """An onnxruntime session of ``model`` (bytes or a path), with facekp's errors for a bad file."""
-    from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidGraph, InvalidProtobuf
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, InvalidGraph, InvalidProtobuf, NoSuchFile
 
     is_bytes = isinstance(model, (bytes, bytearray))
     if not is_bytes and not Path(model).exists():
         raise FileNotFoundError(f"ONNX model not found: {model}")
     try:
         return ort.InferenceSession(model if is_bytes else str(model), sess_options=options, providers=providers)
-    except (InvalidProtobuf, InvalidGraph, Fail) as exc:
+    except (InvalidProtobuf, InvalidGraph, InvalidArgument, NoSuchFile, Fail) as exc:  # an empty file: InvalidArgument
         what = "the exported graph" if is_bytes else str(model)
         raise WeightsError(f"{what} is not a readable ONNX graph ({exc})") from exc
 
@@ -325,5 +333,6 @@ def run_crops(runner: Runner, crops: np.ndarray, batch_size: int, flip_test: boo
         p, c = runner.keypoints(x, flip_test)
         points.append(p)  # stays on the device until the end: no sync per batch
         confidence.append(c)
-    points, confidence = torch.cat(points), torch.cat(confidence)
-    return points.cpu().numpy(), confidence.cpu().numpy().astype(np.float32)
+    points, confidence = torch.cat(points).cpu().numpy(), torch.cat(confidence).cpu().numpy().astype(np.float32)
+    validate.finite_points(points, confidence)
+    return points, confidence

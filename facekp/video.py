@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from . import fileio, validate
 from .calibration import BoxCalibration, reframe, resolve_calibration
 from .errors import FacekpError
 from .face_detection import box_iou
@@ -259,11 +260,17 @@ def open_video(source: int | str | os.PathLike) -> cv2.VideoCapture:
     """``cv2.VideoCapture`` of a camera index (``0``, or ``"0"``) or a video file, checked to be open."""
     if isinstance(source, str) and source.isdigit():
         source = int(source)
-    if not isinstance(source, int):
+    if isinstance(source, (int, np.integer)) and not isinstance(source, bool):
+        source = validate.integer("camera index", source, 0, 9999)  # OpenCV crashes on negative ones
+    elif isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.exists():
             raise FileNotFoundError(f"video file not found: {path}")
+        if not path.is_file():  # a FIFO or a folder would block or confuse OpenCV
+            raise FacekpError(f"{path} is not a regular file; expected a video file")
         source = str(path)
+    else:
+        raise TypeError(f"a video source is a camera index (int) or a video file path, got {type(source).__name__}")
     cap = cv2.VideoCapture(source)
     if not cap.isOpened():
         what = f"camera {source}" if isinstance(source, int) else f"video {source}"
@@ -327,8 +334,7 @@ class VideoWriter:
         self.path = Path(path)
         if self.path.suffix.lower() not in self.CODECS:
             raise ValueError(f"unsupported video extension {self.path.suffix!r}; use one of {sorted(self.CODECS)}")
-        if self.path.exists() and not overwrite:
-            raise FileExistsError(f"{self.path} exists; pass overwrite=True to replace it")
+        fileio.check_output(self.path, overwrite=overwrite)
         self.fps = fps
         self._writer: cv2.VideoWriter | None = None
         self._closed = False

@@ -19,6 +19,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from . import fileio, validate
 from .config import DetectorConfig
 from .errors import ChecksumError, WeightsError
 from .model import StackedHourglass
@@ -43,18 +44,20 @@ def save_model(model: StackedHourglass, config: DetectorConfig, folder: str | Pa
     Refuses to replace existing files unless ``overwrite`` is True.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     targets = [folder / CONFIG_NAME, folder / WEIGHTS_NAME]
     existing = [str(p) for p in targets if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{', '.join(existing)} already exist; pass overwrite=True to replace them")
+    for p in targets:
+        fileio.check_output(p, overwrite=overwrite)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     expected = StackedHourglass(config.hourglass).state_dict()
     if {k: tuple(v.shape) for k, v in expected.items()} != {k: tuple(v.shape) for k, v in state.items()}:
         raise ValueError(f"the model's tensors do not match the architecture in the config ({config.hourglass})")
     config_json = json.dumps(config.to_dict(), indent=2)
-    save_file(state, str(targets[1]), metadata={_METADATA_KEY: config_json})
-    targets[0].write_text(config_json + "\n")
+    with fileio.atomic_path(targets[1], overwrite=overwrite) as tmp:
+        save_file(state, str(tmp), metadata={_METADATA_KEY: config_json})
+    fileio.write_text(targets[0], config_json + "\n", overwrite=overwrite)
     return targets[1]
 
 
@@ -68,7 +71,7 @@ def load_model(path: str | Path) -> tuple[StackedHourglass, DetectorConfig]:
         for p in (config_path, weights_path):
             if not p.exists():
                 raise WeightsError(f"{path} is not a saved facekp model: {p.name} is missing")
-        config = _parse_config(config_path.read_text(), str(config_path))
+        config = _parse_config(config_path.read_bytes(), str(config_path))
     else:
         weights_path, config = path, None
     try:
@@ -88,6 +91,7 @@ def load_model(path: str | Path) -> tuple[StackedHourglass, DetectorConfig]:
     if bad:
         raise WeightsError(f"{weights_path} holds NaN or infinite values in {bad[:3]}; the file is corrupt")
     model = StackedHourglass(config.hourglass)
+    _check_dtypes(state, model.state_dict(), weights_path)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -99,14 +103,24 @@ def load_model(path: str | Path) -> tuple[StackedHourglass, DetectorConfig]:
     return model.eval(), config
 
 
-def _parse_config(text: str, where: str) -> DetectorConfig:
+def _parse_config(text: str | bytes, where: str) -> DetectorConfig:
     try:
-        data = json.loads(text)
-        if not isinstance(data, dict):
-            raise TypeError(f"expected a JSON object, got {type(data).__name__}")
-        return DetectorConfig.from_dict(data)
+        return DetectorConfig.from_dict(validate.json_object(text, where))
     except (ValueError, KeyError, TypeError) as exc:
         raise WeightsError(f"invalid facekp model config in {where}: {exc}") from exc
+
+
+def _check_dtypes(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], where: Path) -> None:
+    """Floating-point tensors where the network has them, integer counters where it has those:
+    int, bool or complex weights of the right shapes would load into degenerate constant points."""
+    for name, tensor in state.items():
+        want = expected.get(name)
+        if want is None:
+            continue  # load_state_dict names unexpected keys
+        ok = tensor.is_floating_point() if want.is_floating_point() else not (tensor.is_floating_point() or tensor.is_complex()
+                                                                               or tensor.dtype == torch.bool)
+        if not ok:
+            raise WeightsError(f"{where}: tensor {name!r} is {tensor.dtype}, expected {want.dtype}; the file is not facekp weights")
 
 
 # -- manifest ------------------------------------------------------------------------------
@@ -142,7 +156,7 @@ def write_manifest(manifest: dict, path: str | Path) -> None:
     be one :class:`ManifestEntry` accepts (``TypeError`` otherwise, before anything is written)."""
     for m in manifest["models"]:
         ManifestEntry(**m)
-    Path(path).write_text(json.dumps(manifest, indent=2) + "\n")
+    fileio.write_text(path, json.dumps(manifest, indent=2) + "\n", overwrite=True)  # the registry: updated in place
 
 
 def manifest_entries(path: str | Path | None = None) -> list[ManifestEntry]:
@@ -317,6 +331,9 @@ def resolve_weights(
     downloaded at ``revision`` into ``cache_dir`` (:func:`download_from_hub`). Anything else raises
     ``FileNotFoundError``.
     """
+    if not (weights is None or isinstance(weights, (str, os.PathLike))) or (hub and weights is None):
+        what = "a Hub repository id or a local folder" if hub else "None, a model name or a path"
+        raise TypeError(f"weights must be {what}, got {weights!r}")
     if weights is None:
         entry = default_entry()
     elif Path(weights).exists():

@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..errors import one_line
 from ..model import HourglassConfig
 
 #: Training data when --data is not given: ``$FACEKP_DATA``, else ``../shared/data/faces68`` of the
@@ -60,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", type=Path, help="also write the metrics to this JSON file")
     ev.add_argument("--plots", type=Path, metavar="DIR",
                     help="write val-predictions.png (a gallery) and val-errors.png (error distribution) here")
+    ev.add_argument("--force", action="store_true", help="allow --json and --plots to replace existing files")
     ev.add_argument("--device", default="auto")
     ev.set_defaults(handler=_eval)
 
@@ -77,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--no-default", action="store_true", help="do not make this the default model")
     ex.add_argument("--no-int8", action="store_true",
                     help="skip the int8 ONNX graph (otherwise written beside the weights, for Detector(precision='int8'))")
+    ex.add_argument("--force", action="store_true", help="replace a packaged model of this name, its card and Hub folder")
     ex.set_defaults(handler=_export)
 
     sm = sub.add_parser("submit", help="write a Kaggle submission CSV")
@@ -172,9 +175,17 @@ def _fraction(text: str) -> float:
     return value
 
 
+PLOT_NAMES = ("val-predictions.png", "val-errors.png")
+
+
 def _eval(args) -> None:
+    from .. import fileio
     from .evaluate import evaluation_report, format_report, mirror_offsets
 
+    # Every output is checked before any work: never over the data, the weights, or a file without --force.
+    inputs = [*fileio.files_of(args.data), *fileio.files_of(args.weights if Path(args.weights).exists() else None)]
+    for out in ([args.json] if args.json else []) + ([args.plots / n for n in PLOT_NAMES] if args.plots else []):
+        fileio.check_output(out, inputs=inputs, overwrite=args.force)
     model, codec = _load_eval_model(args.weights, args.device)
     samples = _validation_samples(args)
     report = evaluation_report(model, codec, samples, args.flip_test)
@@ -184,12 +195,12 @@ def _eval(args) -> None:
         flags = " ".join(f"--mirror-offset {k}={v:.2f}" for k, v in report["mirror_offsets"].items())
         print(f"\nLabelling x offsets by subset (px): {flags}")
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
+        fileio.write_text(args.json, json.dumps(report, indent=2), inputs=inputs, overwrite=args.force)
     if args.plots:
-        _write_plots(model, codec, samples, args.plots, args.flip_test)
+        _write_plots(model, codec, samples, args.plots, args.flip_test, args.force)
 
 
-def _write_plots(model, codec, samples, folder: Path, flip_test: bool) -> None:
+def _write_plots(model, codec, samples, folder: Path, flip_test: bool, overwrite: bool = False) -> None:
     import numpy as np
 
     from .evaluate import make_eval_crops, predict_crops
@@ -199,12 +210,12 @@ def _write_plots(model, codec, samples, folder: Path, flip_test: bool) -> None:
     crops, truth, mask = make_eval_crops(samples)
     pred = predict_crops(model, codec, crops, flip_test=flip_test)
     pick = np.random.default_rng(0).choice(len(samples), size=min(32, len(samples)), replace=False)
-    plot_gallery(crops[pick], pred[pick], truth[pick], mask[pick], folder / "val-predictions.png")
+    plot_gallery(crops[pick], pred[pick], truth[pick], mask[pick], folder / PLOT_NAMES[0], overwrite=overwrite)
     dist = np.linalg.norm(pred - truth, axis=-1)
     subsets = np.array([s.subset for s in samples])
     by_subset = {"all": dist[mask]} | {n: dist[(subsets == n)[:, None] & mask] for n in sorted(set(subsets))}
-    plot_error_distribution(by_subset, folder / "val-errors.png")
-    print(f"wrote {folder / 'val-predictions.png'} and {folder / 'val-errors.png'}")
+    plot_error_distribution(by_subset, folder / PLOT_NAMES[1], overwrite=overwrite)
+    print(f"wrote {folder / PLOT_NAMES[0]} and {folder / PLOT_NAMES[1]}")
 
 
 def _export(args) -> None:
@@ -215,6 +226,12 @@ def _export(args) -> None:
     from .run import load_run
     from .model_card import write_model_card
 
+    from .. import fileio
+    from .model_card import curves_path
+
+    card = args.model_card or DOCS / ("model-card.md" if not args.no_default else f"model-card-{args.name}.md")
+    for out in (Path(args.package) / "weights" / f"{args.name}.safetensors", card, curves_path(card)):
+        fileio.check_output(out, overwrite=args.force)  # before any work: a refused export changes nothing
     model, config, fit = load_run(args.run)
     train, samples = split_by_identity(load_dataset(args.data or fit.data), fit.val_fraction, fit.seed)
     codec = HeatmapCodec(config.hourglass.input_size, config.hourglass.heatmap_stride, config.sigma)
@@ -229,14 +246,15 @@ def _export(args) -> None:
         "val_rmse_by_subset": {k: v["rmse"] for k, v in report["canonical"]["by_subset"].items()},
         "val_faces": len(samples),
     }
-    entry = export_run(args.run, args.name, args.package, args.manifest, metrics, not args.no_default, args.hub_folder)
+    entry = export_run(args.run, args.name, args.package, args.manifest, metrics, not args.no_default, args.hub_folder,
+                       overwrite=args.force)
     summary = {k: entry[k] for k in ("name", "file", "sha256", "size")} | {"metrics": metrics}
     if not args.no_int8:
         weights = Path(args.package) / "weights" / entry["file"]
         calibration = int8_calibration_crops(train, fit.seed)
-        entry["int8_onnx"] = summary["int8_onnx"] = export_int8(weights, args.manifest, args.name, calibration, samples)
-    card = args.model_card or DOCS / ("model-card.md" if not args.no_default else f"model-card-{args.name}.md")
-    write_model_card(card, entry, fit, report, flip, args.run, is_default=not args.no_default)
+        entry["int8_onnx"] = summary["int8_onnx"] = export_int8(weights, args.manifest, args.name, calibration, samples,
+                                                                 overwrite=args.force)
+    write_model_card(card, entry, fit, report, flip, args.run, is_default=not args.no_default, overwrite=args.force)
     print(json.dumps(summary, indent=2))
 
 
@@ -253,8 +271,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         args.handler(args)
-    except (FileNotFoundError, FileExistsError, ValueError) as exc:
-        print(f"facekp-train: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("facekp-train: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # every error is one line, never a traceback
+        print(f"facekp-train: error: {one_line(exc)}", file=sys.stderr)
         return 2
     return 0
 

@@ -10,8 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from .. import validate
+from ..errors import InvalidImageError
+from ..images import open_image
 from ..keypoints import KEYPOINT_NAMES, NUM_KEYPOINTS
 from ..geometry import canonical_transform
 
@@ -88,14 +90,21 @@ def load_pts_folder(root: str | Path, subsets: tuple[str, ...] | None = None) ->
     as the identity, so that frames of one person stay on one side of the split. An image the
     index lists more than once is loaded once (with a warning): a repeated face would count twice
     in training and in the validation metrics.
+
+    A face whose image or ``.pts`` file cannot be read, or whose labels are unusable (NaN,
+    far outside the image, all on one spot), is skipped with a warning that names it.
     """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"data folder not found: {root}")
     index = root / "index.csv"
     if index.exists():
-        with index.open(newline="") as f:
-            listed = [(root / r["image"], r["subset"], r["identity"]) for r in csv.DictReader(f)]
+        with index.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in ("image", "subset", "identity") if c not in (reader.fieldnames or [])]
+            if missing:
+                raise ValueError(f"{index} lacks the column(s) {missing}; expected image, subset and identity")
+            listed = [(root / r["image"], r["subset"], r["identity"]) for r in csv_rows(reader, index)]
         rows = list(dict.fromkeys(listed))  # exact repeats dropped, order kept
         seen: set[Path] = set()
         for image, _, _ in rows:
@@ -111,20 +120,44 @@ def load_pts_folder(root: str | Path, subsets: tuple[str, ...] | None = None) ->
             if image is not None:
                 rel = image.relative_to(root)
                 rows.append((image, rel.parts[0] if len(rel.parts) > 1 else "", re.sub(r"_\d+$", "", rel.stem)))
-    samples = []
+    samples, skipped = [], []
     for image_path, subset, identity in rows:
         if subsets and subset not in subsets:
             continue
-        points = map_68_to_15(read_pts(image_path.with_suffix(".pts")))
-        mask = np.ones(NUM_KEYPOINTS, dtype=bool)
-        with Image.open(image_path) as im:
-            gray = np.asarray(im.convert("L"), dtype=np.uint8)
-        samples.append(
-            Sample(gray, points, mask, canonical_transform(points), subset, identity, str(image_path.relative_to(root)))
-        )
+        try:
+            samples.append(_pts_sample(root, image_path, subset, identity))
+        except (ValueError, OSError) as exc:  # InvalidImageError is a ValueError
+            skipped.append(f"{image_path.relative_to(root)} ({exc})")
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} unreadable face(s) under {root}: {'; '.join(skipped[:5])}"
+                      + (" ..." if len(skipped) > 5 else ""), stacklevel=2)
     if not samples:
-        raise ValueError(f"no annotated faces found under {root}")
+        raise ValueError(f"no annotated faces found under {root}" + (f" ({len(skipped)} skipped)" if skipped else ""))
     return samples
+
+
+def _pts_sample(root: Path, image_path: Path, subset: str, identity: str) -> Sample:
+    """One face of a .pts folder: its labels checked, its image checked before decoding (facekp.images)."""
+    points68 = read_pts(image_path.with_suffix(".pts"))
+    with open_image(image_path) as im:
+        try:
+            gray = np.asarray(im.convert("L"), dtype=np.uint8)
+        except (OSError, ValueError, SyntaxError, EOFError) as exc:  # truncated or corrupt pixel data
+            raise InvalidImageError(f"cannot decode {image_path} ({exc})") from None
+    validate.keypoints(points68, np.ones(len(points68), bool), gray.shape[1], gray.shape[0], str(image_path.with_suffix(".pts")))
+    points = map_68_to_15(points68)
+    mask = np.ones(NUM_KEYPOINTS, dtype=bool)
+    validate.keypoints(points, mask, gray.shape[1], gray.shape[0], str(image_path.with_suffix(".pts")))
+    return Sample(gray, points, mask, canonical_transform(points), subset, identity, str(image_path.relative_to(root)))
+
+
+def csv_rows(reader: csv.DictReader, path: Path):
+    """The rows of ``reader``; a malformed file (e.g. a field over csv's 131,072-character limit)
+    raises ``ValueError`` naming ``path`` and the line."""
+    try:
+        yield from reader
+    except csv.Error as exc:
+        raise ValueError(f"{path}, line {reader.line_num}: {exc}; is this the expected CSV file?") from None
 
 
 KAGGLE_COLUMNS: tuple[str, ...] = tuple(f"{name}_{axis}" for name in KEYPOINT_NAMES for axis in "xy")
@@ -186,7 +219,7 @@ def load_kaggle_csv(path: str | Path) -> list[Sample]:
         if missing:
             raise ValueError(f"{path} lacks Kaggle columns {missing}")
         samples = []
-        for i, row in enumerate(reader):
+        for i, row in enumerate(csv_rows(reader, path)):
             where = f"{path}, row {i + 2}"
             if None in row or None in row.values():  # DictReader's marks of extra / missing fields
                 fields = len(columns) + len(row.get(None, [])) - sum(v is None for v in row.values())
@@ -194,8 +227,7 @@ def load_kaggle_csv(path: str | Path) -> list[Sample]:
             coords = np.array([_kaggle_coordinate(row, c, where) for c in KAGGLE_COLUMNS])
             points = coords.reshape(NUM_KEYPOINTS, 2)
             mask = ~np.isnan(points).any(axis=1)
-            if mask.sum() < 2:
-                raise ValueError(f"{where}: fewer than two labelled keypoints")
+            validate.keypoints(points, mask, KAGGLE_IMAGE_SIDE, KAGGLE_IMAGE_SIDE, where)
             image = parse_kaggle_image(row["Image"], where)
             samples.append(
                 Sample(image, np.nan_to_num(points).astype(np.float32), mask, np.eye(2, 3), "kaggle", f"row{i}", where)

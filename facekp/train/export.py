@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import fileio
 from ..calibration import default_calibration
 from ..config import DetectorConfig
 from ..weights import load_model, read_manifest, save_model, sha256_file, write_manifest
@@ -53,6 +54,7 @@ def export_run(
     metrics: dict,
     make_default: bool = True,
     out_folder: str | Path | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Write ``package_dir/weights/NAME.safetensors`` and update the manifest.
 
@@ -60,19 +62,20 @@ def export_run(
     ``box_to_frame``.
 
     With ``out_folder``, also writes the ``save_pretrained`` layout (config.json +
-    model.safetensors) there, ready to upload to a Hub repository.
+    model.safetensors) there, ready to upload to a Hub repository. An existing model of that name
+    in the package is replaced only with ``overwrite``.
     """
+    target = fileio.check_output(Path(package_dir) / "weights" / f"{name}.safetensors", overwrite=overwrite)
     model, config, _ = load_run(run)
     # The face-box calibration depends on the face detector, not on the network: every exported
     # model carries the shipped Haar calibration so Detector.detect frames faces as fitted.
     config = replace(config, box_to_frame=default_calibration().to_dict())
     if out_folder is not None:  # first: it refuses to replace files, and nothing else is touched yet
-        save_model(model, config, out_folder)
+        save_model(model, config, out_folder, overwrite=overwrite)
     weights_dir = Path(package_dir) / "weights"
     staging = weights_dir / f".{name}.staging"
     weights = save_model(model, config, staging, overwrite=True)
-    target = weights_dir / f"{name}.safetensors"
-    weights.replace(target)
+    weights.replace(fileio.check_output(target, overwrite=overwrite))
     for leftover in staging.iterdir():
         leftover.unlink()
     staging.rmdir()
@@ -102,6 +105,7 @@ def export_int8(
     name: str,
     calibration: np.ndarray,
     val: list[Sample],
+    overwrite: bool = False,
 ) -> dict:
     """Quantize the exported ``weights`` to an int8 ONNX graph beside them; record it in the manifest.
 
@@ -118,7 +122,9 @@ def export_int8(
     weights = Path(weights)
     model, config = load_model(weights)
     graph = weights.with_name(f"{name}-int8.onnx")
-    graph.write_bytes(quantize_int8(onnx_bytes(model, config), network_input(calibration, config.normalization)))
+    fileio.check_output(graph, inputs=[weights], overwrite=overwrite)
+    fileio.write_bytes(graph, quantize_int8(onnx_bytes(model, config), network_input(calibration, config.normalization)),
+                       inputs=[weights], overwrite=overwrite)
     det = Detector(weights, device="cpu", backend="onnx", onnx_model=graph)
     metrics = {}
     for protocol, (perturbation, seed) in CROP_PROTOCOLS.items():

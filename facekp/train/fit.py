@@ -12,10 +12,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .. import fileio
 from ..codec import HeatmapCodec
 from ..model import StackedHourglass
 from ..preprocess import network_input
 from .augment import EVAL_PERTURBATION, Augmenter, make_crop
+from .checkpoint import read_checkpoint
 from .data import Sample, load_dataset, split_by_identity
 from .evaluate import evaluate
 from .plots import plot_history
@@ -117,12 +119,11 @@ class Trainer:
             "best_rmse": self.best_rmse,
             "config": json.dumps(self.config.to_dict()),
         }
-        tmp = self.checkpoint_path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(self.checkpoint_path)  # atomic: an interrupted save never corrupts last.pt
+        with fileio.atomic_path(self.checkpoint_path, overwrite=True) as tmp:  # an interrupted save never corrupts last.pt
+            torch.save(state, tmp)
 
     def load_checkpoint(self) -> None:
-        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
+        state = read_checkpoint(self.checkpoint_path, self.device)
         saved = FitConfig.from_dict(json.loads(state["config"]))
         if saved.hourglass != self.config.hourglass:
             raise ValueError(
@@ -145,7 +146,7 @@ class Trainer:
     def fit(self, resume: bool = False) -> list[dict]:
         """Train until ``epochs`` (or ``max_steps``); logs to ``train.log`` in the run folder."""
         self.out.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(self.out / "train.log")
+        handler = logging.FileHandler(self.out / "train.log", delay=True)  # opened once _fit has checked the folder
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
@@ -167,7 +168,7 @@ class Trainer:
             raise FileExistsError(f"{self.out} holds a run without last.pt to resume from ({', '.join(existing)}): "
                                   "choose another --out")
         log.info("training %d faces, validating on %d, config %s", len(self.train), len(self.val), json.dumps(cfg.to_dict()))
-        (self.out / "fit_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        fileio.write_text(self.out / "fit_config.json", json.dumps(cfg.to_dict(), indent=2), overwrite=True)  # the run's own
         total = cfg.epochs * self.steps_per_epoch
         if cfg.max_steps is not None:
             total = min(total, cfg.max_steps)
@@ -184,6 +185,10 @@ class Trainer:
                 idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
                 x, target, mask = make_batch(self.train, idx, self.augmenter, self.codec, cfg.seed, epoch)
                 loss = heatmap_loss(self.model(x.to(self.device)), target.to(self.device), mask.to(self.device))
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"the training loss became {float(loss.detach())} at step {self.step} (epoch {epoch}); "
+                                             f"lower --lr (now {cfg.lr:g}) or check the labels; {self.checkpoint_path} "
+                                             "holds the last finite state")
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
@@ -214,12 +219,11 @@ class Trainer:
         record["val_rmse_perturbed"] = evaluate(self.model, self.codec, self.val, EVAL_PERTURBATION, seed=1)["rmse"]
         if record["val_rmse"] < self.best_rmse:
             self.best_rmse = record["val_rmse"]
-            torch.save(self.model.state_dict(), self.out / "best.pt")
+            with fileio.atomic_path(self.out / "best.pt", overwrite=True) as tmp:  # the run's own file
+                torch.save(self.model.state_dict(), tmp)
         self.history.append(record)
-        tmp = self.out / "log.jsonl.tmp"
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in self.history))
-        tmp.replace(self.out / "log.jsonl")
+        fileio.write_text(self.out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in self.history), overwrite=True)
         log.info("epoch %s", record)
         tqdm.write(json.dumps(record))
-        plot_history(self.history, self.out / "curves.png")
+        plot_history(self.history, self.out / "curves.png", overwrite=True)
 

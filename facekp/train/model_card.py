@@ -7,16 +7,19 @@ from dataclasses import fields
 from pathlib import Path
 
 from .evaluate import format_report
+from .. import fileio
 from .run import FitConfig, is_run_folder
 from .plots import plot_history
 
 
 def write_model_card(
-    path: str | Path, entry: dict, fit: FitConfig, report: dict, flip: dict, run: str | Path, is_default: bool = True
+    path: str | Path, entry: dict, fit: FitConfig, report: dict, flip: dict, run: str | Path, is_default: bool = True,
+    overwrite: bool = False,
 ) -> None:
     """Write the model card: what the model is, how it was trained, how well it does, the licence.
 
-    The training curves go beside it (:func:`curves_path`).
+    The training curves go beside it (:func:`curves_path`). Existing files are replaced only with
+    ``overwrite``.
     """
     path, run = Path(path), Path(run)
     h = fit.hourglass
@@ -86,15 +89,14 @@ and the 300-W re-annotation) were published for research; the weights inherit th
 **research use only**. Faces in the training data are mostly frontal to moderately turned adults;
 expect larger errors on profiles, heavy occlusion, infants and very low resolution.
 """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    fileio.write_text(path, text, overwrite=overwrite)
     histories = [_history(r) for _, r in stages]
     if all(histories):
         starts, combined = [], []
         for history in histories:
             starts.append(len(combined))
             combined += [{**h, "epoch": len(combined) + i} for i, h in enumerate(history)]
-        plot_history(combined, curves_path(path), stage_starts=starts[1:])
+        plot_history(combined, curves_path(path), stage_starts=starts[1:], overwrite=overwrite)
 
 
 def curves_path(card: Path) -> Path:

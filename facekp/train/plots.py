@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import fileio
+
 
 def _pyplot():
     import matplotlib
@@ -16,7 +18,13 @@ def _pyplot():
     return plt
 
 
-def plot_history(history: list[dict], path: Path, stage_starts: list[int] = ()) -> None:
+def _save(fig, path: Path, dpi: int, overwrite: bool) -> None:
+    """Save under facekp's write rule (:mod:`facekp.fileio`): never over a file unless ``overwrite``."""
+    with fileio.atomic_path(path, overwrite=overwrite) as tmp:
+        fig.savefig(tmp, dpi=dpi)
+
+
+def plot_history(history: list[dict], path: Path, stage_starts: list[int] = (), overwrite: bool = False) -> None:
     """Training loss and validation RMSE per epoch, as a PNG; dashed lines where a new stage starts."""
     plt = _pyplot()
     epochs = [h["epoch"] for h in history]
@@ -37,11 +45,12 @@ def plot_history(history: list[dict], path: Path, stage_starts: list[int] = ()) 
     ax2.set_title("validation RMSE (px, 96x96)")
     ax2.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _save(fig, path, 100, overwrite)
     plt.close(fig)
 
 
-def plot_gallery(crops: np.ndarray, pred: np.ndarray, truth: np.ndarray, mask: np.ndarray, path: Path, columns: int = 8) -> None:
+def plot_gallery(crops: np.ndarray, pred: np.ndarray, truth: np.ndarray, mask: np.ndarray, path: Path, columns: int = 8,
+                 overwrite: bool = False) -> None:
     """A grid of crops with ground truth (green) and predictions (red), worst-first labelled by RMSE."""
     plt = _pyplot()
     n = len(crops)
@@ -58,11 +67,11 @@ def plot_gallery(crops: np.ndarray, pred: np.ndarray, truth: np.ndarray, mask: n
         ax.set_title(f"{rmse:.2f} px", fontsize=7)
     fig.suptitle("validation faces: ground truth (green) and prediction (red x), RMSE in the 96x96 frame", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path, 110, overwrite)
     plt.close(fig)
 
 
-def plot_error_distribution(errors_by_subset: dict[str, np.ndarray], path: Path) -> None:
+def plot_error_distribution(errors_by_subset: dict[str, np.ndarray], path: Path, overwrite: bool = False) -> None:
     """Cumulative distribution of per-point Euclidean errors (px, 96x96 frame), one curve per subset."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
@@ -76,5 +85,5 @@ def plot_error_distribution(errors_by_subset: dict[str, np.ndarray], path: Path)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path, 110, overwrite)
     plt.close(fig)

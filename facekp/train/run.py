@@ -6,14 +6,13 @@ so neither imports the other.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
-
+from .. import validate
 from ..config import DetectorConfig
 from ..model import HourglassConfig, StackedHourglass
+from .checkpoint import read_checkpoint
 
 
 @dataclass
@@ -39,6 +38,19 @@ class FitConfig:
     init_sha256: str | None = None  # of an --init weights file, recorded when the run starts (files get replaced)
     mirror_offsets: dict[str, float] = field(default_factory=dict)  # subset -> labels' x offset, px
 
+    def __post_init__(self) -> None:
+        """Settings checked before any data is read or network built (``--batch-size 0`` would divide by zero)."""
+        validate.sigma(self.sigma)
+        validate.integer("epochs", self.epochs, 1)
+        validate.integer("batch_size", self.batch_size, 1, 65536)
+        validate.number("lr", self.lr, 0.0, 10.0, open_lo=True)
+        validate.number("weight_decay", self.weight_decay, 0.0, 10.0)
+        validate.number("warmup_epochs", self.warmup_epochs, 0.0)
+        validate.number("val_fraction", self.val_fraction, 0.0, 1.0)
+        validate.number("checkpoint_minutes", self.checkpoint_minutes, 0.0, open_lo=True)
+        if self.max_steps is not None:
+            validate.integer("max_steps", self.max_steps, 1)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["hourglass"] = self.hourglass.to_dict()
@@ -53,13 +65,17 @@ class FitConfig:
     @classmethod
     def read(cls, run: str | Path) -> "FitConfig":
         """The config a run folder was trained with (its ``fit_config.json``)."""
-        return cls.from_dict(json.loads((Path(run) / "fit_config.json").read_text()))
+        path = Path(run) / "fit_config.json"
+        try:
+            return cls.from_dict(validate.json_object(path.read_bytes(), str(path)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path} is not a facekp-train run config: {exc}") from None
 
 
 #: What a resumed run may change; every other setting must be the one the run started with.
 RESUMABLE_CHANGES = frozenset({"out", "epochs", "max_steps", "device", "checkpoint_minutes", "init_sha256"})
 #: Files of a run folder: a fresh run never writes into a folder that holds one of them.
-RUN_FILES = ("last.pt", "best.pt", "log.jsonl", "fit_config.json")
+RUN_FILES = ("last.pt", "best.pt", "log.jsonl", "fit_config.json", "curves.png", "train.log")
 
 
 def changed_settings(started: FitConfig, given: FitConfig) -> list[str]:
@@ -87,6 +103,9 @@ def load_run(run: str | Path, checkpoint: str = "best.pt") -> tuple[StackedHourg
             raise FileNotFoundError(f"{run} is not a facekp-train run folder: {name} is missing")
     fit = FitConfig.read(run)
     model = StackedHourglass(fit.hourglass)
-    state = torch.load(run / checkpoint, map_location="cpu", weights_only=True)
-    model.load_state_dict(state["model"] if "model" in state else state)
+    state = read_checkpoint(run / checkpoint)
+    try:
+        model.load_state_dict(state["model"] if "model" in state else state)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"{run / checkpoint} does not hold a {fit.hourglass} network ({str(exc).splitlines()[0]})") from None
     return model.eval(), DetectorConfig(hourglass=fit.hourglass, sigma=fit.sigma), fit

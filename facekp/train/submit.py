@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import fileio
 from ..detector import Detector
 from ..keypoints import KEYPOINT_NAMES
-from .data import KAGGLE_IMAGE_SIDE, parse_kaggle_image
+from .data import KAGGLE_IMAGE_SIDE, csv_rows, parse_kaggle_image
 
 
 def write_submission(detector: Detector, test_csv: str | Path, lookup_csv: str | Path, out: str | Path) -> int:
@@ -18,11 +19,9 @@ def write_submission(detector: Detector, test_csv: str | Path, lookup_csv: str |
     Kaggle images already are 96x96 face crops in the canonical frame, so points come
     straight from :meth:`Detector.predict_batch`, clipped to the image. Returns the row count.
     """
-    out = Path(out)
-    if out.exists():
-        raise FileExistsError(f"{out} exists; choose another output file")
+    out = fileio.check_output(out, inputs=[test_csv, lookup_csv])
     with open(test_csv, newline="") as f:
-        rows = list(csv.DictReader(f))
+        rows = list(csv_rows(csv.DictReader(f), Path(test_csv)))
     for col in ("ImageId", "Image"):
         if rows and col not in rows[0]:
             raise ValueError(f"{test_csv} lacks the {col!r} column")
@@ -33,7 +32,11 @@ def write_submission(detector: Detector, test_csv: str | Path, lookup_csv: str |
     column = {f"{name}_{axis}": (k, a) for k, name in enumerate(KEYPOINT_NAMES) for a, axis in enumerate("xy")}
     submission = [["RowId", "Location"]]
     with open(lookup_csv, newline="") as f:
-        for r in csv.DictReader(f):
+        reader = csv.DictReader(f)
+        missing = [c for c in ("RowId", "ImageId", "FeatureName") if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{lookup_csv} lacks the column(s) {missing}")
+        for r in csv_rows(reader, Path(lookup_csv)):
             image_id, feature = int(r["ImageId"]), r["FeatureName"]
             if image_id not in by_id:
                 raise ValueError(f"{lookup_csv}: ImageId {image_id} is not in {test_csv}")
@@ -42,8 +45,6 @@ def write_submission(detector: Detector, test_csv: str | Path, lookup_csv: str |
             k, a = column[feature]
             submission.append([r["RowId"], f"{by_id[image_id][k, a]:.4f}"])
     # Written whole once every lookup row checked out: a bad table leaves no partial file behind.
-    tmp = out.with_name(out.name + ".tmp")
-    with tmp.open("w", newline="") as g:
+    with fileio.atomic_path(out, inputs=[test_csv, lookup_csv]) as tmp, tmp.open("w", newline="") as g:
         csv.writer(g).writerows(submission)
-    tmp.replace(out)
     return len(submission) - 1
