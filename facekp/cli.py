@@ -61,7 +61,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", help="a .safetensors file, save_pretrained folder or manifest model name (default: bundled)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--backend", choices=("torch", "onnx", "auto"),
-                   help="network runtime: onnx needs onnxruntime (pip install \"facekp[onnx]\"); "
+                   help="network runtime: torch, or onnx (onnxruntime); "
                         "default torch, or onnx with --precision int8")
     p.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16", "int8"), default="auto",
                    help="fp16/bf16 autocast the torch network; int8 runs the bundled quantized graph (onnx, CPU)")

@@ -27,8 +27,10 @@ def draw(
     names: bool = False,
     boxes: bool = True,
     radius: float | None = None,
+    color: str = "rgb",
 ) -> np.ndarray:
-    """Return an RGB uint8 copy of ``image`` with keypoints drawn (the input is not modified).
+    """Return a uint8 copy of ``image`` with keypoints drawn (the input is not modified), in RGB
+    order, or BGR with ``color="bgr"``.
 
     Args:
         image: anything :meth:`facekp.Detector.predict` accepts.
@@ -38,10 +40,12 @@ def draw(
         boxes: draw face boxes when faces are given.
         radius: dot radius in pixels, >= 0, rounded to whole pixels (default: scaled to each face's box when faces are
             given, else to the image).
+        color: ``"rgb"`` or ``"bgr"``: the channel order of a colour array or tensor ``image``
+            and of the copy returned (``"bgr"`` for OpenCV's ``cv2.imread`` / ``cv2.imwrite``).
     """
     if radius is not None and radius < 0:
         raise ValueError(f"radius must be >= 0 pixels (or None for the default), got {radius}")
-    canvas = load_rgb(image).copy()
+    canvas = load_rgb(image, color).copy()
     h, w = canvas.shape[:2]
     faces = _as_faces(points_or_faces)
     r_image = max(1, round(min(h, w) / 150)) if radius is None else round(radius)  # whole pixels for cv2
@@ -62,7 +66,7 @@ def draw(
             if names:
                 cv2.putText(canvas, name, (round(x) + r + 1, round(y) + r), cv2.FONT_HERSHEY_SIMPLEX,
                             max(0.3, r / 6), _colour(name), 1, cv2.LINE_AA)
-    return canvas
+    return np.ascontiguousarray(canvas[:, :, ::-1]) if color == "bgr" else canvas
 
 
 def _as_faces(points_or_faces) -> list[tuple[Sequence[float] | None, np.ndarray]]:
