@@ -111,9 +111,7 @@ def _fit(args) -> None:
         mirror_offsets=dict(args.mirror_offset),
         init=None if args.init is None else str(Path(args.init).resolve()),
     )
-    history = Trainer(config).fit(resume=args.resume)
-    if history:
-        print(json.dumps(history[-1]))
+    Trainer(config).fit(resume=args.resume)  # prints each epoch's record as it ends
 
 
 def _load_eval_model(weights: str, device: str):
