@@ -110,10 +110,10 @@ def _predict(args) -> None:
     if clash is not None:
         raise FacekpError(f"several input images would be drawn to {clash}; give them different names")
     det = _detector(args)
-    results = []
+    predicted = []
     for i, path in enumerate(args.images):
         points, confidence = det.predict(path, return_confidence=True)
-        results.append({"image": str(path), "keypoints": keypoints_to_dict(points, confidence, rounded=False)})
+        predicted.append((path, points, confidence))
         if args.draw:
             from PIL import Image
 
@@ -122,13 +122,14 @@ def _predict(args) -> None:
             Image.fromarray(draw(load_rgb(path), points, names=args.names)).save(out)
             print(f"wrote {out}", file=sys.stderr)
     if args.json:
+        results = [{"image": str(path), "keypoints": keypoints_to_dict(p, c)} for path, p, c in predicted]
         print(json.dumps(results if several else results[0], indent=2))
         return
-    for r in results:
-        print(r["image"])
+    for path, points, confidence in predicted:  # the table rounds the values themselves, once
+        print(path)
         print(f"  {'keypoint':<26}{'x':>9}{'y':>9}{'conf':>7}")
-        for name, v in r["keypoints"].items():
-            print(f"  {name:<26}{v['x']:>9.2f}{v['y']:>9.2f}{v['confidence']:>7.2f}")
+        for name, (x, y), c in zip(KEYPOINT_NAMES, points, confidence):
+            print(f"  {name:<26}{x:>9.2f}{y:>9.2f}{c:>7.2f}")
 
 
 #: File types ``facekp detect`` picks up in folders.
