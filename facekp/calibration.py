@@ -145,7 +145,7 @@ def fit_box_calibration(samples, face_detector: Callable | None = None, progress
     if progress:
         from tqdm import tqdm
 
-        items = tqdm(samples, desc="calibrating", unit="photo")
+        items = tqdm(samples, desc="calibrating", unit="photo", disable=None)  # a bar on a terminal only
     n = 0
     for s in items:
         n += 1
