@@ -2,9 +2,10 @@
 
     python examples/folder_to_csv.py FOLDER [-o faces.csv] [--weights W] [--device cpu]
 
-Columns: image, face (0 = largest), score, box_x0..box_y1, then <keypoint>_x, <keypoint>_y for
-the 15 keypoints (Kaggle's column names). Photos without a face get a row with empty fields.
-The command line does the same with more options: ``facekp detect FOLDER --csv faces.csv``.
+The layout is the one of ``facekp detect FOLDER -r --csv faces.csv`` (which does the same with
+more options), documented in ``facekp.table``: image, face (0 = largest), score, angle,
+box_x0..box_y1, then <keypoint>_x, <keypoint>_y, <keypoint>_confidence for the 15 keypoints, and
+error. A photo without a face gets one row with only its name, an unreadable one its error.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from facekp import KEYPOINT_NAMES, Detector, InvalidImageError
+from facekp import Detector, InvalidImageError
+from facekp.table import CSV_COLUMNS, csv_rows
 
 SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -37,24 +39,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.output} exists (pass --force to replace it)")
 
     detector = Detector(args.weights, device=args.device)
-    header = ["image", "face", "score", "box_x0", "box_y0", "box_x1", "box_y1"]
-    header += [f"{name}_{axis}" for name in KEYPOINT_NAMES for axis in "xy"]
     n_faces = 0
     with args.output.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(header)
-        for photo in tqdm(photos, unit="photo"):
+        writer.writerow(CSV_COLUMNS)
+        for photo in tqdm(photos, unit="photo", disable=None):  # disable=None: a bar on a terminal only
+            name = photo.relative_to(args.folder).as_posix()
             try:
                 faces = detector.detect(photo)
             except InvalidImageError as exc:
-                tqdm.write(f"skipping {photo}: {exc}")
+                writer.writerows(csv_rows({"image": name, "error": str(exc)}))
                 continue
-            name = photo.relative_to(args.folder).as_posix()
-            if not faces:
-                writer.writerow([name] + [""] * (len(header) - 1))
-            for i, face in enumerate(faces):
-                writer.writerow([name, i, face.score, *(f"{v:.2f}" for v in face.box),
-                                 *(f"{v:.2f}" for v in face.points.reshape(-1))])
+            writer.writerows(csv_rows({"image": name, "faces": [face.to_dict() for face in faces]}))
             n_faces += len(faces)
     print(f"{n_faces} face(s) in {len(photos)} photo(s); wrote {args.output}")
     return 0

@@ -6,7 +6,8 @@
 With a display (and a GUI build of OpenCV), shows the overlay in a window: q or Esc quits.
 Without one (a server, a container, opencv-python-headless), or with --output, writes the
 overlay to a video file instead (default overlay.mp4). Without --source, makes a short demo clip
-from facekp's sample portrait: the face drifts across the frame and shakes.
+from facekp's sample portrait, in a temporary folder removed at the end: the face drifts across
+the frame and shakes.
 """
 
 from __future__ import annotations
@@ -63,10 +64,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
 
-    source = args.source
-    if source is None:
-        source = str(make_demo_clip(Path(tempfile.mkdtemp(prefix="facekp_demo_")) / "demo.avi"))
-        print(f"no --source: using a demo clip of the sample portrait ({source})")
+    if args.source is not None:
+        return overlay_video(args.source, args, parser)
+    with tempfile.TemporaryDirectory(prefix="facekp_demo_") as folder:
+        print("no --source: using a demo clip of the sample portrait")
+        return overlay_video(str(make_demo_clip(Path(folder) / "demo.avi")), args, parser)
+
+
+def overlay_video(source: str, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Track the faces of ``source`` (a camera index or a video file) and show or write the overlay."""
     show = args.output is None and has_display()
     output = None if show else (args.output or Path("overlay.mp4"))
     if output is not None and not source.isdigit() and output.resolve() == Path(source).resolve():

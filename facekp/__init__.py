@@ -1,7 +1,7 @@
 """facekp: 15 facial keypoints with a stacked hourglass network, on CPU or CUDA.
 
 >>> from facekp import Detector
->>> points = Detector().predict("face.jpg")   # (15, 2) float32, (x, y) in image pixels
+>>> points = Detector().predict("examples/face_crop.jpg")   # (15, 2) float32, (x, y) in image pixels
 """
 
 from .detector import Detector

@@ -146,7 +146,7 @@ def fit_box_calibration(samples, face_detector: Callable | None = None, progress
     if progress:
         from tqdm import tqdm
 
-        items = tqdm(samples, desc="calibrating", unit="photo")
+        items = tqdm(samples, desc="calibrating", unit="photo", disable=None)  # a bar on a terminal only
     boxes = (run_face_detector(fd, detector_input(fd, np.asarray(s.image))).boxes for s in items)
     return fit_to_boxes(samples, boxes, getattr(fd, "name", "custom"))
 

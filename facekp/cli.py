@@ -9,13 +9,14 @@ import sys
 from pathlib import Path
 
 from . import __version__, fileio
+from .cli_parser import ArgumentParser
 from .errors import FacekpError, one_line
 from .keypoints import KEYPOINT_NAMES
 from .results import keypoints_to_dict
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="facekp", description="Find 15 facial keypoints on faces.")
+    parser = ArgumentParser(prog="facekp", description="Find 15 facial keypoints on faces.")
     parser.add_argument("--version", action="version", version=f"facekp {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -23,7 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", type=Path, help="face crop image files")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--draw", type=Path, metavar="OUT.png", help="save the image with the points drawn "
-                   "(with several images: OUT_<image name>.png)")
+                   "(with several images: OUT_<image name>.png; default: no drawing)")
     p.add_argument("--names", action="store_true", help="with --draw, label each point")
     p.add_argument("--force", action="store_true", help="allow --draw to replace existing files")
     _add_model_args(p)
@@ -33,14 +34,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", type=Path, metavar="PHOTO|FOLDER", help="photos, or folders of photos")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", type=Path, nargs="?", const=Path("-"), metavar="OUT.json",
-                     help="write the faces as JSON to OUT.json (or stdout without OUT)")
+                     help="write the faces as JSON to OUT.json (or stdout without OUT; default: a summary on stdout)")
     fmt.add_argument("--csv", type=Path, nargs="?", const=Path("-"), metavar="OUT.csv",
-                     help="write one row per face as CSV to OUT.csv (or stdout without OUT)")
-    p.add_argument("--draw", type=Path, metavar="OUTDIR", help="save annotated copies as OUTDIR/<name>_faces.png")
+                     help="write one row per face as CSV to OUT.csv (or stdout without OUT; default: a summary on stdout)")
+    p.add_argument("--draw", type=Path, metavar="OUTDIR",
+                   help="save annotated copies as OUTDIR/<name>_faces.png (default: no drawings)")
     p.add_argument("--names", action="store_true", help="with --draw, label each point")
     p.add_argument("--recursive", "-r", action="store_true", help="also look into subfolders")
     p.add_argument("--refine", type=int, default=None, help="re-framing passes per face (default: 1)")
-    p.add_argument("--max-faces", type=int, default=None, help="keep only the N largest faces per photo")
+    p.add_argument("--max-faces", type=int, default=None, help="keep only the N largest faces per photo (default: all)")
     p.add_argument("--force", action="store_true", help="allow replacing existing output files")
     _add_model_args(p)
     p.set_defaults(run=_detect)
@@ -48,23 +50,24 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export-onnx", help="write the keypoint network as ONNX (dynamic batch; needs facekp[onnx])")
     p.add_argument("out", type=Path, metavar="OUT.onnx", help="the file to write")
     p.add_argument("--weights", help="a .safetensors file, save_pretrained folder or manifest model name (default: bundled)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset version (default: 17)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset version")
     p.add_argument("--force", action="store_true", help="replace OUT.onnx if it exists")
     p.add_argument("--check", action="store_true", help="run the file with onnxruntime and compare it with torch")
     p.add_argument("--int8", type=Path, metavar="CROPS_DIR", help="quantize to int8 (faster on CPU), calibrating "
-                   "activations on the face crop images in CROPS_DIR (a few hundred real faces)")
+                   "activations on the face crop images in CROPS_DIR (a few hundred real faces; default: fp32)")
     p.set_defaults(run=_export_onnx)
     return parser
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", help="a .safetensors file, save_pretrained folder or manifest model name (default: bundled)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--backend", choices=("torch", "onnx", "auto"),
-                   help="network runtime: onnx needs onnxruntime (pip install \"facekp[onnx]\"); "
+                   help="network runtime: torch, or onnx (onnxruntime); "
                         "default torch, or onnx with --precision int8")
     p.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16", "int8"), default="auto",
-                   help="fp16/bf16 autocast the torch network; int8 runs the bundled quantized graph (onnx, CPU)")
+                   help="fp16/bf16 autocast the torch network; int8 runs the bundled quantized graph (onnx, CPU); "
+                        "auto: fp16 on CUDA, else fp32")
 
 
 def _detector(args):
@@ -107,7 +110,7 @@ def _predict(args) -> None:
     if clash is not None:
         raise FacekpError(f"several input images would be drawn to {clash}; give them different names")
     det = _detector(args)
-    results, failed = [], []
+    predicted, failed = [], []
     for i, path in enumerate(args.images):
         try:
             points, confidence = det.predict(path, return_confidence=True)
@@ -117,20 +120,19 @@ def _predict(args) -> None:
             failed.append(path)
             print(f"facekp: skipping {path}: {exc}", file=sys.stderr)
             continue
-        results.append({"image": str(path), "keypoints": keypoints_to_dict(points, confidence, rounded=False)})
+        predicted.append((path, points, confidence))
         if args.draw:
             _save_drawing(outs[i], draw(load_rgb(path), points, names=args.names), args.images, args.force)
             print(f"wrote {outs[i]}", file=sys.stderr)
     if args.json:
+        results = [{"image": str(path), "keypoints": keypoints_to_dict(p, c)} for path, p, c in predicted]
         print(json.dumps(results if several else results[0], indent=2))
-        if failed:
-            raise FacekpError(f"{len(failed)} file(s) could not be read as images: {', '.join(map(str, failed[:5]))}")
-        return
-    for r in results:
-        print(r["image"])
-        print(f"  {'keypoint':<26}{'x':>9}{'y':>9}{'conf':>7}")
-        for name, v in r["keypoints"].items():
-            print(f"  {name:<26}{v['x']:>9.2f}{v['y']:>9.2f}{v['confidence']:>7.2f}")
+    else:
+        for path, points, confidence in predicted:  # the table rounds the values themselves, once
+            print(path)
+            print(f"  {'keypoint':<26}{'x':>9}{'y':>9}{'conf':>7}")
+            for name, (x, y), c in zip(KEYPOINT_NAMES, points, confidence):
+                print(f"  {name:<26}{x:>9.2f}{y:>9.2f}{c:>7.2f}")
     if failed:
         raise FacekpError(f"{len(failed)} file(s) could not be read as images: {', '.join(map(str, failed[:5]))}")
 
@@ -163,6 +165,7 @@ def _detect(args) -> None:
 
     from .draw import draw
     from .images import load_rgb, upright_size
+    from .table import CSV_COLUMNS, csv_rows
 
     photos, folders = _photos(args.inputs, args.recursive)
     sources = [p for p, _ in photos]
@@ -179,13 +182,15 @@ def _detect(args) -> None:
 
     det = _detector(args)
     results, failed = [], []
-    for path, _ in tqdm(photos, desc="facekp detect", unit="photo", disable=not folders and len(photos) == 1,
+    # disable=None: a bar on a terminal only; in a log its redrawn line would repeat.
+    for path, _ in tqdm(photos, desc="facekp detect", unit="photo", disable=None if folders or len(photos) > 1 else True,
                         file=sys.stderr):
         try:
             faces = det.detect(path, refine=args.refine, max_faces=args.max_faces)
             width, height = upright_size(path)
         except (FacekpError, OSError) as exc:
             failed.append(path)
+            results.append({"image": str(path), "error": str(exc)})
             tqdm.write(f"facekp: skipping {path}: {exc}", file=sys.stderr)
             continue
         results.append({"image": str(path), "width": width, "height": height, "faces": [f.to_dict() for f in faces]})
@@ -199,16 +204,7 @@ def _detect(args) -> None:
         else:
             fileio.write_text(table, text + "\n", inputs=sources, overwrite=args.force)
     elif args.csv is not None:
-        header = ["image", "face", "score", "box_x0", "box_y0", "box_x1", "box_y1"]
-        header += [f"{n}_{c}" for n in KEYPOINT_NAMES for c in ("x", "y", "confidence")]
-        rows = []
-        for r in results:
-            if not r["faces"]:
-                rows.append([r["image"], ""] + [""] * (len(header) - 2))
-            for i, f in enumerate(r["faces"]):
-                kp = [v for n in KEYPOINT_NAMES for v in (f["keypoints"][n]["x"], f["keypoints"][n]["y"],
-                                                        f["keypoints"][n]["confidence"])]
-                rows.append([r["image"], i, f["score"], *f["box"], *kp])
+        header, rows = CSV_COLUMNS, [row for r in results for row in csv_rows(r)]
         if str(table) == "-":
             csv.writer(sys.stdout).writerows([header, *rows])
         else:
@@ -216,12 +212,15 @@ def _detect(args) -> None:
                 csv.writer(fh).writerows([header, *rows])
     else:
         for r in results:
+            if "error" in r:
+                print(f"{r['image']}: could not be read ({r['error']})")
+                continue
             print(f"{r['image']}: {len(r['faces'])} face(s)")
             for i, f in enumerate(r["faces"]):
                 x0, y0, x1, y1 = f["box"]
                 print(f"  face {i}: box ({x0:.1f}, {y0:.1f}, {x1:.1f}, {y1:.1f}) score {f['score']:g}")
-    n_faces = sum(len(r["faces"]) for r in results)
-    done = [f"{n_faces} face(s) in {len(results)} photo(s)"]
+    n_faces = sum(len(r.get("faces", ())) for r in results)
+    done = [f"{n_faces} face(s) in {len(results) - len(failed)} photo(s)"]
     if table is not None and str(table) != "-":
         done.append(f"wrote {table}")
     if drawings:

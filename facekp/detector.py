@@ -14,7 +14,7 @@ from .codec import HeatmapCodec
 from .errors import InvalidImageError
 from .face_detection import as_detections, default_face_detector, run_face_detector, to_u8, usable_detections
 from .geometry import apply_affine, invert_affine
-from .images import INTEGER_PEAKS, ImageInput, channels_first, load_gray, load_rgb, scale_integers
+from .images import INTEGER_PEAKS, ImageInput, channels_first, check_color, load_gray, load_rgb, scale_integers
 from .model import StackedHourglass
 from .preprocess import frame_crops, letterbox_transforms
 from .results import Face
@@ -56,7 +56,7 @@ class Detector:
             vs ``val_rmse`` in ``weights_manifest.json``).
         backend: ``None`` (default: ``"onnx"`` when ``precision="int8"`` or ``onnx_model`` asks for
             an ONNX graph, else ``"torch"``), ``"torch"``, ``"onnx"`` to run the network with onnxruntime
-            (``pip install "facekp[onnx]"``; faster on CPU, see ``docs/benchmarks.md``; the export is cached in
+            (faster on CPU, see ``docs/benchmarks.md``; the export is cached in
             ``~/.cache/facekp/onnx``), or ``"auto"``: onnx on CPU when onnxruntime is installed,
             else torch. All give the same points to within 1e-3 px.
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast of the torch network; the
@@ -145,36 +145,40 @@ class Detector:
         return self._model
 
     # -- prediction ----------------------------------------------------------------------
-    def predict(self, img: ImageInput, return_confidence: bool = False):
+    def predict(self, img: ImageInput, return_confidence: bool = False, color: str = "rgb"):
         """Keypoints of one face crop.
 
         The crop (any size, at least 8x8) is scaled uniformly so its longer side spans the
         network's 96 pixels and centred; the shorter side is padded by repeating the border
         (letterbox, no stretching). The transform is inverted on the output, so a crop scaled
-        2.5x gives points scaled 2.5x.
+        2.5x gives points scaled 2.5x. ``color``: the channel order of a colour array or tensor,
+        ``"rgb"`` or ``"bgr"`` (OpenCV's, as ``cv2.imread`` returns); files and PIL images ignore it.
 
         Returns:
             ``(15, 2)`` float32 (x, y) in the input image's pixels; with ``return_confidence``
             also ``(15,)`` float32 confidences in [0, 1] (heatmap peak heights).
         """
-        points, confidence = self.predict_batch([img], return_confidence=True)
+        points, confidence = self.predict_batch([img], return_confidence=True, color=color)
         return (points[0], confidence[0]) if return_confidence else points[0]
 
     def predict_batch(
-        self, images: Sequence[ImageInput], batch_size: int | None = None, return_confidence: bool = False
+        self, images: Sequence[ImageInput], batch_size: int | None = None, return_confidence: bool = False,
+        color: str = "rgb",
     ):
         """Keypoints of many face crops, ``batch_size`` crops per forward pass.
 
         ``images`` is a sequence of anything :meth:`predict` accepts (sizes may differ), or one
         array / tensor stacking same-size images: ``(N, H, W)``, ``(N, H, W, C)`` or ``(N, C, H, W)``
         (channels-first when C is 1, 3 or 4 and W is not, as for single tensors). ``batch_size``
-        (a positive int) defaults to the detector's.
+        (a positive int) defaults to the detector's; ``color`` (``"rgb"`` or ``"bgr"``) is the
+        channel order of colour arrays and tensors, as in :meth:`predict`.
 
         Returns:
             ``(N, 15, 2)`` float32 points (and ``(N, 15)`` confidences with ``return_confidence``),
             each in its own input image's pixel coordinates.
         """
         batch_size = self._batch_size(batch_size)
+        check_color(color)
         stack = self._input_sized_stack(images)
         if stack is not None:
             # Already network-sized gray crops: the letterbox is the identity, so the per-image
@@ -187,7 +191,7 @@ class Detector:
             images = list(images)  # one image per row
         if not isinstance(images, Sequence) or isinstance(images, (str, bytes)):
             raise InvalidImageError(f"predict_batch takes a sequence of images, got {type(images).__name__}")
-        grays = [load_gray(img) for img in images]
+        grays = [load_gray(img, color) for img in images]
         transforms = letterbox_transforms(grays, self.config.hourglass.input_size)
         points, confidence = self.predict_framed(grays, transforms, batch_size)
         return (points, confidence) if return_confidence else points
@@ -225,6 +229,7 @@ class Detector:
         calibration: CalibrationLike = None,
         refine: int | None = None,
         max_faces: int | None = None,
+        color: str = "rgb",
     ) -> list[Face]:
         """Find the faces of a whole photo and their keypoints, largest face first.
 
@@ -243,6 +248,8 @@ class Detector:
             refine: re-frame each face on its first prediction and predict again this many times
                 (default 1; see ``docs/detection.md``).
             max_faces: keep only this many of the largest faces (an int >= 0; None: all).
+            color: the channel order of a colour array or tensor, ``"rgb"`` or ``"bgr"``
+                (OpenCV's); files and PIL images ignore it.
 
         Returns:
             A list of :class:`facekp.Face` (``box``, ``points`` (15, 2), ``confidence``
@@ -252,12 +259,12 @@ class Detector:
         _check_max_faces(max_faces)
         refine = DEFAULT_REFINE if refine is None else validate.integer("refine", refine, 0, 100)
         validate.callable_or_none("face_detector", face_detector)
-        gray = load_gray(image)
+        gray = load_gray(image, color)
         if max_faces == 0:
             return []
         if boxes is None:
             fd = face_detector or default_face_detector()
-            source = to_u8(gray) if getattr(fd, "wants_gray", False) else load_rgb(image)
+            source = to_u8(gray) if getattr(fd, "wants_gray", False) else load_rgb(image, color)
             boxes, scores, angles = usable_detections(run_face_detector(fd, source), gray.shape, drop=True)
         else:
             fd = face_detector

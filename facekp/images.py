@@ -27,37 +27,51 @@ MIN_SIDE = 8
 #: "decompression bomb" (a tiny file claiming 100000x100000 pixels) is refused, not decoded.
 MAX_PIXELS = 150_000_000
 
+#: Channel orders of colour arrays and tensors: ``"rgb"`` (PIL, matplotlib, torchvision) or
+#: ``"bgr"`` (OpenCV: ``cv2.imread``, ``cv2.VideoCapture``). Files and PIL images carry their own.
+COLOR_ORDERS = ("rgb", "bgr")
 
-def load_gray(image: ImageInput) -> np.ndarray:
+
+def check_color(color: str) -> str:
+    """``color`` if it is one of :data:`COLOR_ORDERS`, else ``ValueError``."""
+    if color not in COLOR_ORDERS:
+        raise ValueError(f"color must be 'rgb' or 'bgr' (the channel order of colour arrays), got {color!r}")
+    return color
+
+
+def load_gray(image: ImageInput, color: str = "rgb") -> np.ndarray:
     """Return ``image`` as an (H, W) float32 array in [0, 1] (ITU-R BT.601 luma for colour).
 
     Image files are turned upright by their EXIF Orientation tag, as photo viewers show them,
-    so points are in the pixels of the upright image.
+    so points are in the pixels of the upright image. ``color`` is the channel order of colour
+    arrays and tensors (``"bgr"`` for OpenCV's); gray ones, files and PIL images ignore it.
 
     Raises:
         FileNotFoundError: a path that does not exist.
         InvalidImageError: anything that is not a decodable image of at least 8x8 pixels
             with finite values in range.
     """
+    check_color(color)
     if isinstance(image, (str, os.PathLike)):
         return _check(_from_pil(_open_upright(Path(image))), f"image file {os.fspath(image)!r}")
     if isinstance(image, Image.Image):
         check_pixel_count(image.size, "PIL image")
         return _check(_from_pil(image), "PIL image")
     if isinstance(image, torch.Tensor):
-        return _check(_from_array(_tensor_to_hwc(image)), "tensor")
+        return _check(_from_array(_tensor_to_hwc(image), color), "tensor")
     if isinstance(image, np.ndarray):
-        return _check(_from_array(image), "array")
+        return _check(_from_array(image, color), "array")
     raise InvalidImageError(
         f"unsupported image type {type(image).__name__}; expected a numpy array, PIL image, "
         "path (str or pathlib.Path) or torch tensor"
     )
 
 
-def load_rgb(image: ImageInput) -> np.ndarray:
+def load_rgb(image: ImageInput, color: str = "rgb") -> np.ndarray:
     """Return ``image`` as an (H, W, 3) uint8 RGB array (gray inputs are replicated), for drawing.
 
-    Files are turned upright by their EXIF orientation, like :func:`load_gray`.
+    Files are turned upright by their EXIF orientation, like :func:`load_gray`; ``color`` is
+    the channel order of colour arrays and tensors, as there.
     """
     if isinstance(image, (str, os.PathLike)):
         im = _open_upright(Path(image))
@@ -67,7 +81,7 @@ def load_rgb(image: ImageInput) -> np.ndarray:
         check_pixel_count(image.size, "PIL image")
         return _pil_rgb(image)
     arr = _tensor_to_hwc(image) if isinstance(image, torch.Tensor) else np.asarray(image)
-    load_gray(arr)
+    load_gray(arr, color)
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]
     if arr.dtype != np.uint8:
@@ -76,7 +90,7 @@ def load_rgb(image: ImageInput) -> np.ndarray:
         arr = np.clip(np.round(scaled), 0, 255).astype(np.uint8)
     if arr.ndim == 2:
         return np.repeat(arr[:, :, None], 3, axis=2)
-    return np.ascontiguousarray(arr[:, :, :3])
+    return np.ascontiguousarray(arr[:, :, 2::-1] if color == "bgr" else arr[:, :, :3])
 
 
 def _pil_rgb(im: Image.Image) -> np.ndarray:
@@ -214,7 +228,7 @@ def _tensor_to_hwc(t: torch.Tensor) -> np.ndarray:
         raise InvalidImageError(f"tensor of dtype {t.dtype} cannot be read as an image ({exc})") from None
 
 
-def _from_array(arr: np.ndarray) -> np.ndarray:
+def _from_array(arr: np.ndarray, color: str = "rgb") -> np.ndarray:
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
@@ -244,7 +258,8 @@ def _from_array(arr: np.ndarray) -> np.ndarray:
         if lo < 0.0 or hi > 1.0:
             arr = np.clip(arr, 0.0, 1.0)
     if arr.ndim == 3:
-        arr = cv2.cvtColor(np.ascontiguousarray(arr[:, :, :3]), cv2.COLOR_RGB2GRAY)
+        to_gray = cv2.COLOR_BGR2GRAY if color == "bgr" else cv2.COLOR_RGB2GRAY
+        arr = cv2.cvtColor(np.ascontiguousarray(arr[:, :, :3]), to_gray)
     return np.ascontiguousarray(arr)
 
 

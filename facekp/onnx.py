@@ -12,8 +12,8 @@ runs the graph.
 The model's :class:`~facekp.config.DetectorConfig` is embedded in the file's metadata
 (``facekp_config``), so an exported file is self-describing (:func:`read_onnx_config`).
 
-Needs the ``onnx`` extra: ``pip install "facekp[onnx]"`` (``onnx`` + ``onnxruntime``; for CUDA,
-``onnxruntime-gpu`` instead of ``onnxruntime``).
+Running a graph needs ``onnxruntime``, a facekp dependency (for CUDA, ``onnxruntime-gpu`` instead);
+int8 quantization and the metadata of exported files need the ``onnx`` extra: ``pip install "facekp[onnx]"``.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ DEFAULT_OPSET = 17
 METADATA_KEY = "facekp_config"
 PRECISION_KEY = "facekp_precision"
 
-INSTALL_HINT = 'the ONNX backend needs onnxruntime: pip install "facekp[onnx]"'
+INSTALL_HINT = "the ONNX backend needs onnxruntime (a facekp dependency): pip install onnxruntime"
 
 
 class _HeatmapNet(nn.Module):
@@ -221,7 +221,7 @@ def quantize_int8(model: bytes, calibration: np.ndarray, *, weight_bits: int = 7
         import onnx
         from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
     except ImportError as exc:
-        raise ImportError(f"int8 quantization needs onnx and onnxruntime: {INSTALL_HINT}") from exc
+        raise ImportError('int8 quantization needs onnx and onnxruntime: pip install "facekp[onnx]"') from exc
     if weight_bits not in (7, 8):
         raise ValueError(f"weight_bits must be 7 or 8, got {weight_bits!r}")
     calibration = np.ascontiguousarray(calibration, dtype=np.float32)

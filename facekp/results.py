@@ -9,17 +9,19 @@ import numpy as np
 from .keypoints import KEYPOINT_NAMES
 
 
-def keypoints_to_dict(points: np.ndarray, confidence: np.ndarray, rounded: bool = True) -> dict[str, dict[str, float]]:
+#: Decimals kept in the JSON form (and the CSV made from it): positions (points, boxes) to
+#: 0.001 px, far below the model's error; confidences and detector scores to 0.0001; angles to
+#: 0.01 degree.
+PIXEL_DECIMALS, SCORE_DECIMALS, ANGLE_DECIMALS = 3, 4, 2
+
+
+def keypoints_to_dict(points: np.ndarray, confidence: np.ndarray) -> dict[str, dict[str, float]]:
     """``{name: {"x", "y", "confidence"}}`` in :data:`facekp.KEYPOINT_NAMES` order, from ``(15, 2)``
-    points (image pixels) and ``(15,)`` confidences: the form of :meth:`Face.to_dict` and of
-    ``facekp predict --json``. ``rounded``: x and y to 0.001 px, confidences to 0.0001; else the
-    float32 values as they are."""
-    out = {name: {"x": float(x), "y": float(y), "confidence": float(c)}
-           for name, (x, y), c in zip(KEYPOINT_NAMES, points, confidence)}
-    if rounded:
-        for v in out.values():
-            v.update(x=round(v["x"], 3), y=round(v["y"], 3), confidence=round(v["confidence"], 4))
-    return out
+    points (image pixels) and ``(15,)`` confidences, rounded (:data:`PIXEL_DECIMALS`,
+    :data:`SCORE_DECIMALS`): the form of :meth:`Face.to_dict` and of ``facekp predict --json``."""
+    return {name: {"x": round(float(x), PIXEL_DECIMALS), "y": round(float(y), PIXEL_DECIMALS),
+                   "confidence": round(float(c), SCORE_DECIMALS)}
+            for name, (x, y), c in zip(KEYPOINT_NAMES, points, confidence)}
 
 
 @dataclass
@@ -51,10 +53,11 @@ class Face:
         return max(0.0, x1 - x0) * max(0.0, y1 - y0)
 
     def to_dict(self) -> dict:
-        """JSON-ready: ``box``, ``score``, ``angle`` and ``keypoints`` {name: {x, y, confidence}}."""
+        """JSON-ready: ``box``, ``score``, ``angle`` and ``keypoints`` {name: {x, y, confidence}},
+        rounded like :func:`keypoints_to_dict`."""
         return {
-            "box": [round(float(v), 2) for v in self.box],
-            "score": float(self.score),
-            "angle": float(self.angle),
+            "box": [round(float(v), PIXEL_DECIMALS) for v in self.box],
+            "score": round(float(self.score), SCORE_DECIMALS),
+            "angle": round(float(self.angle), ANGLE_DECIMALS),
             "keypoints": keypoints_to_dict(self.points, self.confidence),
         }

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
+import os
+import struct
+import termios
 from pathlib import Path
 
 import cv2
@@ -55,25 +59,25 @@ def test_detect_one_photo_as_json(capsys, photos, tiny_model_dir, detector):
     assert "1 face(s) in 1 photo(s)" in err
 
 
-def test_detect_folder_to_csv_with_progress(capsys, photos, tiny_model_dir, tmp_path, detector):
+def test_detect_folder_to_csv(capsys, photos, tiny_model_dir, tmp_path, detector):
     out_csv = tmp_path / "out" / "faces.csv"
     code, out, err = _run(capsys, "detect", photos["folder"], "--recursive", "--csv", out_csv, *_model(tiny_model_dir))
     assert code == 0, err
-    assert "facekp detect" in err and "2/2" in err  # the tqdm progress bar
     with out_csv.open(newline="") as f:
         rows = list(csv.DictReader(f))
     assert [Path(r["image"]).name for r in rows] == ["hopper.jpg", "blank.png"]
     assert rows[0]["face"] == "0"
     # The row holds what Detector.detect finds on the photo, each value in its own column.
     (expected,) = detector.detect(photos["face"])
-    assert float(rows[0]["score"]) == expected.score
+    assert float(rows[0]["score"]) == expected.score and float(rows[0]["angle"]) == expected.angle == 0.0
     box = [float(rows[0][f"box_{c}"]) for c in ("x0", "y0", "x1", "y1")]
     np.testing.assert_allclose(box, expected.box, atol=0.005 + 1e-9)
     for i, name in enumerate(KEYPOINT_NAMES):
         x, y, conf = (float(rows[0][f"{name}_{c}"]) for c in ("x", "y", "confidence"))
         np.testing.assert_allclose([x, y], expected.points[i], atol=5e-4 + 1e-6, err_msg=name)
         assert conf == pytest.approx(expected.confidence[i], abs=5e-5 + 1e-7), name
-    assert rows[1]["face"] == "" and rows[1]["left_eye_center_x"] == ""  # a photo without faces
+    # A photo without faces: one row with only its name.
+    assert [k for k, v in rows[1].items() if v] == ["image"] and rows[0]["error"] == ""
     assert f"wrote {out_csv}" in err
     # Without --recursive only the folder's own photos are read.
     code, out, err = _run(capsys, "detect", photos["folder"], *_model(tiny_model_dir))
@@ -85,8 +89,30 @@ def test_csv_to_stdout(capsys, photos, tiny_model_dir):
     code, out, err = _run(capsys, "detect", photos["face"], photos["blank"], "--csv", *_model(tiny_model_dir))
     assert code == 0, err
     rows = list(csv.reader(out.splitlines()))
-    assert rows[0][:7] == ["image", "face", "score", "box_x0", "box_y0", "box_x1", "box_y1"]
-    assert len(rows[0]) == 7 + 3 * len(KEYPOINT_NAMES) and len(rows) == 3
+    assert rows[0][:8] == ["image", "face", "score", "angle", "box_x0", "box_y0", "box_x1", "box_y1"]
+    assert rows[0][8:11] == ["left_eye_center_x", "left_eye_center_y", "left_eye_center_confidence"]
+    assert rows[0][-1] == "error" and len(rows[0]) == 9 + 3 * len(KEYPOINT_NAMES) and len(rows) == 3
+    assert all(len(r) == len(rows[0]) for r in rows)
+
+
+def test_progress_bar_on_a_terminal_only(photos, tiny_model_dir, monkeypatch, tmp_path):
+    """On a terminal the folder's bar redraws one line; piped to a log there is no bar (its
+    redrawn line would repeat there), only the summary."""
+    leader, follower = os.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # rows, columns: a real size
+    argv = ["detect", str(photos["folder"]), "-r", *_model(tiny_model_dir)]
+    with os.fdopen(follower, "w") as tty:
+        assert tty.isatty()
+        monkeypatch.setattr("sys.stderr", tty)
+        assert main(argv) == 0
+    shown = os.read(leader, 1 << 16).decode()
+    os.close(leader)
+    assert "facekp detect" in shown and "2/2" in shown
+    log = tmp_path / "log.txt"
+    with log.open("w") as file:
+        monkeypatch.setattr("sys.stderr", file)
+        assert main(argv) == 0
+    assert log.read_text() == "facekp: 1 face(s) in 2 photo(s)\n"
 
 
 def test_draw_folder(capsys, photos, tiny_model_dir, tmp_path):
@@ -159,7 +185,17 @@ def test_unreadable_photos_are_skipped_and_reported(capsys, photos, tiny_model_d
     out_json = tmp_path / "faces.json"
     code, _, err = _run(capsys, "detect", photos["folder"], "--json", out_json, *_model(tiny_model_dir))
     assert code == 2 and "skipping" in err and "broken.jpg" in err and "could not be read" in err
-    assert [Path(r["image"]).name for r in json.loads(out_json.read_text())] == ["hopper.jpg"]  # the rest is written
+    # The rest is written; the unreadable photo is listed with the reason, in JSON and in CSV.
+    found = {Path(r["image"]).name: r for r in json.loads(out_json.read_text())}
+    assert sorted(found) == ["broken.jpg", "hopper.jpg"] and len(found["hopper.jpg"]["faces"]) == 1
+    assert list(found["broken.jpg"]) == ["image", "error"] and "cannot read" in found["broken.jpg"]["error"]
+    out_csv = tmp_path / "faces.csv"
+    code, _, err = _run(capsys, "detect", photos["folder"], "--csv", out_csv, *_model(tiny_model_dir))
+    assert code == 2
+    with out_csv.open(newline="") as f:
+        rows = {Path(r["image"]).name: r for r in csv.DictReader(f)}
+    assert rows["broken.jpg"]["error"] == found["broken.jpg"]["error"]
+    assert [k for k, v in rows["broken.jpg"].items() if v] == ["image", "error"] and rows["hopper.jpg"]["face"] == "0"
 
 
 def test_bad_inputs(capsys, tmp_path, tiny_model_dir):

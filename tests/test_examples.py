@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from facekp.data import group_photo, sample_photo
+from facekp.table import CSV_COLUMNS
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -48,7 +49,9 @@ def runs(tmp_path_factory, tiny_model_dir):
     for name, args in commands.items():
         cwd = work / name
         cwd.mkdir()
-        started[name] = (cwd, subprocess.Popen([sys.executable, str(EXAMPLES / f"{name}.py"), *args], cwd=cwd, env=env,
+        (work / f"{name}-tmp").mkdir()  # its own temporary folder, which must be left empty
+        started[name] = (cwd, subprocess.Popen([sys.executable, str(EXAMPLES / f"{name}.py"), *args], cwd=cwd,
+                                               env={**env, "TMPDIR": str(work / f"{name}-tmp")},
                                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     yield {"inputs": small, **started}
     for value in started.values():
@@ -59,6 +62,8 @@ def _finish(runs, name) -> tuple[Path, str]:
     cwd, proc = runs[name]
     out, _ = proc.communicate(timeout=180)
     assert proc.returncode == 0, out
+    left = list((cwd.parent / f"{cwd.name}-tmp").iterdir())
+    assert not left, f"{cwd.name} left temporary files behind: {left}"
     return cwd, out
 
 
@@ -72,6 +77,8 @@ def test_annotate_photo(runs):
 def test_folder_to_csv(runs):
     cwd, out = _finish(runs, "folder_to_csv")
     with (cwd / "faces.csv").open(newline="") as f:
+        assert next(csv.reader(f)) == list(CSV_COLUMNS)  # the layout of facekp detect --csv
+        f.seek(0)
         rows = list(csv.DictReader(f))
     assert sorted((r["image"], r["face"]) for r in rows) == [("blank.png", ""), ("group.png", "0"), ("group.png", "1")]
     assert "3 face(s)" not in out and "2 face(s) in 2 photo(s)" in out

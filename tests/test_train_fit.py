@@ -401,3 +401,21 @@ def test_cli_eval_flip_test_averages_with_the_mirrored_crop(strided_run, tmp_pat
     for kind in ("canonical", "perturbed"):
         assert flipped[kind]["faces"] == plain[kind]["faces"] > 0  # the same faces...
         assert np.isfinite(flipped[kind]["rmse"]) and flipped[kind]["rmse"] != plain[kind]["rmse"]  # ...other predictions
+
+
+def test_fit_without_matplotlib_stops_before_any_work_and_a_short_run_resumes(kaggle_csv, tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    argv = ["fit", "--data", str(kaggle_csv), "--out", str(run), "--stacks", "2", "--depth", "2", "--channels", "16",
+            "--batch-size", "8", "--val-fraction", "0.25", "--device", "cpu"]
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "matplotlib", None)  # what Python does for a package that is not installed
+        assert train_main([*argv, "--max-steps", "2"]) == 2
+        err = capsys.readouterr().err
+        assert err == 'facekp-train: error: facekp-train draws its plots with matplotlib: pip install "facekp[train]"\n'
+        assert not run.exists()
+        assert train_main(["eval", "--weights", "default", "--data", str(kaggle_csv), "--plots", str(tmp_path / "p")]) == 2
+        assert "facekp[train]" in capsys.readouterr().err and not (tmp_path / "p").exists()
+    assert train_main([*argv, "--max-steps", "2"]) == 0
+    assert {"last.pt", "best.pt", "curves.png", "log.jsonl"} <= {p.name for p in run.iterdir()}
+    assert train_main([*argv, "--max-steps", "4", "--resume"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["step"] == 4

@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..cli_parser import ArgumentParser
 from ..errors import one_line
 from ..model import HourglassConfig
 
@@ -20,7 +21,7 @@ DOCS = Path("docs")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="facekp-train", description="Train and evaluate facekp keypoint models.")
+    parser = ArgumentParser(prog="facekp-train", description="Train and evaluate facekp keypoint models.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     fit = sub.add_parser("fit", help="train a model (resumable)")
@@ -28,41 +29,45 @@ def _parser() -> argparse.ArgumentParser:
                      "../shared/data/faces68 of the current directory)")
     fit.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, log, curves)")
     fit.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    fit.add_argument("--epochs", type=int, default=120)
-    fit.add_argument("--batch-size", type=int, default=32)
-    fit.add_argument("--lr", type=float, default=2e-3)
-    fit.add_argument("--weight-decay", type=float, default=1e-4)
-    fit.add_argument("--stacks", type=int, default=HourglassConfig.num_stacks)
-    fit.add_argument("--depth", type=int, default=HourglassConfig.depth)
-    fit.add_argument("--channels", type=int, default=HourglassConfig.channels)
+    fit.add_argument("--epochs", type=int, default=120, help="passes over the training faces")
+    fit.add_argument("--batch-size", type=int, default=32, help="faces per optimizer step")
+    fit.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate (warm-up, then cosine decay)")
+    fit.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
+    fit.add_argument("--stacks", type=int, default=HourglassConfig.num_stacks, help="hourglass stacks")
+    fit.add_argument("--depth", type=int, default=HourglassConfig.depth, help="down-sampling levels per hourglass")
+    fit.add_argument("--channels", type=int, default=HourglassConfig.channels, help="feature channels")
     fit.add_argument("--stride", type=int, default=HourglassConfig.heatmap_stride, help="heatmap stride (1, 2 or 4)")
     fit.add_argument("--sigma", type=float, default=1.0, help="target Gaussian sigma, heatmap pixels")
-    fit.add_argument("--val-fraction", type=_fraction, default=0.15)
-    fit.add_argument("--seed", type=int, default=0)
-    fit.add_argument("--device", default="auto")
+    fit.add_argument("--val-fraction", type=_fraction, default=0.15, help="share of identities held out for validation")
+    fit.add_argument("--seed", type=int, default=0, help="seed of the split, the initial weights and the augmentation")
+    fit.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     fit.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    fit.add_argument("--checkpoint-minutes", type=float, default=5.0)
-    fit.add_argument("--init", help="fine-tune from a run folder's best weights, a .safetensors file or a save_pretrained folder")
+    fit.add_argument("--checkpoint-minutes", type=float, default=5.0, help="also save last.pt this often within an epoch")
+    fit.add_argument("--init", help="fine-tune from a run folder's best weights, a .safetensors file or a save_pretrained "
+                     "folder (default: random initial weights)")
     fit.add_argument("--no-flip", action="store_true", help="no horizontal-flip augmentation")
     fit.add_argument("--mirror-offset", action="append", default=[], metavar="SUBSET=PX", type=_subset_offset,
-                     help="a subset's labelling x offset (from 'eval --mirror-offsets'); mirrored crops keep it")
-    fit.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke runs)")
+                     help="a subset's labelling x offset (from 'eval --mirror-offsets'); mirrored crops keep it "
+                          "(repeatable; default: none)")
+    fit.add_argument("--max-steps", type=int, default=None,
+                     help="stop after this many steps (smoke runs; default: after --epochs)")
     fit.set_defaults(handler=_fit)
 
     ev = sub.add_parser("eval", help="accuracy on the validation split (or all) of a dataset")
     ev.add_argument("--weights", required=True, help="a .safetensors file, save_pretrained folder, run folder or 'default'")
     ev.add_argument("--data", type=Path, help="default: a run folder's own data, else faces68")
-    ev.add_argument("--split", choices=("val", "train", "all"), default="val")
+    ev.add_argument("--split", choices=("val", "train", "all"), default="val", help="which faces to score")
     ev.add_argument("--val-fraction", type=_fraction, help="default: a run folder's own, else 0.15")
     ev.add_argument("--seed", type=int, help="split seed (must match training; default: a run folder's own, else 0)")
     ev.add_argument("--flip-test", action="store_true", help="average with the mirrored crop's heatmaps")
     ev.add_argument("--mirror-offsets", action="store_true",
                     help="also measure each subset's labelling x offset (use --split train to feed 'fit --mirror-offset')")
-    ev.add_argument("--json", type=Path, help="also write the metrics to this JSON file")
+    ev.add_argument("--json", type=Path, help="also write the metrics to this JSON file (default: none)")
     ev.add_argument("--plots", type=Path, metavar="DIR",
-                    help="write val-predictions.png (a gallery) and val-errors.png (error distribution) here")
+                    help="write val-predictions.png (a gallery) and val-errors.png (error distribution) here "
+                         "(default: no plots)")
     ev.add_argument("--force", action="store_true", help="allow --json and --plots to replace existing files")
-    ev.add_argument("--device", default="auto")
+    ev.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     ev.set_defaults(handler=_eval)
 
     ex = sub.add_parser("export", help="ship a run's best weights in the package and the manifest")
@@ -75,7 +80,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="the manifest to record the model in (default: ./weights_manifest.json)")
     ex.add_argument("--model-card", type=Path,
                     help="default: docs/model-card.md for the default model, else docs/model-card-NAME.md")
-    ex.add_argument("--hub-folder", type=Path, help="also write config.json + model.safetensors here for a Hub upload")
+    ex.add_argument("--hub-folder", type=Path,
+                    help="also write config.json + model.safetensors here for a Hub upload (default: none)")
     ex.add_argument("--no-default", action="store_true", help="do not make this the default model")
     ex.add_argument("--no-int8", action="store_true",
                     help="skip the int8 ONNX graph (otherwise written beside the weights, for Detector(precision='int8'))")
@@ -83,11 +89,11 @@ def _parser() -> argparse.ArgumentParser:
     ex.set_defaults(handler=_export)
 
     sm = sub.add_parser("submit", help="write a Kaggle submission CSV")
-    sm.add_argument("--weights", default="default")
+    sm.add_argument("--weights", default="default", help="a .safetensors file, save_pretrained folder or 'default'")
     sm.add_argument("--test", type=Path, required=True, help="Kaggle test.csv")
     sm.add_argument("--lookup", type=Path, required=True, help="Kaggle IdLookupTable.csv")
     sm.add_argument("--out", type=Path, required=True, help="submission CSV to write (must not exist)")
-    sm.add_argument("--device", default="auto")
+    sm.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     sm.set_defaults(handler=_submit)
     return parser
 
@@ -110,9 +116,7 @@ def _fit(args) -> None:
         mirror_offsets=dict(args.mirror_offset),
         init=None if args.init is None else str(Path(args.init).resolve()),
     )
-    history = Trainer(config).fit(resume=args.resume)
-    if history:
-        print(json.dumps(history[-1]))
+    Trainer(config).fit(resume=args.resume)  # prints each epoch's record as it ends
 
 
 def _load_eval_model(weights: str, device: str):
@@ -181,11 +185,14 @@ PLOT_NAMES = ("val-predictions.png", "val-errors.png")
 def _eval(args) -> None:
     from .. import fileio
     from .evaluate import evaluation_report, format_report, mirror_offsets
+    from .plots import require_matplotlib
 
     # Every output is checked before any work: never over the data, the weights, or a file without --force.
     inputs = [*fileio.files_of(args.data), *fileio.files_of(args.weights if Path(args.weights).exists() else None)]
     for out in ([args.json] if args.json else []) + ([args.plots / n for n in PLOT_NAMES] if args.plots else []):
         fileio.check_output(out, inputs=inputs, overwrite=args.force)
+    if args.plots:
+        require_matplotlib()  # before the evaluation, not after it
     model, codec = _load_eval_model(args.weights, args.device)
     samples = _validation_samples(args)
     report = evaluation_report(model, codec, samples, args.flip_test)

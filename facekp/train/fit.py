@@ -20,7 +20,7 @@ from .augment import EVAL_PERTURBATION, Augmenter, make_crop
 from .checkpoint import read_checkpoint
 from .data import Sample, load_dataset, split_by_identity
 from .evaluate import evaluate
-from .plots import plot_history
+from .plots import plot_history, require_matplotlib
 from .run import RESUMABLE_CHANGES, RUN_FILES, FitConfig, changed_settings, is_run_folder, load_run
 
 log = logging.getLogger("facekp.train")
@@ -145,6 +145,7 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------------
     def fit(self, resume: bool = False) -> list[dict]:
         """Train until ``epochs`` (or ``max_steps``); logs to ``train.log`` in the run folder."""
+        require_matplotlib()  # for curves.png, written at the end of each epoch
         self.out.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(self.out / "train.log", delay=True)  # opened once _fit has checked the folder
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
@@ -173,7 +174,8 @@ class Trainer:
         if cfg.max_steps is not None:
             total = min(total, cfg.max_steps)
         last_save = time.monotonic()
-        bar = tqdm(total=total, initial=self.step, desc="fit", unit="step", dynamic_ncols=True)
+        # disable=None: a bar on a terminal only; in a log its redrawn line would repeat.
+        bar = tqdm(total=total, initial=self.step, desc="fit", unit="step", dynamic_ncols=True, disable=None)
         while self.step < total:
             epoch, pos = divmod(self.step, self.steps_per_epoch)
             order = np.random.default_rng([cfg.seed, epoch]).permutation(len(self.train))
@@ -204,6 +206,7 @@ class Trainer:
                 self._end_epoch(epoch, losses)
                 self.save_checkpoint()
                 last_save = time.monotonic()
+                plot_history(self.history, self.out / "curves.png", overwrite=True)  # after the checkpoint: the run stays resumable
         bar.close()
         return self.history
 
@@ -225,5 +228,4 @@ class Trainer:
         fileio.write_text(self.out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in self.history), overwrite=True)
         log.info("epoch %s", record)
         tqdm.write(json.dumps(record))
-        plot_history(self.history, self.out / "curves.png", overwrite=True)
 

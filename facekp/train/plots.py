@@ -9,6 +9,15 @@ import numpy as np
 from .. import fileio
 
 
+def require_matplotlib() -> None:
+    """Raise ``ImportError`` saying what to install when matplotlib is missing: called before any
+    work that ends in a plot, so that a missing extra never costs a training run."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ImportError('facekp-train draws its plots with matplotlib: pip install "facekp[train]"') from None
+
+
 def _pyplot():
     import matplotlib
 
