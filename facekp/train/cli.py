@@ -90,6 +90,7 @@ def _fit(args) -> None:
     import torch
 
     from ..runtime import resolve_device
+    from .distributed import process_group
     from .fit import Trainer
     from .run import FitConfig
 
@@ -104,8 +105,9 @@ def _fit(args) -> None:
         mirror_offsets=dict(args.mirror_offset),
         init=None if args.init is None else str(Path(args.init).resolve()),
     )
-    history = Trainer(config).fit(resume=args.resume)
-    if history:
+    with process_group(config.device) as world:  # a world of one unless started by torchrun
+        history = Trainer(config, world=world).fit(resume=args.resume)
+    if history:  # rank 0's
         print(json.dumps(history[-1]))
 
 
