@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .detector import Detector
@@ -71,7 +70,7 @@ class FaceKeypoints:
             holds paths, else null.
         weights, sha256: from :func:`weights_reference` (None: the bundled default model).
         device: the :class:`~facekp.Detector` device; ``"auto"`` takes the actor's GPU if Ray gave it one.
-        threads: torch CPU threads of this actor (default: torch's choice).
+        threads: CPU threads of this actor's network (default: the backend's choice).
         refine, max_faces, backend, precision: as for :meth:`Detector.detect` / :class:`Detector`.
 
     A photo that cannot be read gives a row with its ``error``; the job never fails on one.
@@ -91,15 +90,13 @@ class FaceKeypoints:
         backend: str | None = None,
         precision: str = "auto",
     ) -> None:
-        if threads is not None:
-            torch.set_num_threads(threads)
         if sha256 is not None:
             path = Path(weights)
             verify_file(path / WEIGHTS_NAME if path.is_dir() else path, sha256, f"weights {weights}")
         for name, value in (("refine", refine), ("max_faces", max_faces)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                 raise ValueError(f"{name} must be None or an integer >= 0, got {value!r}")  # once, not per photo
-        self.detector = Detector(weights, device=device, backend=backend, precision=precision)
+        self.detector = Detector(weights, device=device, backend=backend, precision=precision, threads=threads)
         self.column, self.path_column = column, path_column
         self.refine, self.max_faces = refine, max_faces
 
@@ -179,7 +176,7 @@ def detect_dataset(
 ) -> "ray.data.Dataset":
     """``ds`` mapped to face rows by ``workers`` Ray actors (a pool of :class:`FaceKeypoints`).
 
-    Each actor reserves ``cpus_per_worker`` CPUs (its torch threads) and ``gpus_per_worker``
+    Each actor reserves ``cpus_per_worker`` CPUs (its network threads) and ``gpus_per_worker``
     GPUs, and takes ``batch_size`` photos at a time. ``detect`` holds :class:`FaceKeypoints`'
     keyword arguments (``refine``, ``max_faces``, ``backend``, ``precision``).
     """
@@ -250,7 +247,7 @@ def add_batch_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", help="a running Ray cluster ('auto', or ray://HOST:10001); default: start a local Ray")
     p.add_argument("--workers", type=int, default=1, help="Ray actors, each with its own model (default: 1)")
     p.add_argument("--cpus-per-worker", type=float, default=None,
-                   help="CPUs (torch threads) each worker reserves (default: the cluster's CPUs / workers, at most a node's)")
+                   help="CPUs (network threads) each worker reserves (default: the cluster's CPUs / workers, at most a node's)")
     p.add_argument("--batch-size", type=int, default=16, help="photos per batch sent to a worker (default: 16)")
     p.add_argument("--recursive", "-r", action="store_true", help="also look into subfolders")
     p.add_argument("--refine", type=int, default=None, help="re-framing passes per face (default: 1)")

@@ -11,7 +11,8 @@ import torch
 
 from facekp.model import HourglassConfig
 from facekp.train.distributed import process_group
-from facekp.train.fit import FitConfig, Trainer
+from facekp.train.fit import Trainer
+from facekp.train.run import FitConfig
 
 torch.set_num_threads(1)
 data, out, ranks, batch_size, max_steps = sys.argv[1:]

@@ -24,7 +24,8 @@ import torch
 
 from facekp.model import HourglassConfig
 from facekp.train.distributed import World
-from facekp.train.fit import FitConfig, Trainer
+from facekp.train.fit import Trainer
+from facekp.train.run import FitConfig
 from synthetic import write_kaggle_csv
 
 TINY = HourglassConfig(num_stacks=2, depth=2, channels=16)
