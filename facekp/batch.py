@@ -257,9 +257,12 @@ def add_batch_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_batch(args: argparse.Namespace, suffixes: Sequence[str], check_output: Callable[[Path, list[Path], bool], None]) -> None:
     """``facekp batch``: ``check_output(out, inputs, force)`` is the CLI's rule for output files."""
-    import pyarrow.parquet as pq
-    import ray
-
+    try:
+        import pyarrow.parquet as pq
+        import ray
+        import ray.data
+    except ImportError as exc:
+        raise FacekpError(f"facekp batch needs Ray Data and pyarrow ({exc}): pip install \"facekp[ray]\"") from None
     if args.workers < 1 or args.batch_size < 1:
         raise FacekpError(f"--workers and --batch-size must be positive, got {args.workers} and {args.batch_size}")
     if (args.refine is not None and args.refine < 0) or (args.max_faces is not None and args.max_faces < 0):
@@ -278,11 +281,15 @@ def run_batch(args: argparse.Namespace, suffixes: Sequence[str], check_output: C
         args.out.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.out.with_name(f".{args.out.name}.tmp")
         faces = faceless = failed = 0  # rows: a face, a photo without faces, an unreadable photo
-        with pq.ParquetWriter(tmp, table([]).schema) as writer:
-            for part in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-                writer.write_table(part)
-                no_face, errors = part.column("face").null_count, len(part) - part.column("error").null_count
-                faces, faceless, failed = faces + len(part) - no_face, faceless + no_face - errors, failed + errors
+        try:
+            with pq.ParquetWriter(tmp, table([]).schema) as writer:
+                for part in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+                    writer.write_table(part)
+                    no_face, errors = part.column("face").null_count, len(part) - part.column("error").null_count
+                    faces, faceless, failed = faces + len(part) - no_face, faceless + no_face - errors, failed + errors
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         tmp.replace(args.out)  # the whole file or none: a stopped run leaves no half-written OUT
     finally:
         ray.shutdown()
