@@ -3,8 +3,9 @@
 ``torchrun`` starts one process per rank and sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the
 rendezvous variables; :func:`process_group` reads them (a plain ``facekp-train fit`` is a world of
 one). Every rank walks the same global batches (``--batch-size`` photos, from the single-process
-permutation of each epoch) and takes its strided share, so a run sees the same data whatever its
-world size, and ``--resume`` may change the world size. Gradients are averaged by DDP: each rank's
+permutation of each epoch, seeded by (seed, epoch)) and takes its strided share: what
+``DistributedSampler`` with ``set_epoch`` does, with the permutation a single process uses. So a
+run sees the same data whatever its world size, and ``--resume`` may change the world size. Gradients are averaged by DDP: each rank's
 loss is its share of the global batch's loss times the world size, so the average is the global
 batch's gradient.
 """
