@@ -1,7 +1,7 @@
 """Scale-out throughput: ``facekp detect`` vs ``facekp batch`` (1 and 2 Ray workers), and
 ``facekp-train fit`` on 1 and 2 torchrun processes. Prints a markdown table for docs/scale-out.md.
 
-    python benchmarks/scale_out.py [--data ../shared/data/faces68] [--photos 1000] [--steps 10 30]
+    python benchmarks/scale_out.py [--data ../shared/data/faces68] [--photos 600] [--steps 4 12]
 
 Every figure is a difference of two end-to-end runs of the real command, so that start-up (Python,
 torch, Ray's local cluster and actors, torchrun's rendezvous) and the final validation drop out:
@@ -9,7 +9,8 @@ torch, Ray's local cluster and actors, torchrun's rendezvous) and the final vali
 - photos/s = (N - 16) / (wall time on N photos - wall time on the first 16), N = ``--photos``
   faces68 photos (about 220x220 px crops, in index.csv order), bundled model, CPU;
 - crops/s = 32 x (S2 - S1) / (wall time of S2 steps - of S1 steps), ``--steps S1 S2``, with the
-  default architecture and a global batch of 32 on 400 generated 96x96 faces (tests/synthetic.py);
+  default architecture and a global batch of 32 on generated 96x96 faces (tests/synthetic.py), as
+  many as keep S2 steps inside the first epoch (both runs then validate once, at their end);
   2 processes take 16 crops each per step, one torch thread each (torchrun's default), 1 process
   runs torch's default threads.
 
@@ -76,40 +77,40 @@ def _cpu_name() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="faces68 (its index.csv lists the photos)")
-    parser.add_argument("--photos", type=int, default=1000)
-    parser.add_argument("--steps", type=int, nargs=2, default=(10, 30), metavar=("S1", "S2"))
+    parser.add_argument("--photos", type=int, default=600)
+    parser.add_argument("--steps", type=int, nargs=2, default=(4, 12), metavar=("S1", "S2"))
     args = parser.parse_args(argv)
     with (args.data / "index.csv").open() as fh:
         photos = [str(args.data / row["image"]) for row in csv.DictReader(fh)][: args.photos]
     if len(photos) <= FEW:
         sys.exit(f"need more than {FEW} photos, found {len(photos)} in {args.data}")
     facekp = [sys.executable, "-m", "facekp.cli"]
-    load = os.getloadavg()[0]
-    rows = []
+    print(f"{_cpu_name()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start; "
+          f"{len(photos)} photos, fit steps {args.steps[0]} -> {args.steps[1]}\n")
+    print("| command | throughput past start-up | start-up (16 photos / S1 steps) |")
+    print("|---|---:|---:|", flush=True)
+
+    def row(what: str, rate: str, start: float) -> None:
+        print(f"| {what} | {rate} | {start:.1f} s |", flush=True)
+
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         rate, start = _photo_rate(lambda listed, out, ps: [*facekp, "detect", *ps, "--csv", f"{out}.csv",
                                                            "--device", "cpu"], photos, folder)
-        rows.append(("`facekp detect --csv` (1 process)", f"{rate:.1f} photos/s", f"{start:.1f} s"))
+        row("`facekp detect --csv` (1 process)", f"{rate:.1f} photos/s", start)
         for workers in (1, 2):
             rate, start = _photo_rate(lambda listed, out, ps: [*facekp, "batch", str(listed), "--out", f"{out}.parquet",
                                                                "--device", "cpu", "--workers", str(workers)], photos, folder)
-            rows.append((f"`facekp batch --workers {workers}` (local Ray)", f"{rate:.1f} photos/s", f"{start:.1f} s"))
+            row(f"`facekp batch --workers {workers}` (local Ray)", f"{rate:.1f} photos/s", start)
         sys.path.insert(0, str(ROOT / "tests"))
         from synthetic import write_kaggle_csv
 
         data = folder / "faces.csv"
-        write_kaggle_csv(data, 400, seed=0)
+        write_kaggle_csv(data, int(32 * args.steps[1] / 0.8) + 1, seed=0)  # 10% validation, and some margin
         for nproc in (1, 2):
             rate, start = _fit_rate(nproc, data, tuple(args.steps), folder)
-            rows.append((f"`facekp-train fit`, {nproc} process{'es' if nproc > 1 else ''}", f"{rate:.1f} crops/s",
-                         f"{start:.1f} s"))
-    print(f"{_cpu_name()}, {os.cpu_count()} CPUs, load average {load:.1f} at the start "
-          f"and {os.getloadavg()[0]:.1f} at the end; {len(photos)} photos, fit steps {args.steps[0]} -> {args.steps[1]}\n")
-    print("| command | throughput past start-up | start-up (16 photos / S1 steps) |")
-    print("|---|---:|---:|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+            row(f"`facekp-train fit`, {nproc} process{'es' if nproc > 1 else ''}", f"{rate:.1f} crops/s", start)
+    print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
     return 0
 
 
