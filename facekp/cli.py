@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from . import __version__, fileio
+from .batch import add_batch_arguments, run_batch
 from .cli_parser import ArgumentParser
 from .errors import FacekpError, one_line
 from .keypoints import KEYPOINT_NAMES
@@ -46,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="allow replacing existing output files")
     _add_model_args(p)
     p.set_defaults(run=_detect)
+
+    p = sub.add_parser("batch", help="faces and keypoints of many photos on Ray Data (local or a cluster), to Parquet "
+                                     "(needs facekp[ray])")
+    add_batch_arguments(p)
+    _add_model_args(p)
+    p.set_defaults(run=lambda args: run_batch(args, IMAGE_SUFFIXES, _check_output_file))
 
     p = sub.add_parser("export-onnx", help="write the keypoint network as ONNX (dynamic batch; needs facekp[onnx])")
     p.add_argument("out", type=Path, metavar="OUT.onnx", help="the file to write")

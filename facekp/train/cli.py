@@ -102,6 +102,7 @@ def _fit(args) -> None:
     import torch
 
     from ..runtime import resolve_device
+    from .distributed import process_group
     from .fit import Trainer
     from .run import FitConfig
 
@@ -116,7 +117,8 @@ def _fit(args) -> None:
         mirror_offsets=dict(args.mirror_offset),
         init=None if args.init is None else str(Path(args.init).resolve()),
     )
-    Trainer(config).fit(resume=args.resume)  # prints each epoch's record as it ends
+    with process_group(config.device) as world:  # a world of one unless started by torchrun
+        Trainer(config, world=world).fit(resume=args.resume)  # rank 0 prints each epoch's record as it ends
 
 
 def _load_eval_model(weights: str, device: str):

@@ -19,6 +19,7 @@ from ..preprocess import network_input
 from .augment import EVAL_PERTURBATION, Augmenter, make_crop
 from .checkpoint import read_checkpoint
 from .data import Sample, load_dataset, split_by_identity
+from .distributed import World
 from .evaluate import evaluate
 from .plots import plot_history, require_matplotlib
 from .run import RESUMABLE_CHANGES, RUN_FILES, FitConfig, changed_settings, is_run_folder, load_run
@@ -26,10 +27,16 @@ from .run import RESUMABLE_CHANGES, RUN_FILES, FitConfig, changed_settings, is_r
 log = logging.getLogger("facekp.train")
 
 
-def heatmap_loss(outputs: list[torch.Tensor], target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """MSE over visible keypoints' heatmaps, summed over stacks (intermediate supervision)."""
+def heatmap_loss(outputs: list[torch.Tensor], target: torch.Tensor, mask: torch.Tensor,
+                 visible: torch.Tensor | None = None) -> torch.Tensor:
+    """MSE over visible keypoints' heatmaps, summed over stacks (intermediate supervision).
+
+    ``visible``: the visible keypoints of the whole global batch when this is a rank's share of it
+    (default: ``mask``'s); the shares' losses then add up to the global batch's.
+    """
     weight = mask.to(target.dtype)[..., None, None]
-    visible = weight.sum().clamp_min(1.0) * target.shape[-1] * target.shape[-2]
+    visible = (weight.sum() if visible is None else visible.to(target.dtype)).clamp_min(1.0)
+    visible = visible * target.shape[-1] * target.shape[-2]
     return sum(((out - target) ** 2 * weight).sum() / visible for out in outputs)
 
 
@@ -56,10 +63,15 @@ def make_batch(
 
 
 class Trainer:
-    """Runs (or resumes) one training run in ``config.out``."""
+    """Runs (or resumes) one training run in ``config.out``; ``world``: this rank of a torchrun launch
+    (:mod:`facekp.train.distributed`), where ``batch_size`` is the global batch, split over the ranks."""
 
-    def __init__(self, config: FitConfig, train: list[Sample] | None = None, val: list[Sample] | None = None) -> None:
+    def __init__(self, config: FitConfig, train: list[Sample] | None = None, val: list[Sample] | None = None,
+                 world: World = World()) -> None:
         self.config = config
+        self.world = world
+        if config.batch_size < world.size:
+            raise ValueError(f"batch size {config.batch_size} is smaller than the {world.size} ranks sharing each batch")
         self.out = Path(config.out)
         if train is None:
             train, val = split_by_identity(load_dataset(config.data), config.val_fraction, config.seed)
@@ -70,11 +82,12 @@ class Trainer:
             raise ValueError(f"the validation split is empty (val_fraction {config.val_fraction}): a run picks its "
                              "best epoch on validation faces, so it needs some")
         torch.manual_seed(config.seed)
-        self.device = torch.device(config.device)
+        self.device = world.device(config.device)
         self.model = StackedHourglass(config.hourglass).to(self.device)
         self.codec = HeatmapCodec(config.hourglass.input_size, config.hourglass.heatmap_stride, config.sigma)
         if config.init is not None:
             self._load_init(config.init)
+        self.net = world.wrap(self.model)  # what trains: DDP around self.model across ranks
         self.augmenter = Augmenter(flip=config.flip, mirror_offsets=config.mirror_offsets)
         self.steps_per_epoch = math.ceil(len(self.train) / config.batch_size)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -110,6 +123,8 @@ class Trainer:
         return self.out / "last.pt"
 
     def save_checkpoint(self) -> None:
+        if not self.world.is_main:
+            return
         state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -146,6 +161,8 @@ class Trainer:
     def fit(self, resume: bool = False) -> list[dict]:
         """Train until ``epochs`` (or ``max_steps``); logs to ``train.log`` in the run folder."""
         require_matplotlib()  # for curves.png, written at the end of each epoch
+        if not self.world.is_main:
+            return self._fit(resume)
         self.out.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(self.out / "train.log", delay=True)  # opened once _fit has checked the folder
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
@@ -168,31 +185,38 @@ class Trainer:
         elif existing:
             raise FileExistsError(f"{self.out} holds a run without last.pt to resume from ({', '.join(existing)}): "
                                   "choose another --out")
-        log.info("training %d faces, validating on %d, config %s", len(self.train), len(self.val), json.dumps(cfg.to_dict()))
-        fileio.write_text(self.out / "fit_config.json", json.dumps(cfg.to_dict(), indent=2), overwrite=True)  # the run's own
+        self.world.agree(self.step, "the step to resume from")
+        self.world.barrier()  # every rank has looked at the folder before rank 0 writes into it
+        log.info("training %d faces on %d rank(s), validating on %d, config %s", len(self.train), self.world.size,
+                 len(self.val), json.dumps(cfg.to_dict()))
+        if self.world.is_main:
+            fileio.write_text(self.out / "fit_config.json", json.dumps(cfg.to_dict(), indent=2), overwrite=True)  # the run's own
         total = cfg.epochs * self.steps_per_epoch
         if cfg.max_steps is not None:
             total = min(total, cfg.max_steps)
         last_save = time.monotonic()
-        # disable=None: a bar on a terminal only; in a log its redrawn line would repeat.
-        bar = tqdm(total=total, initial=self.step, desc="fit", unit="step", dynamic_ncols=True, disable=None)
+        # A bar on rank 0's terminal only (disable=None); in a log its redrawn line would repeat.
+        bar = tqdm(total=total, initial=self.step, desc="fit", unit="step", dynamic_ncols=True,
+                   disable=None if self.world.is_main else True)
         while self.step < total:
             epoch, pos = divmod(self.step, self.steps_per_epoch)
             order = np.random.default_rng([cfg.seed, epoch]).permutation(len(self.train))
-            self.model.train()
+            self.net.train()
             losses = []
             for b in range(pos, self.steps_per_epoch):
                 if self.step >= total:
                     break
-                idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+                idx, counted = self.world.shard(order[b * cfg.batch_size : (b + 1) * cfg.batch_size])
                 x, target, mask = make_batch(self.train, idx, self.augmenter, self.codec, cfg.seed, epoch)
-                loss = heatmap_loss(self.model(x.to(self.device)), target.to(self.device), mask.to(self.device))
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"the training loss became {float(loss.detach())} at step {self.step} (epoch {epoch}); "
+                mask = (mask & counted).to(self.device)
+                loss = heatmap_loss(self.net(x.to(self.device)), target.to(self.device), mask, self.world.total(mask.sum()))
+                self.optimizer.zero_grad(set_to_none=True)
+                (loss * self.world.size).backward()  # DDP averages the ranks' gradients: this makes it their sum
+                loss = self.world.total(loss.detach())
+                if not torch.isfinite(loss):  # the ranks' total: every rank stops at the same step
+                    raise FloatingPointError(f"the training loss became {float(loss)} at step {self.step} (epoch {epoch}); "
                                              f"lower --lr (now {cfg.lr:g}) or check the labels; {self.checkpoint_path} "
                                              "holds the last finite state")
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
                 self.optimizer.step()
                 self.scheduler.step()
                 self.step += 1
@@ -206,17 +230,22 @@ class Trainer:
                 self._end_epoch(epoch, losses)
                 self.save_checkpoint()
                 last_save = time.monotonic()
-                plot_history(self.history, self.out / "curves.png", overwrite=True)  # after the checkpoint: the run stays resumable
+                if self.world.is_main:  # after the checkpoint: the run stays resumable
+                    plot_history(self.history, self.out / "curves.png", overwrite=True)
         bar.close()
+        self.world.barrier()  # rank 0 has written the last checkpoint before any rank leaves
         return self.history
 
     def _end_epoch(self, epoch: int, losses: list[float]) -> None:
+        if not self.world.is_main:
+            return
         if self.history and self.history[-1]["epoch"] == epoch:
             # The epoch was cut short by max_steps and has now been resumed: one record for all of it.
             cut = self.history.pop()
             steps_before = cut["step"] - epoch * self.steps_per_epoch
             losses = [cut["train_loss"]] * steps_before + losses
-        record = {"epoch": epoch, "step": self.step, "train_loss": float(np.mean(losses)) if losses else float("nan")}
+        record = {"epoch": epoch, "step": self.step, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                  "world_size": self.world.size}
         self.model.eval()
         record["val_rmse"] = evaluate(self.model, self.codec, self.val)["rmse"]
         record["val_rmse_perturbed"] = evaluate(self.model, self.codec, self.val, EVAL_PERTURBATION, seed=1)["rmse"]
