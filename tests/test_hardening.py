@@ -150,8 +150,9 @@ def test_detect_folder_skips_bombs_fifos_and_truncated_files(capsys, tmp_path, t
     assert code == 2 and "2 file(s) could not be read" in _one_error_line(err)
     for name in ("bomb.png", "cut.jpg"):
         assert f"skipping {photos / name}" in err  # the FIFO is not a regular file: the folder walk passes it by
-    rows = list(csv.reader(out.open()))
-    assert [r[0] for r in rows[1:]] == [str(photos / "good.png")]
+    rows = list(csv.DictReader(out.open()))  # the documented layout: an unreadable photo is a row with its error
+    assert [(r["image"], bool(r["error"])) for r in rows] == [
+        (str(photos / "bomb.png"), True), (str(photos / "cut.jpg"), True), (str(photos / "good.png"), False)]
 
 
 def test_a_fifo_named_like_an_image_is_refused_at_once(tmp_path, detector, capsys, tiny_model_dir):
