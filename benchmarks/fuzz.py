@@ -395,8 +395,10 @@ def gen_train_cli(rng, det, tmp):
     argv = {
         "json-onto-data": ["eval", "--weights", TINY_DIR, "--data", data, "--split", "all", "--device", "cpu", "--json", data, *force],
         "plots-exist": ["eval", "--weights", TINY_DIR, "--data", data, "--split", "all", "--device", "cpu", "--plots", case],
-        # --max-steps 1: a setting that is valid after all (--epochs 1000000) trains one step, not for hours
+        # A setting that is valid after all (--epochs 1000000) trains one step of a small network, not for
+        # hours: one step of the default network takes up to 30 s on a loaded 2-core VM, past the timeout.
         "bad-settings": ["fit", "--data", data, "--out", case / "run", "--device", "cpu", "--max-steps", "1",
+                         "--stacks", "1", "--depth", "2", "--channels", "8",
                          pick(rng, ["--batch-size", "--epochs", "--sigma", "--lr", "--stacks", "--channels"]),
                          str(pick(rng, [0, -1, "nan", "inf", 10**6, 2**31]))],
         "big-field": ["fit", "--data", case / "big.csv", "--out", case / "run", "--device", "cpu"],
