@@ -83,6 +83,10 @@ def _parser() -> argparse.ArgumentParser:
     sm.add_argument("--out", type=Path, required=True, help="submission CSV to write (must not exist)")
     sm.add_argument("--device", default="auto")
     sm.set_defaults(handler=_submit)
+
+    from .finder_fit import add_parser as add_finder_parser
+
+    add_finder_parser(sub)
     return parser
 
 
