@@ -116,14 +116,18 @@ class FaceFinder:
         return boxes, scores, angles
 
     def maps(self, gray: np.ndarray) -> list[np.ndarray]:
-        """The network's output maps for a (H, W) uint8 photo, padded to a multiple of 32 px."""
+        """The network's output maps for a (H, W) uint8 photo: ``(6, ceil(H/s), ceil(W/s))`` per stride ``s``.
+
+        The photo is padded (edge pixels repeated) to a multiple of 32 px for the network; cells
+        wholly in the padding are cut off again, so no face is reported there.
+        """
         h, w = gray.shape
         ph, pw = -h % 32, -w % 32
         if ph or pw:
             gray = cv2.copyMakeBorder(gray, 0, ph, 0, pw, cv2.BORDER_REPLICATE)
         with torch.inference_mode():
             out = self.model(normalize(torch.from_numpy(gray))[None, None])
-        return [o[0].numpy() for o in out]
+        return [o[0, :, : -(-h // s), : -(-w // s)].numpy() for o, s in zip(out, STRIDES)]
 
     def __repr__(self) -> str:
         return f"FaceFinder(min_score={self.min_score}, max_side={self.max_side}, nms_iou={self.nms_iou})"
