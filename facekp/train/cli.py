@@ -84,9 +84,10 @@ def _parser() -> argparse.ArgumentParser:
     sm.add_argument("--device", default="auto")
     sm.set_defaults(handler=_submit)
 
-    from .finder_fit import add_parser as add_finder_parser
+    from . import finder_export, finder_fit
 
-    add_finder_parser(sub)
+    finder_fit.add_parser(sub)
+    finder_export.add_parser(sub)
     return parser
 
 

@@ -2,7 +2,7 @@
 
 A scene is a square gray image with zero to ten faces taken from annotated photos (faces68
 *training* identities), each scaled (eye distance from about 8 px up to most of the scene),
-turned (half the faces anywhere on the full circle, the rest within +/-30 degrees), mirrored
+turned (half the faces anywhere on the full circle, the rest within +/-30 degrees by default), mirrored
 half of the time, cut out with a soft oval or with its photo's own surroundings, and possibly
 partly covered or cut by the scene's border. Backgrounds are crops of face-free photos
 (``../shared/data/negatives`` less :data:`HELD_OUT_NEGATIVES`) or the parts of faces68 photos
@@ -76,7 +76,8 @@ class SceneConfig:
     max_faces: int = 10
     empty_p: float = 0.1  # scenes without any face
     group_p: float = 0.4  # scenes of 3..max_faces faces (the rest: 1 or 2)
-    full_turn_p: float = 0.5  # faces turned anywhere on the circle (the rest: within +/-30 degrees)
+    full_turn_p: float = 0.5  # faces turned anywhere on the circle (the rest: within +/- tilt)
+    tilt: float = 30.0  # degrees
     surroundings_p: float = 0.35  # a face pasted with its photo's surroundings instead of an oval
     occlusion_p: float = 0.2
     blur_p: float = 0.25
@@ -158,7 +159,7 @@ class SceneComposer:
         # Eye distance in the scene: log-uniform, smaller in groups (a face's box is about 3x it).
         top = cfg.size / (3.2 * np.sqrt(count)) if count > 2 else cfg.size / 2.6
         target = float(np.exp(rng.uniform(np.log(cfg.min_eye_distance), np.log(max(top, cfg.min_eye_distance * 1.5)))))
-        angle = rng.uniform(-180, 180) if rng.random() < cfg.full_turn_p else rng.uniform(-30, 30)
+        angle = rng.uniform(-180, 180) if rng.random() < cfg.full_turn_p else rng.uniform(-cfg.tilt, cfg.tilt)
         centre = s.points.mean(axis=0)
         for _ in range(10):
             half = 1.6 * target  # about half the face box
