@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, help="only the first N validation photos (smoke runs)")
     parser.add_argument("--groups", type=int, default=60, help="composed group scenes")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--timing-only", action="store_true", help="only the ms columns (e.g. again on an idle machine)")
     args = parser.parse_args(argv)
 
     import torch
@@ -77,8 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     print("|" + "---|" * len(header))
     for name in args.detectors:
         fd = DETECTORS[name](args)
-        results = {kind: _score(detector, fd, photos) for kind, photos in kinds.items()}
         ms = [_median_ms(detector, fd, timing[size]) for size in timing]
+        if args.timing_only:
+            print(f"| {name} | " + " | ".join("-" * 8) + " | " + " | ".join(f"{v:.0f}" for v in ms) + " |", flush=True)
+            continue
+        results = {kind: _score(detector, fd, photos) for kind, photos in kinds.items()}
         g = results["groups"]
         small = g["found_small"]
         cells = [name, *(f"{100 * results[k]['recall']:.1f}%" for k in ("photos", "turned", "groups")),

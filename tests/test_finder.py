@@ -18,6 +18,7 @@ from facekp.preprocess import apply_affine, similarity_transform
 from facekp.train.data import Sample
 from facekp.train.finder_fit import FinderFitConfig, FinderTrainer, encode_targets, finder_loss, make_batch
 from facekp.train.scenes import SceneComposer, SceneConfig, eye_distance
+from conftest import randomize_batchnorm
 from synthetic import MEAN_FACE, blob_face
 
 TINY = FinderConfig(stem=4, stages=(4, 4, 8, 8), neck=4)
@@ -207,3 +208,19 @@ def test_weights_file_round_trip_and_finder_callable(tmp_path):
     with pytest.raises(WeightsError, match="no face finder"):
         load_finder_file(meta_free)
     assert json.loads(json.dumps(TINY.to_dict())) == TINY.to_dict()
+
+
+def test_onnx_maps_equal_torch_maps():
+    pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model = randomize_batchnorm(FaceFinderNet(TINY)).eval()
+    cal = BoxCalibration(0.27, (0.0, 0.0), "facekp_finder")
+    photo = np.random.default_rng(1).integers(0, 255, (90, 130), dtype=np.uint8)
+    on_torch = FaceFinder(model, cal, backend="torch").maps(photo)
+    on_onnx = FaceFinder(model, cal, backend="onnx")
+    assert on_onnx.backend == "onnx"
+    for a, b in zip(on_torch, on_onnx.maps(photo)):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    with pytest.raises(ValueError, match="backend"):
+        FaceFinder(model, cal, backend="tensorrt")
