@@ -94,13 +94,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _haar(args):
-    from facekp.faces import HaarFaceDetector
+    from facekp.face_detection import HaarFaceDetector
 
     return HaarFaceDetector()
 
 
 def _haar3(args):
-    from facekp.faces import HaarFaceDetector
+    from facekp.face_detection import HaarFaceDetector
 
     return HaarFaceDetector(angles=(-30, 0, 30))
 
@@ -123,7 +123,7 @@ def _turned(image: np.ndarray, points: np.ndarray, i: int):
     """The photo turned by 15-90 degrees (a fixed draw per photo), on a canvas that holds it all."""
     import cv2
 
-    from facekp.preprocess import apply_affine, similarity_transform
+    from facekp.geometry import apply_affine, similarity_transform
 
     rng = np.random.default_rng([7, i])
     angle = float(rng.uniform(15, 90) * rng.choice([-1, 1]))

@@ -1,4 +1,4 @@
-"""facekp's own face finder: :class:`FaceFinder`, a :class:`facekp.faces.FaceDetector` for
+"""facekp's own face finder: :class:`FaceFinder`, a :class:`facekp.face_detection.FaceDetector` for
 :meth:`facekp.Detector.detect`, and :func:`decode`, from the network's maps to faces.
 
 The photo is shrunk so that its longer side is at most ``max_side``, padded to a multiple of
@@ -18,7 +18,8 @@ import cv2
 import numpy as np
 import torch
 
-from .faces import BoxCalibration, _gray_u8, _suppress
+from .calibration import BoxCalibration
+from .face_detection import gray_u8, nms
 from .finder_model import STRIDES, FaceFinderNet, normalize
 from .model import fuse_conv_bn
 
@@ -66,7 +67,7 @@ def decode(maps: Sequence[np.ndarray], strides: Sequence[int] = STRIDES, min_sco
     if not boxes:
         return np.empty((0, 4)), np.empty(0), np.empty(0)
     b, sc, a = (np.concatenate(v).astype(np.float64) for v in (boxes, scores, angles))
-    keep = _suppress(b, sc, nms_iou)
+    keep = nms(b, sc, nms_iou)
     return b[keep], sc[keep], a[keep]
 
 
@@ -115,7 +116,7 @@ class FaceFinder:
 
     def __call__(self, image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(N, 4)`` boxes ``x0, y0, x1, y1`` (image pixels), ``(N,)`` scores and ``(N,)`` angles (degrees)."""
-        gray = _gray_u8(image)
+        gray = gray_u8(image)
         h, w = gray.shape
         f = 1.0
         if self.max_side is not None and max(h, w) > self.max_side:

@@ -15,7 +15,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .errors import WeightsError
-from .faces import BoxCalibration
+from .calibration import BoxCalibration
 from .finder_model import FaceFinderNet, FinderConfig
 from .weights import _bundled_path, read_manifest, verify_file
 

@@ -1,7 +1,7 @@
 """Ship a finder run: its best weights with a fitted box calibration, in the package and the manifest.
 
 The calibration (from the finder's boxes to the keypoint network's canonical frame) is fitted
-with :func:`facekp.faces.fit_box_calibration` on the run's *training* identities, so the
+with :func:`facekp.calibration.fit_box_calibration` on the run's *training* identities, so the
 validation photos the benchmark uses stay unseen.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..faces import fit_box_calibration
+from ..calibration import fit_box_calibration
 from ..finder import FINDER_NAME, FaceFinder
 from ..finder_model import FaceFinderNet
 from ..finder_weights import save_finder

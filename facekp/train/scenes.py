@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from ..keypoints import FLIP_INDEX
-from ..preprocess import apply_affine, similarity_transform
+from ..geometry import apply_affine, similarity_transform
 from .data import Sample
 
 #: Negatives never used in training scenes: kept for measuring false faces (benchmarks/face_finding.py).
