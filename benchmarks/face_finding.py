@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--negatives", type=Path, default=DATA / "negatives")
     parser.add_argument("--detectors", nargs="+", default=["haar", "haar3", "facekp"], choices=sorted(DETECTORS))
     parser.add_argument("--finder", type=Path, help="a face finder .safetensors file (default: the bundled one)")
-    parser.add_argument("--min-score", type=float, default=0.5, help="the finder's threshold")
+    parser.add_argument("--min-score", type=float, help="the finder's threshold (default: its weights' own)")
     parser.add_argument("--limit", type=int, help="only the first N validation photos (smoke runs)")
     parser.add_argument("--groups", type=int, default=60, help="composed group scenes")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
@@ -110,10 +110,7 @@ def _facekp(args):
 
     if args.finder is None:
         return FaceFinder(min_score=args.min_score)
-    from facekp.finder_weights import load_finder_file
-
-    model, calibration = load_finder_file(args.finder)
-    return FaceFinder(model, calibration, min_score=args.min_score)
+    return FaceFinder.from_file(args.finder, **({} if args.min_score is None else {"min_score": args.min_score}))
 
 
 DETECTORS = {"haar": _haar, "haar3": _haar3, "facekp": _facekp}

@@ -25,6 +25,8 @@ from .model import fuse_conv_bn
 
 #: The name calibrations and the manifest know the finder by.
 FINDER_NAME = "facekp_finder"
+#: Score threshold of a finder network passed in without one.
+DEFAULT_MIN_SCORE = 0.5
 
 
 def decode(maps: Sequence[np.ndarray], strides: Sequence[int] = STRIDES, min_score: float = 0.5,
@@ -75,9 +77,10 @@ class FaceFinder:
     """facekp's learned face finder for whole photos, any in-plane rotation.
 
     Args:
-        model: the network (default: the bundled weights, :func:`load_finder`).
+        model: the network (default: the bundled weights, :func:`facekp.finder_weights.load_finder`).
         calibration: from its boxes to the keypoint network's frame (default: the bundled one).
-        min_score: smallest face probability reported, in (0, 1).
+        min_score: smallest face probability reported, in (0, 1) (default: the bundled weights'
+            own threshold, or :data:`DEFAULT_MIN_SCORE` for a model passed in).
         max_side: photos whose longer side exceeds this are shrunk to it first (speed; the
             smallest faces found then have about ``8 * longer side / max_side`` px eye distance).
         nms_iou: overlap above which the weaker of two faces is dropped.
@@ -89,8 +92,9 @@ class FaceFinder:
     wants_gray = True
 
     def __init__(self, model: FaceFinderNet | None = None, calibration: BoxCalibration | dict | None = None,
-                 min_score: float = 0.5, max_side: int | None = 640, nms_iou: float = 0.4, backend: str = "auto") -> None:
-        if not 0.0 < min_score < 1.0:
+                 min_score: float | None = None, max_side: int | None = 640, nms_iou: float = 0.4,
+                 backend: str = "auto") -> None:
+        if min_score is not None and not 0.0 < min_score < 1.0:
             raise ValueError(f"min_score must lie in (0, 1), got {min_score}")
         if backend not in ("auto", "torch", "onnx"):
             raise ValueError(f"backend must be 'auto', 'torch' or 'onnx', got {backend!r}")
@@ -99,12 +103,13 @@ class FaceFinder:
         if model is None or calibration is None:
             from .finder_weights import load_finder
 
-            bundled, bundled_calibration = load_finder()
-            model = model or bundled
-            calibration = calibration or bundled_calibration
+            bundled = load_finder()
+            model = model or bundled.model
+            calibration = calibration or bundled.calibration
+            min_score = bundled.min_score if min_score is None else min_score
         self.model = fuse_conv_bn(copy.deepcopy(model).eval())  # BatchNorm folded: ~20% faster on CPU
         self.calibration = calibration if isinstance(calibration, BoxCalibration) else BoxCalibration.from_dict(calibration)
-        self.min_score = min_score
+        self.min_score = DEFAULT_MIN_SCORE if min_score is None else min_score
         self.max_side = max_side
         self.nms_iou = nms_iou
         self._onnx = None
@@ -113,6 +118,15 @@ class FaceFinder:
 
             self._onnx = OnnxFinderRunner(finder_onnx_bytes(model))
         self.backend = "onnx" if self._onnx is not None else "torch"
+
+    @classmethod
+    def from_file(cls, path, **kwargs) -> "FaceFinder":
+        """A finder from a ``.safetensors`` file written by :func:`facekp.finder_weights.save_finder`."""
+        from .finder_weights import load_finder_file
+
+        weights = load_finder_file(path)
+        kwargs.setdefault("min_score", weights.min_score)
+        return cls(weights.model, weights.calibration, **kwargs)
 
     def __call__(self, image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(N, 4)`` boxes ``x0, y0, x1, y1`` (image pixels), ``(N,)`` scores and ``(N,)`` angles (degrees)."""

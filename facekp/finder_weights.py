@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -24,19 +25,31 @@ _METADATA_KEY = "facekp_finder"
 DEFAULT_FINDER = "finder-s8"
 
 
-def save_finder(model: FaceFinderNet, calibration: BoxCalibration, path: str | Path, overwrite: bool = False) -> Path:
-    """Write the finder's weights, architecture and calibration to one ``.safetensors`` file."""
+class FinderWeights(NamedTuple):
+    """A loaded finder: the network (eval mode), its box calibration and its chosen score threshold."""
+
+    model: FaceFinderNet
+    calibration: BoxCalibration
+    min_score: float
+
+
+def save_finder(model: FaceFinderNet, calibration: BoxCalibration, path: str | Path, min_score: float = 0.5,
+                overwrite: bool = False) -> Path:
+    """Write the finder's weights, architecture, calibration and score threshold to one ``.safetensors`` file."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
-    meta = {"architecture": "face_finder", "model": model.config.to_dict(), "box_to_frame": calibration.to_dict()}
+    if not 0.0 < min_score < 1.0:
+        raise ValueError(f"min_score must lie in (0, 1), got {min_score}")
+    meta = {"architecture": "face_finder", "model": model.config.to_dict(), "box_to_frame": calibration.to_dict(),
+            "min_score": float(min_score)}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(path), metadata={_METADATA_KEY: json.dumps(meta)})
     return path
 
 
-def load_finder_file(path: str | Path) -> tuple[FaceFinderNet, BoxCalibration]:
-    """The finder network (eval mode) and its calibration from a file written by :func:`save_finder`."""
+def load_finder_file(path: str | Path) -> FinderWeights:
+    """The finder network (eval mode), calibration and threshold from a file written by :func:`save_finder`."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"face finder weights not found: {path}")
@@ -52,13 +65,16 @@ def load_finder_file(path: str | Path) -> tuple[FaceFinderNet, BoxCalibration]:
         meta = json.loads(meta)
         model = FaceFinderNet(FinderConfig.from_dict(meta["model"]))
         calibration = BoxCalibration.from_dict(meta["box_to_frame"])
+        min_score = float(meta["min_score"])
+        if not 0.0 < min_score < 1.0:
+            raise ValueError(f"min_score {min_score} outside (0, 1)")
         model.load_state_dict(state, strict=True)
     except (ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise WeightsError(f"{path} does not hold a face finder this facekp can build: {str(exc).splitlines()[0]}") from exc
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise WeightsError(f"{path} holds NaN or infinite values in {bad[:3]}; the file is corrupt")
-    return model.eval(), calibration
+    return FinderWeights(model.eval(), calibration, min_score)
 
 
 def finder_entry(name: str = DEFAULT_FINDER, manifest: str | Path | None = None) -> dict:
@@ -69,7 +85,7 @@ def finder_entry(name: str = DEFAULT_FINDER, manifest: str | Path | None = None)
     return entries[name]
 
 
-def load_finder(name: str = DEFAULT_FINDER) -> tuple[FaceFinderNet, BoxCalibration]:
+def load_finder(name: str = DEFAULT_FINDER) -> FinderWeights:
     """A bundled finder, verified against the manifest's sha256."""
     entry = finder_entry(name)
     path = _bundled_path(entry["file"])

@@ -182,11 +182,12 @@ def test_weights_file_round_trip_and_finder_callable(tmp_path):
     torch.manual_seed(0)
     model = FaceFinderNet(TINY).eval()
     calibration = BoxCalibration(0.27, (0.01, -0.02), "facekp_finder")
-    path = save_finder(model, calibration, tmp_path / "finder.safetensors")
+    path = save_finder(model, calibration, tmp_path / "finder.safetensors", min_score=0.3)
     with pytest.raises(FileExistsError):
         save_finder(model, calibration, path)
-    loaded, cal = load_finder_file(path)
-    assert cal == calibration and loaded.config == TINY
+    loaded, cal, min_score = load_finder_file(path)
+    assert cal == calibration and loaded.config == TINY and min_score == 0.3
+    assert FaceFinder.from_file(path).min_score == 0.3
     x = torch.randn(1, 1, 64, 96)
     with torch.no_grad():
         for a, b in zip(model(x), loaded(x)):
@@ -225,3 +226,14 @@ def test_onnx_maps_equal_torch_maps():
         np.testing.assert_allclose(a, b, atol=1e-4)
     with pytest.raises(ValueError, match="backend"):
         FaceFinder(model, cal, backend="tensorrt")
+
+
+def test_threshold_choice_reports_every_threshold():
+    from facekp.train.finder_export import THRESHOLDS, choose_min_score
+
+    composer = SceneComposer(_samples(4), _backgrounds(), SceneConfig(size=64))
+    chosen, table = choose_min_score(randomize_batchnorm(FaceFinderNet(TINY)).eval(), composer, scenes=3)
+    assert chosen in THRESHOLDS and [row["min_score"] for row in table] == list(THRESHOLDS)
+    recall = [row["recall"] for row in table]
+    false = [row["false_per_scene"] for row in table]
+    assert recall == sorted(recall, reverse=True) and false == sorted(false, reverse=True)  # stricter: fewer of both
