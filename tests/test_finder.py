@@ -237,3 +237,23 @@ def test_threshold_choice_reports_every_threshold():
     recall = [row["recall"] for row in table]
     false = [row["false_per_scene"] for row in table]
     assert recall == sorted(recall, reverse=True) and false == sorted(false, reverse=True)  # stricter: fewer of both
+
+
+def test_bundled_finders_match_the_manifest_and_load():
+    """Each face finder the shipped manifest lists is installed with its sha256 and size, loads, and
+    carries the calibration and threshold the manifest records."""
+    from facekp.finder_weights import finder_entry, load_finder
+    from facekp.weights import read_manifest, sha256_file
+    from facekp.weights import _bundled_path
+
+    entries = read_manifest().get("face_finders", [])
+    if not entries:
+        pytest.skip("this build ships no face finder")
+    for entry in entries:
+        path = _bundled_path(entry["file"])
+        assert path.stat().st_size == entry["size"] and sha256_file(path) == entry["sha256"]
+        weights = load_finder(entry["name"])
+        assert weights.calibration.to_dict() == entry["config"]["box_to_frame"]
+        assert weights.min_score == entry["config"]["min_score"] and finder_entry(entry["name"]) == entry
+    with pytest.raises(WeightsError, match="no face finder named"):
+        load_finder("no-such-finder")
