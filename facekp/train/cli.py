@@ -95,6 +95,11 @@ def _parser() -> argparse.ArgumentParser:
     sm.add_argument("--out", type=Path, required=True, help="submission CSV to write (must not exist)")
     sm.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     sm.set_defaults(handler=_submit)
+
+    from . import finder_export, finder_fit
+
+    finder_fit.add_parser(sub)
+    finder_export.add_parser(sub)
     return parser
 
 

@@ -1,0 +1,196 @@
+"""Finding faces in whole photos: recall, NME, false faces and time, per kind of photo and face detector.
+
+    python benchmarks/face_finding.py [--data ../shared/data/faces68] [--negatives ../shared/data/negatives]
+                                      [--detectors haar haar3 facekp] [--limit N] [--groups 60] [--threads 2]
+
+Everything is measured on faces that never reached training: the validation identities of the
+keypoint model's split (``split_by_identity(samples, 0.15, seed=0)``) and the negatives held out
+of the finder's training (``facekp.train.scenes.HELD_OUT_NEGATIVES``). Kinds:
+
+- ``photos``: the validation photos as they are (one annotated face each);
+- ``turned``: the same photos turned by 15-90 degrees (either way), the canvas grown to hold them;
+- ``groups``: composed scenes (512x512) of 3-10 nearly upright (+/-10 degrees) validation faces
+  on held-out negatives, eye distance from 8 px up (the finder's training composer, so this kind
+  flatters it), and the faces of 8-25 px eye distance among them as ``small``;
+- ``negatives``: the held-out negatives, whole and in quarters (face-free).
+
+A face counts as found when the keypoint centroid of a face ``Detector.detect`` returns lies
+within half its eye distance of the annotated centroid; NME is the mean point error of found faces
+over their eye distance. ``ms`` is the median time of ``Detector.detect`` on one validation face
+pasted on a held-out negative photo (:data:`TIMING_BACKGROUND`) of 640x480 and of 1920x1080.
+Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data"
+#: The held-out negative (a photo of a path through a field) the timing photos are made of.
+TIMING_BACKGROUND = "plasma-Path-1280x1024.jpg"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DATA / "faces68")
+    parser.add_argument("--negatives", type=Path, default=DATA / "negatives")
+    parser.add_argument("--detectors", nargs="+", default=["haar", "haar3", "facekp"], choices=sorted(DETECTORS))
+    parser.add_argument("--finder", type=Path, help="a face finder .safetensors file (default: the bundled one)")
+    parser.add_argument("--min-score", type=float, help="the finder's threshold (default: its weights' own)")
+    parser.add_argument("--limit", type=int, help="only the first N validation photos (smoke runs)")
+    parser.add_argument("--groups", type=int, default=60, help="composed group scenes")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--timing-only", action="store_true", help="only the ms columns (e.g. again on an idle machine)")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from facekp import Detector
+    from facekp.train.data import load_pts_folder, split_by_identity
+    from facekp.train.scenes import load_gray_u8, negative_paths
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    _, val = split_by_identity(load_pts_folder(args.data), 0.15, seed=0)
+    val = val[: args.limit] if args.limit else val
+    held_out = negative_paths(args.negatives, held_out=True)
+    negatives = [load_gray_u8(p) for p in held_out]
+    kinds = {
+        "photos": [(s.image, s.points[None]) for s in val],
+        "turned": [_turned(s.image, s.points, i) for i, s in enumerate(val)],
+        "groups": _groups(val, negatives, args.groups),
+        "negatives": [(p, np.zeros((0, 15, 2), np.float32)) for n in negatives for p in _quarters(n)],
+    }
+    background = negatives[[p.name for p in held_out].index(TIMING_BACKGROUND)]
+    timing = {size: _timing_photo(val[0], background, size) for size in ((640, 480), (1920, 1080))}
+    detector = Detector(device="cpu")
+    print(f"{len(val)} validation photos, {args.groups} group scenes, {len(kinds['negatives'])} face-free photos; "
+          f"torch threads {torch.get_num_threads()}\n")
+    header = ["face detector", "photos", "turned 15-90°", "groups", "small (8-25 px)", "NME photos", "NME turned",
+              "NME groups", "false / face-free photo", "ms 640x480", "ms 1920x1080"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for name in args.detectors:
+        fd = DETECTORS[name](args)
+        ms = [_median_ms(detector, fd, timing[size]) for size in timing]
+        if args.timing_only:
+            print(f"| {name} | " + " | ".join("-" * 8) + " | " + " | ".join(f"{v:.0f}" for v in ms) + " |", flush=True)
+            continue
+        results = {kind: _score(detector, fd, photos) for kind, photos in kinds.items()}
+        g = results["groups"]
+        small = g["found_small"]
+        cells = [name, *(f"{100 * results[k]['recall']:.1f}%" for k in ("photos", "turned", "groups")),
+                 f"{100 * np.mean(small):.1f}% of {len(small)}" if small else "-",
+                 *(f"{100 * results[k]['nme']:.2f}%" for k in ("photos", "turned", "groups")),
+                 f"{results['negatives']['false'] / len(kinds['negatives']):.2f}", *(f"{v:.0f}" for v in ms)]
+        print("| " + " | ".join(cells) + " |", flush=True)
+    return 0
+
+
+def _haar(args):
+    from facekp.face_detection import HaarFaceDetector
+
+    return HaarFaceDetector()
+
+
+def _haar3(args):
+    from facekp.face_detection import HaarFaceDetector
+
+    return HaarFaceDetector(angles=(-30, 0, 30))
+
+
+def _facekp(args):
+    from facekp.finder import FaceFinder
+
+    if args.finder is None:
+        return FaceFinder(min_score=args.min_score)
+    return FaceFinder.from_file(args.finder, **({} if args.min_score is None else {"min_score": args.min_score}))
+
+
+DETECTORS = {"haar": _haar, "haar3": _haar3, "facekp": _facekp}
+
+
+def _turned(image: np.ndarray, points: np.ndarray, i: int):
+    """The photo turned by 15-90 degrees (a fixed draw per photo), on a canvas that holds it all."""
+    import cv2
+
+    from facekp.geometry import apply_affine, similarity_transform
+
+    rng = np.random.default_rng([7, i])
+    angle = float(rng.uniform(15, 90) * rng.choice([-1, 1]))
+    h, w = image.shape
+    a = np.radians(angle)
+    cw, ch = (int(np.ceil(abs(w * np.cos(a)) + abs(h * np.sin(a)))), int(np.ceil(abs(w * np.sin(a)) + abs(h * np.cos(a)))))
+    m = similarity_transform(((w - 1) / 2, (h - 1) / 2), 1.0, angle, ((cw - 1) / 2, (ch - 1) / 2))
+    turned = cv2.warpAffine(image, m, (cw, ch), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return turned, apply_affine(m, points.astype(np.float64))[None]
+
+
+def _groups(val, negatives, n: int):
+    from facekp.train.scenes import SceneComposer, SceneConfig
+
+    # Nearly upright (within 10 degrees): turning is the "turned" kind's business.
+    config = SceneConfig(size=512, empty_p=0.0, group_p=1.0, full_turn_p=0.0, tilt=10.0, occlusion_p=0.0)
+    composer = SceneComposer(val, negatives, config)
+    return [composer(np.random.default_rng([11, i])) for i in range(n)]
+
+
+def _quarters(photo: np.ndarray) -> list[np.ndarray]:
+    h, w = photo.shape
+    return [photo] + [np.ascontiguousarray(photo[y : y + h // 2, x : x + w // 2]) for y in (0, h // 2) for x in (0, w // 2)]
+
+
+def _timing_photo(sample, background: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A held-out negative resized to ``size`` (w, h) with one validation photo pasted in its middle, 1.5x."""
+    import cv2
+
+    w, h = size
+    photo = cv2.resize(background, (w, h), interpolation=cv2.INTER_AREA)
+    face = cv2.resize(sample.image, None, fx=1.5, fy=1.5, interpolation=cv2.INTER_LINEAR)
+    fh, fw = face.shape
+    y, x = (h - fh) // 2, (w - fw) // 2
+    photo[y : y + fh, x : x + fw] = face
+    return photo
+
+
+def _score(detector, face_detector, photos) -> dict:
+    found, errors, small, false = [], [], [], 0
+    for image, faces in photos:
+        predicted = detector.detect(image, face_detector=face_detector)
+        centroids = np.array([f.points.mean(axis=0) for f in predicted]).reshape(-1, 2)
+        used = np.zeros(len(predicted), bool)
+        for pts in faces:
+            iod = float(np.linalg.norm(pts[0] - pts[1]))
+            d = np.linalg.norm(centroids - pts.mean(axis=0), axis=1) if len(predicted) else np.empty(0)
+            hit = len(d) and d.min() <= 0.5 * iod
+            found.append(bool(hit))
+            if 8 <= iod <= 25:
+                small.append(bool(hit))
+            if hit:
+                k = int(np.argmin(d))
+                used[k] = True
+                errors.append(float(np.linalg.norm(predicted[k].points - pts, axis=1).mean() / iod))
+        if not len(faces):
+            false += len(predicted)
+    return {"recall": float(np.mean(found)) if found else float("nan"), "nme": float(np.mean(errors)) if errors else
+            float("nan"), "found_small": small, "false": false}
+
+
+def _median_ms(detector, face_detector, photo: np.ndarray, repeats: int = 15) -> float:
+    detector.detect(photo, face_detector=face_detector)  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        detector.detect(photo, face_detector=face_detector)
+        times.append(time.perf_counter() - t)
+    return 1000 * float(np.median(times))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

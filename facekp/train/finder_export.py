@@ -1,0 +1,117 @@
+"""Ship a finder run: its best weights with a fitted box calibration, in the package and the manifest.
+
+The calibration (from the finder's boxes to the keypoint network's canonical frame) is fitted
+with :func:`facekp.calibration.fit_box_calibration` on the run's *training* identities, so the
+validation photos the benchmark uses stay unseen.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..calibration import fit_box_calibration
+from ..finder import FINDER_NAME, FaceFinder
+from ..finder_model import FaceFinderNet
+from ..finder_weights import save_finder
+from ..weights import sha256_file
+from .data import load_dataset, split_by_identity
+from .finder_fit import FinderFitConfig, match_found
+from .scenes import SceneComposer, SceneConfig, eye_distance, load_gray_u8, negative_paths
+
+
+def load_finder_run(run: str | Path, checkpoint: str = "best.pt") -> tuple[FaceFinderNet, FinderFitConfig]:
+    """The network of a finder run folder (``fit_config.json`` + ``best.pt`` or ``last.pt``)."""
+    run = Path(run)
+    for name in ("fit_config.json", checkpoint):
+        if not (run / name).exists():
+            raise FileNotFoundError(f"{run} is not a finder run folder: {name} is missing")
+    config = FinderFitConfig.from_dict(json.loads((run / "fit_config.json").read_text()))
+    model = FaceFinderNet(config.model)
+    state = torch.load(run / checkpoint, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"] if "model" in state else state)
+    return model.eval(), config
+
+
+#: Thresholds :func:`choose_min_score` tries.
+THRESHOLDS = (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6)
+
+
+def choose_min_score(model: FaceFinderNet, composer: SceneComposer, scenes: int = 200, seed: int = 20_000) -> tuple[float, list[dict]]:
+    """The threshold of :data:`THRESHOLDS` with the best F1 (faces found vs false faces) on
+    ``scenes`` composed scenes; and recall / false faces per scene at each threshold."""
+    finder = FaceFinder(model, {"scale": 1.0, "detector": FINDER_NAME}, min_score=min(THRESHOLDS))
+    found = {t: 0 for t in THRESHOLDS}
+    false = {t: 0 for t in THRESHOLDS}
+    faces = 0
+    for i in range(scenes):
+        image, points = composer(np.random.default_rng([seed, i]))
+        boxes, scores, _ = finder(image)
+        faces += len(points)
+        for t in THRESHOLDS:
+            kept = boxes[scores >= t]
+            hit = match_found(kept, points)
+            found[t] += int(hit.sum())
+            false[t] += len(kept) - sum(_near_any(b, points) for b in kept)
+    table = [{"min_score": t, "recall": found[t] / max(faces, 1), "false_per_scene": false[t] / scenes} for t in THRESHOLDS]
+    f1 = [2 * found[t] / max(2 * found[t] + (faces - found[t]) + false[t], 1) for t in THRESHOLDS]
+    return THRESHOLDS[int(np.argmax(f1))], table
+
+
+def _near_any(box: np.ndarray, points: np.ndarray) -> bool:
+    centre = 0.5 * (box[:2] + box[2:])
+    return any(np.linalg.norm(centre - p.mean(axis=0)) <= 0.5 * eye_distance(p) for p in points)
+
+
+def export_finder(run: str | Path, name: str, package_dir: str | Path, manifest_path: str | Path,
+                  checkpoint: str = "best.pt", force: bool = False) -> dict:
+    """Write ``package_dir/weights/NAME.safetensors`` and the manifest's ``face_finders`` entry; returns it.
+
+    The threshold is chosen on scenes of training identities on training negatives
+    (:func:`choose_min_score`), then the calibration is fitted on the training photos.
+    """
+    model, config = load_finder_run(run, checkpoint)
+    train, _ = split_by_identity(load_dataset(config.data), config.val_fraction, config.seed)
+    backgrounds = [load_gray_u8(p) for p in negative_paths(config.negatives)]
+    min_score, thresholds = choose_min_score(model, SceneComposer(train, backgrounds, SceneConfig(size=config.scene_size)))
+    calibration = fit_box_calibration(train, FaceFinder(model, {"scale": 1.0, "detector": FINDER_NAME}, min_score=min_score),
+                                      progress=True)
+    calibration.stats["fitted_on"] = (f"faces68 training split: split_by_identity(samples, {config.val_fraction}, "
+                                      f"seed={config.seed}), {len(train)} photos")
+    calibration.stats["detector_settings"] = f"FaceFinder(): min_score {min_score}, max_side 640, nms_iou 0.4"
+    path = Path(package_dir) / "weights" / f"{name}.safetensors"
+    save_finder(model, calibration, path, min_score=min_score, overwrite=force)
+    state = torch.load(Path(run) / "last.pt", map_location="cpu", weights_only=True)
+    entry = {"name": name, "file": path.name, "sha256": sha256_file(path), "size": path.stat().st_size,
+             "config": {"architecture": "face_finder", "model": config.model.to_dict(), "box_to_frame": calibration.to_dict(),
+                        "min_score": min_score},
+             "training": {"checkpoint": checkpoint, "steps": int(state["step"]),
+                          "minutes": round(float(state["train_seconds"]) / 60, 1),
+                          "run_config": {k: v for k, v in config.to_dict().items() if k != "out"},
+                          "thresholds_on_training_scenes": thresholds}}
+    manifest_path = Path(manifest_path)
+    manifest = json.loads(manifest_path.read_text())
+    manifest["face_finders"] = [f for f in manifest.get("face_finders", []) if f["name"] != name] + [entry]
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return entry
+
+
+def add_parser(sub) -> None:
+    """The ``finder-export`` subcommand of ``facekp-train``."""
+    root = Path(__file__).resolve().parents[2]
+    p = sub.add_parser("finder-export", help="ship a finder run's best weights (package + manifest)")
+    p.add_argument("--run", type=Path, required=True, help="run folder written by 'finder'")
+    p.add_argument("--name", default="finder-s8", help="name in the manifest's face_finders")
+    p.add_argument("--checkpoint", default="best.pt", choices=("best.pt", "last.pt"))
+    p.add_argument("--package", type=Path, default=root / "facekp", help="facekp package folder")
+    p.add_argument("--manifest", type=Path, default=root / "weights_manifest.json")
+    p.add_argument("--force", action="store_true", help="replace an existing weights file of that name")
+    p.set_defaults(handler=_run)
+
+
+def _run(args) -> None:
+    entry = export_finder(args.run, args.name, args.package, args.manifest, args.checkpoint, args.force)
+    print(json.dumps({k: entry[k] for k in ("name", "file", "sha256", "size")} | {"config": entry["config"]}, indent=2))

@@ -1,0 +1,375 @@
+"""Training the face finder on composed scenes: targets, loss, a resumable loop with curves.
+
+Targets follow CenterNet (Zhou et al., 2019) on three levels: a face of side ``s`` belongs to
+one level (:data:`facekp.finder_model.LEVEL_SIDES`); there its score target is a Gaussian
+around the centre cell (1 at the centre) and the cells near the centre regress the centre
+offset, the log side and the angle's (cos, sin). The score loss is CenterNet's
+penalty-reduced focal loss, the rest smooth-L1, both per face.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from ..finder import decode
+from ..finder_model import LEVEL_SIDES, STRIDES, FaceFinderNet, FinderConfig, face_geometry_targets, normalize
+from .data import Sample, load_dataset, split_by_identity
+from .scenes import SceneComposer, SceneConfig, eye_distance, load_gray_u8, negative_paths
+
+log = logging.getLogger("facekp.train")
+
+#: Cells whose score target is at least this regress the face's geometry.
+REGRESS_FLOOR = 0.3
+
+
+@dataclass
+class FinderFitConfig:
+    """Everything that defines a finder training run (``fit_config.json`` in the run folder)."""
+
+    data: str
+    negatives: str
+    out: str
+    model: FinderConfig = field(default_factory=FinderConfig)
+    scene_size: int = 256
+    batch_size: int = 16
+    steps: int = 4000  # length of the learning-rate schedule, and of the run
+    minutes: float | None = None  # stop after this much training time (the schedule then runs on time)
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    val_fraction: float = 0.15  # the keypoint model's split: validation identities never reach a scene
+    seed: int = 0
+    val_scenes: int = 64
+    eval_every: int = 200
+    checkpoint_minutes: float = 4.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["model"] = self.model.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FinderFitConfig":
+        d = dict(d)
+        d["model"] = FinderConfig.from_dict(d["model"])
+        return cls(**d)
+
+
+#: Settings a resumed run may change.
+RESUMABLE = frozenset({"out", "steps", "minutes", "checkpoint_minutes", "eval_every"})
+
+
+def encode_targets(points: list[np.ndarray], size: int, strides=STRIDES) -> list[np.ndarray]:
+    """Per level a ``(7, size/s, size/s)`` float32 target: score, dx, dy, log side, cos, sin and
+    the regression weight, for one scene whose faces have keypoints ``points`` (N, 15, 2)."""
+    out = []
+    for stride in strides:
+        n = -(-size // stride)
+        out.append(np.zeros((7, n, n), np.float32))
+    for pts in points:
+        centre, side, angle = face_geometry_targets(pts)
+        level = next((k for k, s in enumerate(strides) if side < LEVEL_SIDES * s), len(strides) - 1)
+        stride, t = strides[level], out[level]
+        n = t.shape[1]
+        gx, gy = (centre + 0.5) / stride - 0.5
+        ci, cj = int(round(gy)), int(round(gx))
+        if not (0 <= ci < n and 0 <= cj < n):
+            continue  # centre outside the scene: nothing to find there
+        yy, xx = np.mgrid[0:n, 0:n]
+        sigma = max(0.5, 0.12 * side / stride)
+        g = np.exp(-((xx - gx) ** 2 + (yy - gy) ** 2) / (2 * sigma**2)).astype(np.float32)
+        g[ci, cj] = 1.0
+        stronger = g > t[0]
+        t[0] = np.maximum(t[0], g)
+        own = stronger & (g >= REGRESS_FLOOR)
+        a = np.radians(angle)
+        for k, v in enumerate((gx - xx, gy - yy, np.full_like(g, np.log(side / stride)),
+                               np.full_like(g, np.cos(a)), np.full_like(g, np.sin(a))), start=1):
+            t[k][own] = v[own]
+        t[6][own] = g[own]
+    return out
+
+
+def finder_loss(outputs: list[torch.Tensor], targets: list[torch.Tensor]) -> tuple[torch.Tensor, dict]:
+    """Focal score loss + smooth-L1 geometry, both divided by the number of faces."""
+    faces = sum(float((t[:, 0] == 1).sum()) for t in targets)
+    norm = max(faces, 1.0)
+    score = geometry = 0.0
+    for out, t in zip(outputs, targets):
+        logit, y = out[:, 0], t[:, 0]
+        p = torch.sigmoid(logit).clamp(1e-4, 1 - 1e-4)
+        pos = (y == 1).float()
+        score = score + (-(1 - p) ** 2 * torch.log(p) * pos
+                         - p**2 * torch.log(1 - p) * (1 - y) ** 4 * (1 - pos)).sum()
+        w = t[:, 6]
+        reg = F.smooth_l1_loss(out[:, 1:6], t[:, 1:6], reduction="none", beta=0.1).sum(1)
+        geometry = geometry + (reg * w).sum()
+    score, geometry = score / norm, geometry / norm
+    return score + geometry, {"score": float(score.detach()), "geometry": float(geometry.detach())}
+
+
+def make_batch(composer: SceneComposer, seed: int, step: int, batch_size: int) -> tuple[torch.Tensor, list[torch.Tensor], list]:
+    """Inputs (B, 1, S, S), per-level targets (B, 7, h, w) and each scene's face keypoints for
+    training step ``step``; the scenes depend only on (seed, step, position), so a resumed run
+    sees the batches the interrupted one would have."""
+    images, targets, faces = [], [], []
+    for i in range(batch_size):
+        image, pts = composer(np.random.default_rng([seed, step, i]))
+        images.append(image)
+        targets.append(encode_targets(list(pts), composer.config.size))
+        faces.append(pts)
+    x = normalize(torch.from_numpy(np.stack(images)))[:, None]
+    levels = [torch.from_numpy(np.stack([t[k] for t in targets])) for k in range(len(STRIDES))]
+    return x, levels, faces
+
+
+def match_found(boxes: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """For each face (N, 15, 2), whether a box's centre lies within half its eye distance of its
+    keypoint centroid (the benchmark's rule, with the box centre standing for the centroid)."""
+    if not len(faces):
+        return np.zeros(0, bool)
+    if not len(boxes):
+        return np.zeros(len(faces), bool)
+    centres = 0.5 * (boxes[:, :2] + boxes[:, 2:])
+    found = []
+    for pts in faces:
+        d = np.linalg.norm(centres - pts.mean(axis=0), axis=1)
+        found.append(bool((d <= 0.5 * eye_distance(pts)).any()))
+    return np.array(found)
+
+
+class FinderTrainer:
+    """Runs (or resumes) one face-finder training run in ``config.out``."""
+
+    def __init__(self, config: FinderFitConfig, train: list[Sample] | None = None, val: list[Sample] | None = None,
+                 backgrounds: list[np.ndarray] | None = None, val_backgrounds: list[np.ndarray] | None = None) -> None:
+        self.config = config
+        self.out = Path(config.out)
+        if train is None or val is None:
+            train, val = split_by_identity(load_dataset(config.data), config.val_fraction, config.seed)
+        if backgrounds is None or val_backgrounds is None:
+            backgrounds = [load_gray_u8(p) for p in negative_paths(config.negatives)]
+            val_backgrounds = [load_gray_u8(p) for p in negative_paths(config.negatives, held_out=True)]
+        scene = SceneConfig(size=config.scene_size)
+        self.composer = SceneComposer(train, backgrounds, scene)
+        self.val_composer = SceneComposer(val, val_backgrounds, scene)
+        torch.manual_seed(config.seed)
+        self.model = FaceFinderNet(config.model)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.step = 0
+        self.train_seconds = 0.0
+        self.history: list[dict] = []
+        self.best = -float("inf")
+        self._val = None
+
+    # -- schedule ----------------------------------------------------------------------
+    def progress(self) -> float:
+        """Fraction of the run done: by steps, or by training time when ``minutes`` is set."""
+        cfg = self.config
+        by_steps = self.step / max(1, cfg.steps)
+        if cfg.minutes is None:
+            return by_steps
+        return max(by_steps, self.train_seconds / (60.0 * cfg.minutes))
+
+    def lr(self) -> float:
+        cfg = self.config
+        if self.step < cfg.warmup_steps:
+            return cfg.lr * (self.step + 1) / cfg.warmup_steps
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, self.progress())))
+
+    # -- checkpoints -------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out / "last.pt"
+
+    def save_checkpoint(self) -> None:
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
+                 "train_seconds": self.train_seconds, "history": json.dumps(self.history), "best": self.best,
+                 "config": json.dumps(self.config.to_dict())}
+        tmp = self.checkpoint_path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.checkpoint_path)  # atomic: an interrupted save never corrupts last.pt
+
+    def load_checkpoint(self) -> None:
+        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+        saved = json.loads(state["config"])
+        given = self.config.to_dict()
+        changed = [f"{k}: {saved[k]!r} -> {given[k]!r}" for k in given
+                   if k not in RESUMABLE and saved.get(k) != given[k] and k not in ("data", "negatives")]
+        changed += [f"{k}: {saved[k]!r} -> {given[k]!r}" for k in ("data", "negatives")
+                    if Path(saved[k]).resolve() != Path(given[k]).resolve()]
+        if changed:
+            raise ValueError(f"{self.checkpoint_path} was started with other settings ({'; '.join(changed)}); "
+                             f"resume with the same ones (only {', '.join(sorted(RESUMABLE - {'out'}))} may change)")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        self.train_seconds = float(state["train_seconds"])
+        self.history = json.loads(state["history"])
+        self.best = float(state["best"])
+
+    # -- the loop ----------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> list[dict]:
+        """Train until ``steps`` (or ``minutes``); log in ``train.log``, curves in ``curves.png``."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(self.out / "train.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        try:
+            return self._fit(resume)
+        finally:
+            log.removeHandler(handler)
+            handler.close()
+
+    def _fit(self, resume: bool) -> list[dict]:
+        cfg = self.config
+        if resume and self.checkpoint_path.exists():
+            self.load_checkpoint()
+            log.info("resumed from %s at step %d", self.checkpoint_path, self.step)
+        elif self.checkpoint_path.exists() or (self.out / "fit_config.json").exists():
+            raise FileExistsError(f"{self.out} holds a finder run: pass --resume to continue it, or choose another --out")
+        (self.out / "fit_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        log.info("finder: %d training faces, %d validation faces, %d parameters, config %s", len(self.composer.faces),
+                 len(self.val_composer.faces), sum(p.numel() for p in self.model.parameters()), json.dumps(cfg.to_dict()))
+        last_save = time.monotonic()
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="finder", unit="step", dynamic_ncols=True, mininterval=10)
+        losses: list[float] = []
+        while self.step < cfg.steps and self.progress() < 1.0:
+            started = time.monotonic()
+            x, targets, _ = make_batch(self.composer, cfg.seed, self.step, cfg.batch_size)
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.lr()
+            self.model.train()
+            loss, _ = finder_loss(self.model(x), targets)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.step += 1
+            self.train_seconds += time.monotonic() - started
+            losses.append(float(loss.detach()))
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}", lr=f"{self.lr():.1e}")
+            done = self.step >= cfg.steps or self.progress() >= 1.0
+            if self.step % cfg.eval_every == 0 or done:
+                self._evaluate(losses)
+                losses = []
+                self.save_checkpoint()
+                last_save = time.monotonic()
+            elif time.monotonic() - last_save > cfg.checkpoint_minutes * 60:
+                self.save_checkpoint()
+                last_save = time.monotonic()
+        bar.close()
+        return self.history
+
+    def validation_batches(self) -> list:
+        """Fixed validation scenes (validation identities on held-out negatives), composed once."""
+        if self._val is None:
+            cfg = self.config
+            self._val = [make_batch(self.val_composer, cfg.seed + 10_000, b, cfg.batch_size)
+                         for b in range(math.ceil(cfg.val_scenes / cfg.batch_size))]
+        return self._val
+
+    def _evaluate(self, losses: list[float]) -> None:
+        self.model.eval()
+        val_loss, found, faces, false, scenes = [], 0, 0, 0, 0
+        with torch.no_grad():
+            for x, targets, batch_faces in self.validation_batches():
+                out = self.model(x)
+                val_loss.append(float(finder_loss(out, targets)[0]))
+                for k, pts in enumerate(batch_faces):
+                    boxes, _, _ = decode([o[k].numpy() for o in out], STRIDES, 0.5)
+                    hit = match_found(boxes, pts)
+                    found += int(hit.sum())
+                    faces += len(pts)
+                    centres = 0.5 * (boxes[:, :2] + boxes[:, 2:])
+                    near = [any(np.linalg.norm(c - p.mean(0)) <= 0.5 * eye_distance(p) for p in pts) for c in centres]
+                    false += int(len(near) - sum(near))
+                    scenes += 1
+        record = {"step": self.step, "minutes": round(self.train_seconds / 60, 2),
+                  "train_loss": float(np.mean(losses)) if losses else float("nan"), "val_loss": float(np.mean(val_loss)),
+                  "val_recall": found / max(faces, 1), "val_false_per_scene": false / max(scenes, 1), "lr": self.lr()}
+        quality = record["val_recall"] - record["val_false_per_scene"] / 10
+        if quality > self.best:
+            self.best = quality
+            torch.save(self.model.state_dict(), self.out / "best.pt")
+        self.history.append(record)
+        tmp = self.out / "log.jsonl.tmp"
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in self.history))
+        tmp.replace(self.out / "log.jsonl")
+        log.info("eval %s", json.dumps(record))
+        tqdm.write(json.dumps(record))
+        plot_finder_history(self.history, self.out / "curves.png")
+
+
+def plot_finder_history(history: list[dict], path: Path) -> None:
+    """Losses, validation recall and false faces per scene against training steps, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h["step"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax1.plot(steps, [h["train_loss"] for h in history], label="train")
+    ax1.plot(steps, [h["val_loss"] for h in history], label="validation scenes")
+    ax1.set_yscale("log")
+    ax1.set_title("focal score + box/angle loss")
+    ax1.legend()
+    ax2.plot(steps, [h["val_recall"] for h in history], label="recall (score >= 0.5)")
+    ax2.plot(steps, [h["val_false_per_scene"] for h in history], label="false faces per scene")
+    ax2.set_title("validation scenes")
+    ax2.legend()
+    for ax in (ax1, ax2):
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# -- facekp-train finder ----------------------------------------------------------------
+def add_parser(sub) -> None:
+    """The ``finder`` subcommand of ``facekp-train``."""
+    from .cli import DEFAULT_DATA
+
+    p = sub.add_parser("finder", help="train the face finder on composed scenes (resumable)")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="faces68-style .pts folder (training identities are used)")
+    p.add_argument("--negatives", type=Path, default=DEFAULT_DATA.parent / "negatives", help="face-free photos")
+    p.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, log, curves)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--steps", type=int, default=FinderFitConfig.steps)
+    p.add_argument("--minutes", type=float, default=None, help="stop after this much training time (schedule by time)")
+    p.add_argument("--batch-size", type=int, default=FinderFitConfig.batch_size)
+    p.add_argument("--scene-size", type=int, default=FinderFitConfig.scene_size)
+    p.add_argument("--lr", type=float, default=FinderFitConfig.lr)
+    p.add_argument("--seed", type=int, default=0, help="split and scene seed (0: the keypoint model's split)")
+    p.add_argument("--val-fraction", type=float, default=FinderFitConfig.val_fraction)
+    p.add_argument("--eval-every", type=int, default=FinderFitConfig.eval_every)
+    p.add_argument("--checkpoint-minutes", type=float, default=FinderFitConfig.checkpoint_minutes)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.set_defaults(handler=_run)
+
+
+def _run(args) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not 0.0 < args.val_fraction < 1.0:
+        raise SystemExit(f"--val-fraction must lie in (0, 1), got {args.val_fraction}")
+    config = FinderFitConfig(data=str(args.data), negatives=str(args.negatives), out=str(args.out),
+                             scene_size=args.scene_size, batch_size=args.batch_size, steps=args.steps,
+                             minutes=args.minutes, lr=args.lr, val_fraction=args.val_fraction, seed=args.seed,
+                             eval_every=args.eval_every, checkpoint_minutes=args.checkpoint_minutes)
+    history = FinderTrainer(config).fit(resume=args.resume)
+    if history:
+        print(json.dumps(history[-1]))
