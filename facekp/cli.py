@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--recursive", "-r", action="store_true", help="also look into subfolders")
     p.add_argument("--refine", type=int, default=None, help="re-framing passes per face (default: 1)")
     p.add_argument("--max-faces", type=int, default=None, help="keep only the N largest faces per photo")
+    p.add_argument("--min-presence", type=float, default=None, metavar="P",
+                   help="drop faces whose presence score (0-1: does the keypoint network see a face?) is below P; "
+                        "0 keeps all (default: 0.5 with a model that has a presence score)")
     p.add_argument("--force", action="store_true", help="allow replacing existing output files")
     _add_model_args(p)
     p.set_defaults(run=_detect)
@@ -172,11 +175,12 @@ def _detect(args) -> None:
             drawings[path] = out
 
     det = _detector(args)
+    min_presence = det.resolve_min_presence(args.min_presence)  # a bad value fails here, not once per photo
     results, failed = [], []
     for path, _ in tqdm(photos, desc="facekp detect", unit="photo", disable=not folders and len(photos) == 1,
                         file=sys.stderr):
         try:
-            faces = det.detect(path, refine=args.refine, max_faces=args.max_faces)
+            faces = det.detect(path, refine=args.refine, max_faces=args.max_faces, min_presence=min_presence)
             width, height = upright_size(path)
         except (FacekpError, OSError) as exc:
             failed.append(path)
@@ -195,7 +199,7 @@ def _detect(args) -> None:
             table.parent.mkdir(parents=True, exist_ok=True)
             table.write_text(text + "\n")
     elif args.csv is not None:
-        header = ["image", "face", "score", "box_x0", "box_y0", "box_x1", "box_y1"]
+        header = ["image", "face", "score", "presence", "box_x0", "box_y0", "box_x1", "box_y1"]
         header += [f"{n}_{c}" for n in KEYPOINT_NAMES for c in ("x", "y", "confidence")]
         rows = []
         for r in results:
@@ -204,7 +208,8 @@ def _detect(args) -> None:
             for i, f in enumerate(r["faces"]):
                 kp = [v for n in KEYPOINT_NAMES for v in (f["keypoints"][n]["x"], f["keypoints"][n]["y"],
                                                         f["keypoints"][n]["confidence"])]
-                rows.append([r["image"], i, f["score"], *f["box"], *kp])
+                presence = "" if f["presence"] is None else f["presence"]
+                rows.append([r["image"], i, f["score"], presence, *f["box"], *kp])
         if str(table) == "-":
             csv.writer(sys.stdout).writerows([header, *rows])
         else:
@@ -216,7 +221,8 @@ def _detect(args) -> None:
             print(f"{r['image']}: {len(r['faces'])} face(s)")
             for i, f in enumerate(r["faces"]):
                 x0, y0, x1, y1 = f["box"]
-                print(f"  face {i}: box ({x0:.1f}, {y0:.1f}, {x1:.1f}, {y1:.1f}) score {f['score']:g}")
+                presence = "" if f["presence"] is None else f" presence {f['presence']:.3f}"
+                print(f"  face {i}: box ({x0:.1f}, {y0:.1f}, {x1:.1f}, {y1:.1f}) score {f['score']:g}{presence}")
     n_faces = sum(len(r["faces"]) for r in results)
     done = [f"{n_faces} face(s) in {len(results)} photo(s)"]
     if table is not None and str(table) != "-":

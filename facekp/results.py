@@ -37,6 +37,8 @@ class Face:
         angle: the rotation (degrees, counter-clockwise as displayed) that made the face upright
             for the face detector; 0 unless it searched rotated copies of the photo (see
             :class:`~facekp.face_detection.HaarFaceDetector`'s ``angles``). The network sees the face turned upright.
+        presence: the probability in [0, 1] that the keypoint network sees a face there
+            (:mod:`facekp.presence`); None when the model has no presence model.
     """
 
     box: tuple[float, float, float, float]
@@ -44,6 +46,7 @@ class Face:
     confidence: np.ndarray
     score: float
     angle: float = 0.0
+    presence: float | None = None
 
     @property
     def area(self) -> float:
@@ -51,10 +54,12 @@ class Face:
         return max(0.0, x1 - x0) * max(0.0, y1 - y0)
 
     def to_dict(self) -> dict:
-        """JSON-ready: ``box``, ``score``, ``angle`` and ``keypoints`` {name: {x, y, confidence}}."""
+        """JSON-ready: ``box``, ``score``, ``angle``, ``presence`` (None without a presence model) and
+        ``keypoints`` {name: {x, y, confidence}}."""
         return {
             "box": [round(float(v), 2) for v in self.box],
             "score": float(self.score),
             "angle": float(self.angle),
+            "presence": None if self.presence is None else round(float(self.presence), 4),
             "keypoints": keypoints_to_dict(self.points, self.confidence),
         }
