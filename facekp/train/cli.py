@@ -93,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", type=Path, help="also write the fitted presence entry (with its held-out figures) here")
     pr.add_argument("--force", action="store_true", help="replace existing files / an existing presence entry")
     pr.add_argument("--device", default="cpu")
+    pr.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     pr.set_defaults(handler=_presence)
 
     sm = sub.add_parser("submit", help="write a Kaggle submission CSV")
@@ -268,6 +269,10 @@ def _presence(args) -> None:
     from .presence import fit_presence, format_held_out, manifest_with_presence
     from .run import FitConfig, is_run_folder, load_run
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     for flag in ("patches", "badly_framed"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
