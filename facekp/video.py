@@ -195,12 +195,12 @@ class VideoTracker:
         detector: the keypoint :class:`~facekp.Detector`.
         detect_every: run the face detector on every N-th frame (1: every frame); in between,
             faces are followed by re-framing them on their previous keypoints.
-        min_confidence: for a model without a presence model: a face followed that way whose mean
-            keypoint confidence falls below this is considered lost. With the bundled model, the 616
-            validation faces score at least 0.55 (median 0.84), blank, flat or noise frames 0.13 to 0.42.
-        min_presence: for a model with a presence model (:mod:`facekp.presence`): a face followed that
-            way whose presence falls below this is considered lost, and the next frame runs the face
-            detector; also ``detect``'s threshold on detection frames. None: ``detect``'s default.
+        min_confidence: a face followed that way whose mean keypoint confidence falls below
+            this is considered lost. With the bundled model, the 616 validation faces score at least
+            0.55 (median 0.84), blank, flat or noise frames 0.13 to 0.42.
+        min_presence: with a model that has a presence model (:mod:`facekp.presence`), a face followed
+            that way whose presence falls below this is lost too; a lost face makes the next frame run
+            the face detector. Also ``detect``'s threshold on detection frames. None: ``detect``'s default.
         face_detector, calibration, refine: as in :meth:`Detector.detect`.
         **tracker: settings of :class:`FaceTracker`.
     """
@@ -245,11 +245,12 @@ class VideoTracker:
                 for tr in live
             ])
             points, confidence = self.detector.predict_framed([gray] * len(live), transforms)
+            keep = confidence.mean(axis=1) >= self.min_confidence
             if self.detector.presence_model is None:
-                presence, keep = [None] * len(live), confidence.mean(axis=1) >= self.min_confidence
+                presence = [None] * len(live)
             else:
                 presence = self.detector.presence(points, confidence)
-                keep = presence >= self.min_presence
+                keep &= presence >= self.min_presence
             faces = [Face(self.calibration.box_from_points(p), p, c, tr.face.score, tr.face.angle,
                           None if q is None else float(q))
                      for p, c, tr, q, k in zip(points, confidence, live, presence, keep) if k]

@@ -85,8 +85,8 @@ def test_csv_to_stdout(capsys, photos, tiny_model_dir):
     code, out, err = _run(capsys, "detect", photos["face"], photos["blank"], "--csv", *_model(tiny_model_dir))
     assert code == 0, err
     rows = list(csv.reader(out.splitlines()))
-    assert rows[0][:7] == ["image", "face", "score", "box_x0", "box_y0", "box_x1", "box_y1"]
-    assert len(rows[0]) == 7 + 3 * len(KEYPOINT_NAMES) and len(rows) == 3
+    assert rows[0][:8] == ["image", "face", "score", "presence", "box_x0", "box_y0", "box_x1", "box_y1"]
+    assert len(rows[0]) == 8 + 3 * len(KEYPOINT_NAMES) and len(rows) == 3
 
 
 def test_draw_folder(capsys, photos, tiny_model_dir, tmp_path):
