@@ -10,7 +10,9 @@ detector, matches its boxes to the annotated face (``facekp.calibration.match_fa
 detection rate and the NME (mean keypoint error / eye-centre distance, as ``keypoint_metrics``)
 of the detected faces, for each number of refining passes; the last row of each table frames
 the faces with the ground truth (the canonical frame of the annotated points), the ceiling the
-face detector's framing is measured against. Prints markdown for docs/detection.md.
+face detector's framing is measured against. With a model that has a presence model, a second
+table counts a face as found only when its presence (after the default refine) passes ``detect``'s
+default ``min_presence``, as ``detect`` does. Prints markdown for docs/detection.md.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from facekp import Detector
+    from facekp.detector import DEFAULT_REFINE
+    from facekp.presence import DEFAULT_MIN_PRESENCE
     from facekp.calibration import fit_box_calibration, match_face, resolve_calibration
     from facekp.face_detection import HaarFaceDetector, run_face_detector
     from facekp.geometry import canonical_transform
@@ -62,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     found = {name: [] for name in subsets}
     runs = {r: {name: ([], [], []) for name in subsets} for r in [*args.refine, "truth"]}
     t_detect = t_predict = 0.0
+    present = {name: [] for name in subsets}  # per photo: found and its presence passes (when the model has one)
+    kept = {name: ([], [], []) for name in subsets}  # points, truth, mask of those faces
     for s in val:
         t = time.perf_counter()
         boxes, _, _ = run_face_detector(face_detector, s.image)
@@ -77,6 +83,13 @@ def main(argv: list[str] | None = None) -> int:
             t_predict += time.perf_counter() - t
             for lst, v in zip(runs[r][s.subset], (pts[0], s.points, s.mask)):
                 lst.append(v)
+        if det.presence_model is not None:
+            pts, conf = det.predict_refined(gray, calibration.frame(boxes[i])[None], DEFAULT_REFINE)
+            ok = det.presence(pts, conf)[0] >= DEFAULT_MIN_PRESENCE
+            present[s.subset].append(ok)
+            if ok:
+                for lst, v in zip(kept[s.subset], (pts[0], s.points, s.mask)):
+                    lst.append(v)
         pts, _ = det.predict_framed([gray], canonical_transform(s.points, s.mask)[None])
         for lst, v in zip(runs["truth"][s.subset], (pts[0], s.points, s.mask)):
             lst.append(v)
@@ -99,6 +112,17 @@ def main(argv: list[str] | None = None) -> int:
             m = keypoint_metrics(np.stack(pred), np.stack(truth), np.stack(mask))
             cells.append(f"{100 * m['nme']:.2f}%")
         print(f"| {name} | {len(f)} | {100 * np.mean(f):.1f}% | " + " | ".join(cells) + " |")
+    if det.presence_model is not None:
+        print(f"\nWith detect's presence filter (min_presence {DEFAULT_MIN_PRESENCE}, refine={DEFAULT_REFINE}):\n")
+        print("| subset | photos | faces found | found, presence kept | NME of those |")
+        print("|---|---|---|---|---|")
+        for name in rows:
+            names = subsets if name == "all" else [name]
+            f = sum((found[n] for n in names), [])
+            ok = sum(sum(present[n]) for n in names)
+            pred, truth, mask = (sum((kept[n][j] for n in names), []) for j in range(3))
+            nme = keypoint_metrics(np.stack(pred), np.stack(truth), np.stack(mask))["nme"] if pred else float("nan")
+            print(f"| {name} | {len(f)} | {100 * np.mean(f):.1f}% | {100 * ok / len(f):.1f}% | {100 * nme:.2f}% |")
     return 0
 
 

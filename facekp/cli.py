@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--recursive", "-r", action="store_true", help="also look into subfolders")
     p.add_argument("--refine", type=int, default=None, help="re-framing passes per face (default: 1)")
     p.add_argument("--max-faces", type=int, default=None, help="keep only the N largest faces per photo (default: all)")
+    p.add_argument("--min-presence", type=float, default=None, metavar="P",
+                   help="drop faces whose presence score (0-1: does the keypoint network see a face?) is below P; "
+                        "0 keeps all (default: 0.5 with a model that has a presence score)")
     p.add_argument("--force", action="store_true", help="allow replacing existing output files")
     _add_model_args(p)
     p.set_defaults(run=_detect)
@@ -188,12 +191,13 @@ def _detect(args) -> None:
             drawings[path] = out
 
     det = _detector(args)
+    min_presence = det.resolve_min_presence(args.min_presence)  # a bad value fails here, not once per photo
     results, failed = [], []
     # disable=None: a bar on a terminal only; in a log its redrawn line would repeat.
     for path, _ in tqdm(photos, desc="facekp detect", unit="photo", disable=None if folders or len(photos) > 1 else True,
                         file=sys.stderr):
         try:
-            faces = det.detect(path, refine=args.refine, max_faces=args.max_faces)
+            faces = det.detect(path, refine=args.refine, max_faces=args.max_faces, min_presence=min_presence)
             width, height = upright_size(path)
         except (FacekpError, OSError) as exc:
             failed.append(path)
@@ -225,7 +229,8 @@ def _detect(args) -> None:
             print(f"{r['image']}: {len(r['faces'])} face(s)")
             for i, f in enumerate(r["faces"]):
                 x0, y0, x1, y1 = f["box"]
-                print(f"  face {i}: box ({x0:.1f}, {y0:.1f}, {x1:.1f}, {y1:.1f}) score {f['score']:g}")
+                presence = "" if f["presence"] is None else f" presence {f['presence']:.3f}"
+                print(f"  face {i}: box ({x0:.1f}, {y0:.1f}, {x1:.1f}, {y1:.1f}) score {f['score']:g}{presence}")
     n_faces = sum(len(r.get("faces", ())) for r in results)
     done = [f"{n_faces} face(s) in {len(results) - len(failed)} photo(s)"]
     if table is not None and str(table) != "-":

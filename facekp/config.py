@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from . import validate
 from .keypoints import KEYPOINT_NAMES
 from .model import HourglassConfig
+from .presence import PresenceModel
 
 FORMAT_VERSION = 1
 
@@ -24,6 +25,8 @@ class DetectorConfig:
         box_to_frame: optional calibration from a face detector's box to the canonical frame
             (``scale``: canonical RMS radius / box side; ``offset``: centroid - box centre,
             in box sides), fitted by ``facekp-train calibrate``.
+        presence: optional face-presence model (:meth:`facekp.presence.PresenceModel.to_dict`), fitted
+            by ``facekp-train presence``; None: the model gives no presence score.
     """
 
     hourglass: HourglassConfig = field(default_factory=HourglassConfig)
@@ -31,6 +34,7 @@ class DetectorConfig:
     keypoint_names: tuple[str, ...] = KEYPOINT_NAMES
     normalization: str = "standardize"
     box_to_frame: dict | None = None
+    presence: dict | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.hourglass, HourglassConfig):
@@ -44,6 +48,13 @@ class DetectorConfig:
             raise ValueError(f"unknown normalization {self.normalization!r}; this facekp knows 'standardize'")
         if self.hourglass.num_keypoints != len(KEYPOINT_NAMES):
             raise ValueError(f"the network predicts {self.hourglass.num_keypoints} heatmaps, expected {len(KEYPOINT_NAMES)}")
+        scored = None if self.presence is None else self.presence_model().num_keypoints
+        if scored not in (None, len(KEYPOINT_NAMES)):
+            raise ValueError(f"the presence model scores {scored} keypoints, expected {len(KEYPOINT_NAMES)}")
+
+    def presence_model(self) -> PresenceModel | None:
+        """The :class:`~facekp.presence.PresenceModel` of ``presence`` (None when the model has none)."""
+        return None if self.presence is None else PresenceModel.from_dict(self.presence)
 
     def to_dict(self) -> dict:
         return {
@@ -54,7 +65,7 @@ class DetectorConfig:
             "keypoint_names": list(self.keypoint_names),
             "normalization": self.normalization,
             "box_to_frame": self.box_to_frame,
-        }
+        } | ({} if self.presence is None else {"presence": self.presence})
 
     @classmethod
     def from_dict(cls, data: dict) -> "DetectorConfig":
@@ -75,4 +86,5 @@ class DetectorConfig:
             keypoint_names=tuple(data["keypoint_names"]),
             normalization=data["normalization"],
             box_to_frame=data.get("box_to_frame"),
+            presence=data.get("presence"),
         )

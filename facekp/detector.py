@@ -11,12 +11,13 @@ import torch
 from . import validate
 from .calibration import CalibrationLike, reframe, resolve_calibration
 from .codec import HeatmapCodec
-from .errors import InvalidImageError
+from .errors import InvalidImageError, WeightsError
 from .face_detection import as_detections, default_face_detector, run_face_detector, to_u8, usable_detections
 from .geometry import apply_affine, invert_affine
 from .images import INTEGER_PEAKS, ImageInput, channels_first, check_color, load_gray, load_rgb, scale_integers
 from .model import StackedHourglass
 from .preprocess import frame_crops, letterbox_transforms
+from .presence import DEFAULT_MIN_PRESENCE, PresenceModel
 from .results import Face
 from .runtime import make_runner, resolve_device, run_crops
 from .weights import ResolvedWeights, bundled_int8_onnx, resolve_weights, save_model
@@ -96,6 +97,8 @@ class Detector:
         self.device = resolve_device(device)
         self.config = resolved.config
         self.flip_test = flip_test
+        #: the face-presence model of the config (:mod:`facekp.presence`), or None when it has none
+        self.presence_model: PresenceModel | None = self.config.presence_model()
         self._model = resolved.model.eval()
         #: what runs the network (:class:`facekp.runtime.TorchRunner` or :class:`~facekp.runtime.OnnxRunner`)
         self.runner = make_runner(self._model, self.config, self.device, backend=backend, precision=precision,
@@ -145,7 +148,8 @@ class Detector:
         return self._model
 
     # -- prediction ----------------------------------------------------------------------
-    def predict(self, img: ImageInput, return_confidence: bool = False, color: str = "rgb"):
+    def predict(self, img: ImageInput, return_confidence: bool = False, return_presence: bool = False,
+                color: str = "rgb"):
         """Keypoints of one face crop.
 
         The crop (any size, at least 8x8) is scaled uniformly so its longer side spans the
@@ -156,14 +160,19 @@ class Detector:
 
         Returns:
             ``(15, 2)`` float32 (x, y) in the input image's pixels; with ``return_confidence``
-            also ``(15,)`` float32 confidences in [0, 1] (heatmap peak heights).
+            also ``(15,)`` float32 confidences in [0, 1] (heatmap peak heights); with
+            ``return_presence`` also the float probability in [0, 1] that the crop holds a face
+            (:meth:`presence`), in that order.
         """
         points, confidence = self.predict_batch([img], return_confidence=True, color=color)
-        return (points[0], confidence[0]) if return_confidence else points[0]
+        out = (points[0],) + ((confidence[0],) if return_confidence else ())
+        if return_presence:
+            out += (float(self.presence(points, confidence)[0]),)
+        return out if len(out) > 1 else out[0]
 
     def predict_batch(
         self, images: Sequence[ImageInput], batch_size: int | None = None, return_confidence: bool = False,
-        color: str = "rgb",
+        return_presence: bool = False, color: str = "rgb",
     ):
         """Keypoints of many face crops, ``batch_size`` crops per forward pass.
 
@@ -174,8 +183,9 @@ class Detector:
         channel order of colour arrays and tensors, as in :meth:`predict`.
 
         Returns:
-            ``(N, 15, 2)`` float32 points (and ``(N, 15)`` confidences with ``return_confidence``),
-            each in its own input image's pixel coordinates.
+            ``(N, 15, 2)`` float32 points, each in its own input image's pixel coordinates; with
+            ``return_confidence`` also ``(N, 15)`` confidences, with ``return_presence`` also ``(N,)``
+            float32 presence probabilities (:meth:`presence`), in that order.
         """
         batch_size = self._batch_size(batch_size)
         check_color(color)
@@ -184,7 +194,7 @@ class Detector:
             # Already network-sized gray crops: the letterbox is the identity, so the per-image
             # load/warp loop is skipped (same points; much cheaper for big batches).
             points, confidence = self.predict_crops(stack, batch_size)
-            return (points, confidence) if return_confidence else points
+            return self._outputs(points, confidence, return_confidence, return_presence)
         if isinstance(images, np.ndarray) and images.ndim == 4 and channels_first(images.shape[1:]):
             images = images.transpose(0, 2, 3, 1)
         if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim in (3, 4):
@@ -194,7 +204,23 @@ class Detector:
         grays = [load_gray(img, color) for img in images]
         transforms = letterbox_transforms(grays, self.config.hourglass.input_size)
         points, confidence = self.predict_framed(grays, transforms, batch_size)
-        return (points, confidence) if return_confidence else points
+        return self._outputs(points, confidence, return_confidence, return_presence)
+
+    def _outputs(self, points: np.ndarray, confidence: np.ndarray, return_confidence: bool, return_presence: bool):
+        """``points``, then what was asked for: confidences, presence."""
+        out = (points,) + ((confidence,) if return_confidence else ())
+        if return_presence:
+            out += (self.presence(points, confidence),)
+        return out if len(out) > 1 else points
+
+    def presence(self, points: np.ndarray, confidence: np.ndarray) -> np.ndarray:
+        """``(N,)`` float32 probabilities in [0, 1] that the crops which gave ``points`` ``(N, 15, 2)`` (any
+        pixel frame) and ``confidence`` ``(N, 15)`` hold a face; ``WeightsError`` when the model has
+        no presence model."""
+        if self.presence_model is None:
+            raise WeightsError("these weights carry no presence model (their config.json has no 'presence' entry); "
+                               "fit one with `facekp-train presence`, or use the bundled model")
+        return self.presence_model.score(points, confidence)
 
     def _batch_size(self, batch_size: int | None) -> int:
         """A ``batch_size`` argument, checked; None: the detector's."""
@@ -229,6 +255,7 @@ class Detector:
         calibration: CalibrationLike = None,
         refine: int | None = None,
         max_faces: int | None = None,
+        min_presence: float | None = None,
         color: str = "rgb",
     ) -> list[Face]:
         """Find the faces of a whole photo and their keypoints, largest face first.
@@ -250,13 +277,18 @@ class Detector:
             max_faces: keep only this many of the largest faces (an int >= 0; None: all).
             color: the channel order of a colour array or tensor, ``"rgb"`` or ``"bgr"``
                 (OpenCV's); files and PIL images ignore it.
+            min_presence: drop the faces whose presence (:meth:`presence`) is below this (in [0, 1];
+                0 keeps all). None: :data:`facekp.presence.DEFAULT_MIN_PRESENCE` (0.5) when the model
+                has a presence model, else no filtering; a number with a model without one raises
+                ``WeightsError``. See ``docs/detection.md`` for what it keeps and drops.
 
         Returns:
             A list of :class:`facekp.Face` (``box``, ``points`` (15, 2), ``confidence``
-            (15,), ``score``), in the image's pixel coordinates; empty when no face is found.
-            All faces go through the network in one batch.
+            (15,), ``score``, ``angle``, ``presence``), in the image's pixel coordinates; empty when
+            no face is found. All faces go through the network in one batch.
         """
         _check_max_faces(max_faces)
+        min_presence = self.resolve_min_presence(min_presence)
         refine = DEFAULT_REFINE if refine is None else validate.integer("refine", refine, 0, 100)
         validate.callable_or_none("face_detector", face_detector)
         gray = load_gray(image, color)
@@ -272,14 +304,29 @@ class Detector:
         if len(boxes) == 0:
             return []
         order = np.argsort(-(boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), kind="stable")
-        if max_faces is not None:
+        if max_faces is not None and min_presence == 0:  # else the largest faces are kept once the false ones are dropped
             order = order[:max_faces]
         boxes, scores, angles = boxes[order], scores[order], angles[order]
         calib = resolve_calibration(self, fd, calibration)
         transforms = np.stack([calib.frame(b, a) for b, a in zip(boxes, angles)])
         points, confidence = self.predict_refined(gray, transforms, refine, angles)
-        return [Face(tuple(float(v) for v in b), p, c, float(s), float(a))
-                for b, p, c, s, a in zip(boxes, points, confidence, scores, angles)]
+        presence = [None] * len(points) if self.presence_model is None else self.presence(points, confidence)
+        faces = [Face(tuple(float(v) for v in b), p, c, float(s), float(a), None if q is None else float(q))
+                 for b, p, c, s, a, q in zip(boxes, points, confidence, scores, angles, presence)
+                 if q is None or q >= min_presence]
+        return faces[:max_faces]
+
+    def resolve_min_presence(self, min_presence: float | None) -> float:
+        """``detect``'s threshold: checked, or its default for this model (0 without a presence model)."""
+        if min_presence is None:
+            return 0.0 if self.presence_model is None else DEFAULT_MIN_PRESENCE
+        if isinstance(min_presence, bool) or not isinstance(min_presence, (int, float, np.floating, np.integer)) \
+                or not 0.0 <= float(min_presence) <= 1.0:
+            raise ValueError(f"min_presence must be a number in [0, 1] or None, got {min_presence!r}")
+        if self.presence_model is None and min_presence > 0:
+            raise WeightsError(f"min_presence={min_presence} was asked for, but these weights carry no presence model "
+                               "(their config.json has no 'presence' entry); fit one with `facekp-train presence`")
+        return float(min_presence)
 
     def predict_refined(self, gray: np.ndarray, transforms: np.ndarray, refine: int = 0,
                         angles: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:

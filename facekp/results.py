@@ -39,6 +39,8 @@ class Face:
         angle: the rotation (degrees, counter-clockwise as displayed) that made the face upright
             for the face detector; 0 unless it searched rotated copies of the photo (see
             :class:`~facekp.face_detection.HaarFaceDetector`'s ``angles``). The network sees the face turned upright.
+        presence: the probability in [0, 1] that the keypoint network sees a face there
+            (:mod:`facekp.presence`); None when the model has no presence model.
     """
 
     box: tuple[float, float, float, float]
@@ -46,6 +48,7 @@ class Face:
     confidence: np.ndarray
     score: float
     angle: float = 0.0
+    presence: float | None = None
 
     @property
     def area(self) -> float:
@@ -53,11 +56,12 @@ class Face:
         return max(0.0, x1 - x0) * max(0.0, y1 - y0)
 
     def to_dict(self) -> dict:
-        """JSON-ready: ``box``, ``score``, ``angle`` and ``keypoints`` {name: {x, y, confidence}},
-        rounded like :func:`keypoints_to_dict`."""
+        """JSON-ready: ``box``, ``score``, ``angle``, ``presence`` (None without a presence model) and
+        ``keypoints`` {name: {x, y, confidence}}, rounded like :func:`keypoints_to_dict`."""
         return {
             "box": [round(float(v), PIXEL_DECIMALS) for v in self.box],
             "score": round(float(self.score), SCORE_DECIMALS),
             "angle": round(float(self.angle), ANGLE_DECIMALS),
+            "presence": None if self.presence is None else round(float(self.presence), SCORE_DECIMALS),
             "keypoints": keypoints_to_dict(self.points, self.confidence),
         }

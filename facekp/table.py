@@ -1,7 +1,8 @@
 """The CSV layout of detected faces (``facekp detect --csv``): a flat form of the JSON one.
 
 One row per face, largest first. The columns are :data:`CSV_COLUMNS`: ``image``; ``face`` (0 = the
-largest); ``score`` and ``angle`` (degrees, counter-clockwise) from the face detector; the box
+largest); ``score`` and ``angle`` (degrees, counter-clockwise) from the face detector; ``presence``
+(the keypoint network's face-presence score in [0, 1], empty for a model without one); the box
 ``box_x0, box_y0, box_x1, box_y1`` and ``<keypoint>_x, <keypoint>_y, <keypoint>_confidence`` for
 the 15 keypoints in :data:`facekp.KEYPOINT_NAMES` order, all in image pixels (pixel-centre
 convention), rounded as in the JSON form (:meth:`facekp.Face.to_dict`); and ``error``. A photo
@@ -15,7 +16,7 @@ from .keypoints import KEYPOINT_NAMES
 
 #: The header row.
 CSV_COLUMNS: tuple[str, ...] = (
-    "image", "face", "score", "angle", "box_x0", "box_y0", "box_x1", "box_y1",
+    "image", "face", "score", "angle", "presence", "box_x0", "box_y0", "box_x1", "box_y1",
     *(f"{name}_{field}" for name in KEYPOINT_NAMES for field in ("x", "y", "confidence")),
     "error",
 )
@@ -32,5 +33,6 @@ def csv_rows(photo: dict) -> list[list]:
     rows = []
     for i, face in enumerate(photo["faces"]):
         points = [face["keypoints"][name][field] for name in KEYPOINT_NAMES for field in ("x", "y", "confidence")]
-        rows.append([photo["image"], i, face["score"], face["angle"], *face["box"], *points, ""])
+        presence = "" if face.get("presence") is None else face["presence"]
+        rows.append([photo["image"], i, face["score"], face["angle"], presence, *face["box"], *points, ""])
     return rows

@@ -199,6 +199,9 @@ class VideoTracker:
         min_confidence: a face followed that way whose mean keypoint confidence falls below
             this is considered lost. With the bundled model, the 616 validation faces score at least
             0.55 (median 0.84), blank, flat or noise frames 0.13 to 0.42.
+        min_presence: with a model that has a presence model (:mod:`facekp.presence`), a face followed
+            that way whose presence falls below this is lost too; a lost face makes the next frame run
+            the face detector. Also ``detect``'s threshold on detection frames. None: ``detect``'s default.
         face_detector, calibration, refine: as in :meth:`Detector.detect`.
         **tracker: settings of :class:`FaceTracker`.
     """
@@ -208,6 +211,7 @@ class VideoTracker:
         detector: "Detector",
         detect_every: int = 5,
         min_confidence: float = 0.5,
+        min_presence: float | None = None,
         face_detector: Callable | None = None,
         calibration=None,
         refine: int | None = None,
@@ -218,20 +222,23 @@ class VideoTracker:
         self.detector = detector
         self.detect_every = detect_every
         self.min_confidence = min_confidence
+        self.min_presence = detector.resolve_min_presence(min_presence)
         self.face_detector = face_detector
         self.calibration: BoxCalibration = resolve_calibration(detector, face_detector, calibration)
         self.refine = refine
         self.tracker = FaceTracker(**tracker)
         self._frame = 0
+        self._lost = False  # a followed face was lost: detect on the next frame
 
     def update(self, frame, t: float | None = None) -> list[TrackedFace]:
         """Faces of the next frame (anything :meth:`Detector.detect` takes); ``t`` in seconds
         (default: the frame number / 30)."""
         t = self._frame / 30.0 if t is None else t
         live = [tr for tr in self.tracker.tracks if tr.missed == 0]
-        if self._frame % self.detect_every == 0 or not live:
+        if self._frame % self.detect_every == 0 or not live or self._lost:
             faces = self.detector.detect(frame, face_detector=self.face_detector, calibration=self.calibration,
-                                         refine=self.refine)
+                                         refine=self.refine, min_presence=self.min_presence)
+            self._lost = False
         else:
             gray = load_gray(frame)
             transforms = np.stack([
@@ -239,8 +246,16 @@ class VideoTracker:
                 for tr in live
             ])
             points, confidence = self.detector.predict_framed([gray] * len(live), transforms)
-            faces = [Face(self.calibration.box_from_points(p), p, c, tr.face.score, tr.face.angle)
-                     for p, c, tr in zip(points, confidence, live) if c.mean() >= self.min_confidence]
+            keep = confidence.mean(axis=1) >= self.min_confidence
+            if self.detector.presence_model is None:
+                presence = [None] * len(live)
+            else:
+                presence = self.detector.presence(points, confidence)
+                keep &= presence >= self.min_presence
+            faces = [Face(self.calibration.box_from_points(p), p, c, tr.face.score, tr.face.angle,
+                          None if q is None else float(q))
+                     for p, c, tr, q, k in zip(points, confidence, live, presence, keep) if k]
+            self._lost = len(faces) < len(live)
         self._frame += 1
         return self.tracker.update(faces, t)
 

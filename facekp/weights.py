@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
@@ -188,13 +188,26 @@ def verify_file(path: str | Path, expected_sha256: str, what: str) -> None:
 
 
 def load_bundled(entry: ManifestEntry) -> tuple[StackedHourglass, DetectorConfig]:
-    """Load a manifest model from the package, verified against its sha256."""
+    """Load a manifest model from the package, verified against its sha256 and its manifest config.
+
+    The manifest's config must be the one embedded in the weights, except that it may add a
+    ``presence`` model (fitted after the weights were published: the file and its sha256 stay).
+    """
     if not entry.bundled:
         raise WeightsError(f"model {entry.name!r} is not bundled; load it with Detector.from_pretrained({entry.repo_id!r})")
     if not entry.path.exists():
         raise WeightsError(f"bundled weights {entry.path} are missing from the installed package")
     verify_file(entry.path, entry.sha256, f"bundled weights {entry.path}")
-    return load_model(entry.path)
+    model, config = load_model(entry.path)
+    listed = _parse_config(json.dumps(entry.config), f"the manifest entry {entry.name!r}")
+    if config.presence is None:
+        config = replace(config, presence=listed.presence)
+    if config.to_dict() != listed.to_dict():
+        a, b = config.to_dict(), listed.to_dict()
+        differ = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+        raise WeightsError(f"the manifest entry {entry.name!r} describes another model than {entry.path} embeds "
+                           f"(they differ in {differ}); the manifest or the weights file was edited")
+    return model, config
 
 
 def bundled_int8_onnx(entry: ManifestEntry) -> Path:

@@ -89,9 +89,9 @@ def test_csv_to_stdout(capsys, photos, tiny_model_dir):
     code, out, err = _run(capsys, "detect", photos["face"], photos["blank"], "--csv", *_model(tiny_model_dir))
     assert code == 0, err
     rows = list(csv.reader(out.splitlines()))
-    assert rows[0][:8] == ["image", "face", "score", "angle", "box_x0", "box_y0", "box_x1", "box_y1"]
-    assert rows[0][8:11] == ["left_eye_center_x", "left_eye_center_y", "left_eye_center_confidence"]
-    assert rows[0][-1] == "error" and len(rows[0]) == 9 + 3 * len(KEYPOINT_NAMES) and len(rows) == 3
+    assert rows[0][:9] == ["image", "face", "score", "angle", "presence", "box_x0", "box_y0", "box_x1", "box_y1"]
+    assert rows[0][9:12] == ["left_eye_center_x", "left_eye_center_y", "left_eye_center_confidence"]
+    assert rows[0][-1] == "error" and len(rows[0]) == 10 + 3 * len(KEYPOINT_NAMES) and len(rows) == 3
     assert all(len(r) == len(rows[0]) for r in rows)
 
 

@@ -239,7 +239,7 @@ def test_video_tracker_drops_a_face_whose_confidence_falls(clip, bundled):
     (back,) = tracker.update(face, 0.2)
     assert back.track_id == start.track_id and back.box == bundled.detect(face)[0].box
     # A lower threshold keeps following the (now weak) face through the same blank frame.
-    lenient = VideoTracker(bundled, detect_every=10, min_confidence=0.2)
+    lenient = VideoTracker(bundled, detect_every=10, min_confidence=0.2, min_presence=0)
     lenient.update(face, 0.0)
     (weak,) = lenient.update(blank, 0.1)
     assert 0.2 <= weak.confidence.mean() < 0.5 and weak.track_id == start.track_id

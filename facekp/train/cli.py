@@ -88,6 +88,26 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--force", action="store_true", help="replace a packaged model of this name, its card and Hub folder")
     ex.set_defaults(handler=_export)
 
+    pr = sub.add_parser("presence", help="fit a model's face-presence score (Face.presence) on faces and face-free crops")
+    pr.add_argument("--weights", default="default", help="a run folder, save_pretrained folder, .safetensors file, "
+                    "manifest model name or 'default'")
+    pr.add_argument("--data", type=Path, help="default: a run folder's own data, else $FACEKP_DATA or ../shared/data/faces68")
+    pr.add_argument("--val-fraction", type=_fraction, help="default: a run folder's own, else 0.15")
+    pr.add_argument("--seed", type=int, help="split seed (must match training; default: a run folder's own, else 0)")
+    pr.add_argument("--negatives", type=Path, default=DEFAULT_DATA.parent / "negatives",
+                    help="folder of face-free photos (its held-out ones are only scored; default: beside the data)")
+    where = pr.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", type=Path, help="write the model with its presence entry here (config.json + model.safetensors)")
+    where.add_argument("--manifest", type=Path, help="add the presence entry to this manifest's entry for the (manifest) "
+                       "model of --weights; its weights file does not change")
+    pr.add_argument("--patches", type=int, default=3000, help="random face-free patches to train on")
+    pr.add_argument("--badly-framed", type=int, default=1500, help="badly framed training faces to train on")
+    pr.add_argument("--json", type=Path, help="also write the fitted presence entry (with its held-out figures) here")
+    pr.add_argument("--force", action="store_true", help="replace existing files / an existing presence entry")
+    pr.add_argument("--device", default="cpu")
+    pr.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    pr.set_defaults(handler=_presence)
+
     sm = sub.add_parser("submit", help="write a Kaggle submission CSV")
     sm.add_argument("--weights", default="default", help="a .safetensors file, save_pretrained folder or 'default'")
     sm.add_argument("--test", type=Path, required=True, help="Kaggle test.csv")
@@ -270,6 +290,69 @@ def _export(args) -> None:
                                                                  overwrite=args.force)
     write_model_card(card, entry, fit, report, flip, args.run, is_default=not args.no_default, overwrite=args.force)
     print(json.dumps(summary, indent=2))
+
+
+def _presence(args) -> None:
+    import time
+    from dataclasses import replace
+
+    from ..calibration import default_calibration
+    from ..detector import Detector
+    from ..weights import CONFIG_NAME, WEIGHTS_NAME, ResolvedWeights, read_manifest, resolve_weights, save_model
+    from .data import load_dataset, split_by_identity
+    from .negatives import negative_paths
+    from .presence import fit_presence, format_held_out, manifest_with_presence
+    from .run import FitConfig, is_run_folder, load_run
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    for flag in ("patches", "badly_framed"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.json is not None and args.json.exists() and not args.force:
+        raise FileExistsError(f"{args.json} already exists; pass --force to replace it")
+    if is_run_folder(args.weights):
+        model, config, fit = load_run(args.weights)
+        # As `export` does: the run's model frames detector boxes with the shipped Haar calibration.
+        resolved = ResolvedWeights(model, replace(config, box_to_frame=default_calibration().to_dict()))
+        data, val_fraction, seed = fit.data, fit.val_fraction, fit.seed
+    else:
+        resolved = resolve_weights(None if args.weights == "default" else args.weights)
+        data, val_fraction, seed = DEFAULT_DATA, 0.15, 0
+    if args.manifest is not None and resolved.entry is None:
+        raise ValueError(f"--manifest needs a manifest model as --weights (a name or 'default'), got {args.weights!r}; "
+                         "write a model folder with --out instead")
+    # Refuse before the fit what would be refused after it.
+    if args.out is not None and not args.force:
+        existing = [str(args.out / n) for n in (CONFIG_NAME, WEIGHTS_NAME) if (args.out / n).exists()]
+        if existing:
+            raise FileExistsError(f"{', '.join(existing)} already exist; pass --force to replace them")
+    if args.manifest is not None:
+        manifest = read_manifest(args.manifest)
+        manifest_with_presence(manifest, resolved.entry.name, None, args.force)
+    train, val = split_by_identity(load_dataset(args.data or data), _given(args.val_fraction, val_fraction),
+                                   _given(args.seed, seed))
+    started = time.monotonic()
+
+    def progress(message: str) -> None:
+        print(f"[{time.monotonic() - started:6.0f} s] {message}", file=sys.stderr, flush=True)
+
+    detector = Detector(resolved, device=args.device, backend="torch", precision="fp32")
+    presence = fit_presence(detector, train, val, negative_paths(args.negatives, held_out=False),
+                            negative_paths(args.negatives, held_out=True), patches=args.patches,
+                            badly_framed=args.badly_framed, seed=_given(args.seed, seed), progress=progress)
+    print(format_held_out(presence.stats))
+    if args.out is not None:
+        save_model(resolved.model, replace(resolved.config, presence=presence.to_dict()), args.out, overwrite=True)
+        print(f"wrote {args.out}")
+    else:
+        manifest = manifest_with_presence(manifest, resolved.entry.name, presence, args.force)
+        args.manifest.write_text(json.dumps(manifest, indent=2) + "\n")
+        print(f"added the presence model to {resolved.entry.name!r} in {args.manifest}")
+    if args.json is not None:
+        args.json.write_text(json.dumps(presence.to_dict(), indent=2) + "\n")
 
 
 def _submit(args) -> None:

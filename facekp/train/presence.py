@@ -1,0 +1,237 @@
+"""Fit the face-presence model (:mod:`facekp.presence`) of a keypoint network: ``facekp-train presence``.
+
+Positives are training faces framed as in training (:class:`~facekp.train.augment.Augmenter`'s
+geometry). Negatives are what ``detect`` must reject: random rotated patches of face-free photos,
+badly framed training faces (zoomed out, zoomed in on a part, shifted far) and the false faces a loose
+Haar cascade finds on face-free photos, run through ``detect``'s own framing and refinement. Held out:
+the validation faces and :data:`~facekp.train.negatives.HELD_OUT_NEGATIVES`, never trained on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from ..calibration import BoxCalibration, resolve_calibration
+from ..detector import DEFAULT_REFINE, Detector
+from ..face_detection import HaarFaceDetector, to_u8
+from ..geometry import apply_affine, compose_affine, similarity_transform
+from ..images import load_gray
+from ..presence import DEFAULT_MIN_PRESENCE, PresenceModel
+from ..preprocess import warp
+from .augment import Augmenter, make_crop
+from .data import Sample
+
+#: Longer side face-free photos are shrunk to before anything is cut from them.
+NEGATIVE_MAX_SIDE = 1024
+
+
+def loose_haar() -> HaarFaceDetector:
+    """The loose Haar cascade whose false faces on the training negatives become hard negatives
+    (about 2,000 of them on the 26 training wallpapers)."""
+    return HaarFaceDetector(min_neighbors=1, scale_factor=1.05, angles=(-90, -60, -30, 0, 30, 60, 90, 180))
+
+
+#: Figures reported on held-out data: at the default threshold and at the ones keeping these shares of faces.
+KEEP_SHARES = (0.99, 0.995)
+
+
+def load_negatives(paths: Sequence[Path], max_side: int = NEGATIVE_MAX_SIDE) -> list[np.ndarray]:
+    """The photos as (H, W) float32 gray in [0, 1], shrunk to ``max_side`` (area averaging)."""
+    out = []
+    for p in paths:
+        g = load_gray(p)
+        f = max_side / max(g.shape)
+        out.append(cv2.resize(g, None, fx=f, fy=f, interpolation=cv2.INTER_AREA) if f < 1 else g)
+    return out
+
+
+def positive_crops(samples: Sequence[Sample], rng: np.random.Generator, per_face: int = 1) -> np.ndarray:
+    """``(len * per_face, 96, 96)`` crops of the faces framed with the training augmentation's geometry."""
+    geometry = Augmenter().geometry
+    return np.stack([make_crop(s.image, s.points, s.mask, s.frame, geometry.sample(rng))[0]
+                     for s in samples for _ in range(per_face)])
+
+
+def patch_crops(grays: Sequence[np.ndarray], n: int, rng: np.random.Generator) -> np.ndarray:
+    """``(n, 96, 96)`` square patches of random photos: side 24 px to the photo's shorter side, any rotation."""
+    crops = []
+    for _ in range(n):
+        g = grays[rng.integers(len(grays))]
+        h, w = g.shape
+        side = rng.uniform(24, min(h, w))
+        cx, cy = rng.uniform(side / 2, w - side / 2), rng.uniform(side / 2, h - side / 2)
+        crops.append(warp(g, similarity_transform((cx, cy), 96 / side, rng.uniform(-180, 180)), 96))
+    return np.stack(crops)
+
+
+def badly_framed_crops(samples: Sequence[Sample], n: int, rng: np.random.Generator) -> np.ndarray:
+    """``(n, 96, 96)`` crops of faces that miss the face: zoomed out 0.2-0.35x, zoomed in 2.5-4x on a
+    part, or shifted 45-70 px (canonical frame), a third each."""
+    crops = []
+    for _ in range(n):
+        s = samples[rng.integers(len(samples))]
+        kind = rng.integers(3)
+        if kind == 0:
+            pert = similarity_transform((48, 48), rng.uniform(0.2, 0.35), rng.uniform(-30, 30))
+        elif kind == 1:
+            pert = similarity_transform(48 + rng.uniform(-30, 30, size=2), rng.uniform(2.5, 4.0))
+        else:
+            a, d = rng.uniform(0, 2 * np.pi), rng.uniform(45, 70)
+            pert = similarity_transform((48 + d * np.cos(a), 48 + d * np.sin(a)), rng.uniform(0.8, 1.2))
+        crops.append(warp(s.image.astype(np.float32) / 255, compose_affine(pert, s.frame), 96))
+    return np.stack(crops)
+
+
+def detect_features(detector: Detector, model: PresenceModel, grays: Sequence[np.ndarray],
+                    face_detector: Callable, calibration: BoxCalibration) -> tuple[np.ndarray, list[int]]:
+    """Presence features of every face ``face_detector`` reports in ``grays``, framed and refined as
+    :meth:`Detector.detect` does, and the number of faces per photo."""
+    feats, per_photo = [], []
+    for g in grays:
+        boxes, _, angles = face_detector(to_u8(g))
+        per_photo.append(len(boxes))
+        if len(boxes):
+            transforms = np.stack([calibration.frame(b, a) for b, a in zip(boxes, angles)])
+            points, confidence = detector.predict_refined(g, transforms, DEFAULT_REFINE, angles)
+            feats.append(model.features(points, confidence))
+    return (np.concatenate(feats) if feats else np.empty((0, model.num_keypoints + 1))), per_photo
+
+
+def crop_features(detector: Detector, model: PresenceModel, crops: np.ndarray) -> np.ndarray:
+    """Presence features of network-sized crops."""
+    return model.features(*detector.predict_crops(crops))
+
+
+def mean_shape(samples: Sequence[Sample]) -> np.ndarray:
+    """``(15, 2)`` mean keypoints, canonical frame, of the faces with all 15 points labelled."""
+    full = [apply_affine(s.frame, s.points) for s in samples if s.mask.all()]
+    if not full:
+        raise ValueError("no training face has all 15 keypoints labelled; cannot compute the mean shape")
+    return np.mean(full, axis=0)
+
+
+def fit_logistic(positives: np.ndarray, negatives: np.ndarray, l2: float = 1e-3) -> tuple[np.ndarray, ...]:
+    """Class-balanced L2-regularised logistic regression on standardised features (L-BFGS, float64).
+
+    Returns ``(feature_mean, feature_scale, weights, bias)``.
+    """
+    x = np.concatenate([positives, negatives])
+    y = np.r_[np.ones(len(positives)), np.zeros(len(negatives))]
+    balance = np.r_[np.full(len(positives), len(negatives) / len(positives)), np.ones(len(negatives))]
+    mean, scale = x.mean(0), x.std(0) + 1e-6
+    xt, yt, bt = torch.tensor((x - mean) / scale), torch.tensor(y), torch.tensor(balance / balance.mean())
+    w = torch.zeros(x.shape[1] + 1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w], max_iter=500, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        logits = xt @ w[:-1] + w[-1]
+        loss = (bt * torch.nn.functional.binary_cross_entropy_with_logits(logits, yt, reduction="none")).mean()
+        loss = loss + l2 * (w[:-1] ** 2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    wv = w.detach().numpy()
+    return mean, scale, wv[:-1], float(wv[-1])
+
+
+def kept(scores: np.ndarray, threshold: float) -> float:
+    """Share of ``scores`` at or above ``threshold`` (0 for none)."""
+    return float((scores >= threshold).mean()) if len(scores) else 0.0
+
+
+def fit_presence(
+    detector: Detector,
+    train: Sequence[Sample],
+    val: Sequence[Sample],
+    train_negatives: Sequence[Path],
+    held_negatives: Sequence[Path],
+    *,
+    patches: int = 3000,
+    badly_framed: int = 1500,
+    seed: int = 0,
+    hard_detector: Callable | None = None,
+    progress: Callable[[str], None] = print,
+) -> PresenceModel:
+    """Fit a :class:`PresenceModel` for ``detector``'s network and score it on the held-out data.
+
+    ``train``/``val``: the model's own split (never pass validation faces as ``train``);
+    ``train_negatives``/``held_negatives``: face-free photos (:func:`~facekp.train.negatives.negative_paths`).
+    ``hard_detector``: the face detector whose false faces on ``train_negatives`` are hard negatives
+    (default :func:`loose_haar`). ``stats`` of the result records the held-out figures.
+    """
+    rng = np.random.default_rng(seed)
+    hard_detector = hard_detector or loose_haar()
+    calibration = resolve_calibration(detector)
+    # The features need only the mean shape; standardisation and weights come from the fit below.
+    k = detector.config.hourglass.num_keypoints
+    blank = PresenceModel(mean_shape(train), np.zeros(k + 1), np.ones(k + 1), np.zeros(k + 1), 0.0)
+    neg_train, neg_held = load_negatives(train_negatives), load_negatives(held_negatives)
+
+    progress(f"positives: {len(train)} training faces")
+    pos = crop_features(detector, blank, positive_crops(train, rng))
+    progress(f"negatives: {patches} patches of {len(neg_train)} photos, {badly_framed} badly framed faces")
+    neg = [crop_features(detector, blank, patch_crops(neg_train, patches, rng)),
+           crop_features(detector, blank, badly_framed_crops(train, badly_framed, rng))]
+    progress(f"hard negatives: {hard_detector!r} on {len(neg_train)} face-free photos")
+    hard, _ = detect_features(detector, blank, neg_train, hard_detector, calibration)
+    neg.append(hard)
+    mean, scale, weights, bias = fit_logistic(pos, np.concatenate(neg))
+    stats = {"trained_on": {"faces": len(train), "patches": patches, "badly_framed": badly_framed,
+                            "hard_negatives": len(hard), "negative_photos": len(neg_train), "seed": seed}}
+    model = PresenceModel(blank.mean_shape, mean, scale, weights, bias, stats)
+
+    progress(f"held out: {len(val)} validation faces, {len(neg_held)} face-free photos")
+    faces = model.probability(crop_features(detector, blank, positive_crops(val, rng, per_face=2)))
+    false = {"random_patches": model.probability(crop_features(detector, blank, patch_crops(neg_held, 2000, rng))),
+             "badly_framed_val_faces": model.probability(crop_features(detector, blank, badly_framed_crops(val, 1000, rng)))}
+    per_photo = {}
+    for name, fd in (("haar_default", HaarFaceDetector()), ("haar_angles_30", HaarFaceDetector(angles=(-30, 0, 30))),
+                     ("haar_loose", hard_detector)):
+        feats, counts = detect_features(detector, blank, neg_held, fd, calibration)
+        false[name] = model.probability(feats)
+        per_photo[name] = counts
+    thresholds = {"default": DEFAULT_MIN_PRESENCE} | {f"keep_{s}": float(np.quantile(faces, 1 - s)) for s in KEEP_SHARES}
+    model.stats["held_out"] = {
+        "val_faces": len(faces),
+        "negative_photos": [p.name for p in held_negatives],
+        "false_faces_found": {name: int(sum(c)) for name, c in per_photo.items()},
+        "at": {name: {"threshold": round(t, 4), "val_faces_kept": round(kept(faces, t), 4),
+                      "false_kept": {kind: round(kept(s, t), 4) for kind, s in false.items()}}
+               for name, t in thresholds.items()},
+    }
+    return model
+
+
+def manifest_with_presence(manifest: dict, name: str, model: PresenceModel | None, force: bool = False) -> dict:
+    """``manifest`` with the entry ``name``'s config given ``model`` as its ``presence`` (None: only check
+    that it may be); the weights file and its sha256 stay (:func:`facekp.weights.load_bundled` checks
+    the rest of the config against the file's own). Replacing an existing presence model needs ``force``."""
+    entry = next((m for m in manifest.get("models", []) if m["name"] == name), None)
+    if entry is None:
+        raise ValueError(f"no model named {name!r} in the manifest; known: {[m['name'] for m in manifest.get('models', [])]}")
+    if entry["config"].get("presence") is not None and not force:
+        raise FileExistsError(f"the manifest entry {name!r} already has a presence model; pass --force to replace it")
+    if model is not None:
+        entry["config"]["presence"] = model.to_dict()
+    return manifest
+
+
+def format_held_out(stats: dict) -> str:
+    """The held-out figures of a fitted model's ``stats`` as a table."""
+    held = stats["held_out"]
+    kinds = list(next(iter(held["at"].values()))["false_kept"])
+    lines = [f"held out: {held['val_faces']} validation face crops; false faces found on "
+             f"{len(held['negative_photos'])} face-free photos: "
+             + ", ".join(f"{k} {v}" for k, v in held["false_faces_found"].items()),
+             f"{'threshold':>18s} {'faces kept':>10s} " + " ".join(f"{k:>22s}" for k in kinds)]
+    for name, row in held["at"].items():
+        lines.append(f"{name + ' ' + format(row['threshold'], '.3f'):>18s} {row['val_faces_kept']:>10.4f} "
+                     + " ".join(f"{row['false_kept'][k]:>22.4f}" for k in kinds))
+    return "\n".join(lines)
