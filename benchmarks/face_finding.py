@@ -5,7 +5,7 @@
 
 Everything is measured on faces that never reached training: the validation identities of the
 keypoint model's split (``split_by_identity(samples, 0.15, seed=0)``) and the negatives held out
-of the finder's training (``facekp.train.scenes.HELD_OUT_NEGATIVES``). Kinds:
+of the finder's training (``facekp.train.negatives.HELD_OUT_NEGATIVES``). Kinds:
 
 - ``photos``: the validation photos as they are (one annotated face each);
 - ``turned``: the same photos turned by 15-90 degrees (either way), the canvas grown to hold them;
@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from facekp import Detector
     from facekp.train.data import load_pts_folder, split_by_identity
-    from facekp.train.scenes import load_gray_u8, negative_paths
+    from facekp.train.negatives import negative_paths
+    from facekp.train.scenes import load_gray_u8
 
     if args.threads:
         torch.set_num_threads(args.threads)

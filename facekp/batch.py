@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from . import fileio
 from .detector import Detector
 from .errors import FacekpError, InvalidImageError
 from .images import upright_size
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 #: ``error`` says why on a photo that could not be read.
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("image", "string"), ("width", "int32"), ("height", "int32"), ("face", "int32"), ("score", "float64"),
-    ("angle", "float64"), ("box_x0", "float64"), ("box_y0", "float64"), ("box_x1", "float64"), ("box_y1", "float64"),
+    ("angle", "float64"), ("presence", "float64"), ("box_x0", "float64"), ("box_y0", "float64"), ("box_x1", "float64"), ("box_y1", "float64"),
     *((f"{n}_{c}", "float32") for n in KEYPOINT_NAMES for c in ("x", "y", "confidence")),
     ("error", "string"),
 )
@@ -71,7 +72,7 @@ class FaceKeypoints:
         weights, sha256: from :func:`weights_reference` (None: the bundled default model).
         device: the :class:`~facekp.Detector` device; ``"auto"`` takes the actor's GPU if Ray gave it one.
         threads: CPU threads of this actor's network (default: the backend's choice).
-        refine, max_faces, backend, precision: as for :meth:`Detector.detect` / :class:`Detector`.
+        refine, max_faces, min_presence, backend, precision: as for :meth:`Detector.detect` / :class:`Detector`.
 
     A photo that cannot be read gives a row with its ``error``; the job never fails on one.
     """
@@ -87,6 +88,7 @@ class FaceKeypoints:
         threads: int | None = None,
         refine: int | None = None,
         max_faces: int | None = None,
+        min_presence: float | None = None,
         backend: str | None = None,
         precision: str = "auto",
     ) -> None:
@@ -99,6 +101,7 @@ class FaceKeypoints:
         self.detector = Detector(weights, device=device, backend=backend, precision=precision, threads=threads)
         self.column, self.path_column = column, path_column
         self.refine, self.max_faces = refine, max_faces
+        self.min_presence = self.detector.resolve_min_presence(min_presence)  # checked once, not per photo
 
     def __call__(self, batch: dict[str, np.ndarray]) -> "pa.Table":
         rows: list[dict[str, Any]] = []
@@ -112,7 +115,7 @@ class FaceKeypoints:
         """The output rows of one photo (a path, encoded bytes or an array)."""
         try:
             image = _decoded(item)
-            faces = self.detector.detect(image, refine=self.refine, max_faces=self.max_faces)
+            faces = self.detector.detect(image, refine=self.refine, max_faces=self.max_faces, min_presence=self.min_presence)
             width, height = _size(image)
         except (FacekpError, OSError) as exc:  # unreadable: a missing or corrupt file
             return [{"image": name, "error": str(exc)}]
@@ -121,7 +124,7 @@ class FaceKeypoints:
             return [photo]
         rows = []
         for k, f in enumerate(faces):
-            row = photo | {"face": k, "score": f.score, "angle": f.angle}
+            row = photo | {"face": k, "score": f.score, "angle": f.angle, "presence": f.presence}
             row |= dict(zip(("box_x0", "box_y0", "box_x1", "box_y1"), f.box))
             for n, (x, y), c in zip(KEYPOINT_NAMES, f.points, f.confidence):
                 row |= {f"{n}_x": x, f"{n}_y": y, f"{n}_confidence": c}
@@ -178,7 +181,7 @@ def detect_dataset(
 
     Each actor reserves ``cpus_per_worker`` CPUs (its network threads) and ``gpus_per_worker``
     GPUs, and takes ``batch_size`` photos at a time. ``detect`` holds :class:`FaceKeypoints`'
-    keyword arguments (``refine``, ``max_faces``, ``backend``, ``precision``).
+    keyword arguments (``refine``, ``max_faces``, ``min_presence``, ``backend``, ``precision``).
     """
     import ray.data
 
@@ -251,7 +254,9 @@ def add_batch_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="photos per batch sent to a worker (default: 16)")
     p.add_argument("--recursive", "-r", action="store_true", help="also look into subfolders")
     p.add_argument("--refine", type=int, default=None, help="re-framing passes per face (default: 1)")
-    p.add_argument("--max-faces", type=int, default=None, help="keep only the N largest faces per photo")
+    p.add_argument("--max-faces", type=int, default=None, help="keep only the N largest faces per photo (default: all)")
+    p.add_argument("--min-presence", type=float, default=None, metavar="P",
+                   help="drop faces whose presence score is below P; 0 keeps all (default: 0.5 with a model that has one)")
     p.add_argument("--force", action="store_true", help="allow replacing OUT.parquet")
 
 
@@ -277,20 +282,16 @@ def run_batch(args: argparse.Namespace, suffixes: Sequence[str], check_output: C
         ds = detect_dataset(ray.data.from_items([{"image": p} for p in photos]), "image", weights=args.weights,
                             workers=args.workers, cpus_per_worker=cpus, gpus_per_worker=gpus,
                             batch_size=args.batch_size, device=args.device, refine=args.refine,
-                            max_faces=args.max_faces, backend=args.backend, precision=args.precision)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_name(f".{args.out.name}.tmp")
+                            max_faces=args.max_faces, min_presence=args.min_presence, backend=args.backend,
+                            precision=args.precision)
         faces = faceless = failed = 0  # rows: a face, a photo without faces, an unreadable photo
-        try:
+        # The whole file or none: a stopped run leaves no half-written OUT, and the write rule holds at the end too.
+        with fileio.atomic_path(args.out, inputs=photos, overwrite=args.force) as tmp:
             with pq.ParquetWriter(tmp, table([]).schema) as writer:
                 for part in ds.iter_batches(batch_format="pyarrow", batch_size=None):
                     writer.write_table(part)
                     no_face, errors = part.column("face").null_count, len(part) - part.column("error").null_count
                     faces, faceless, failed = faces + len(part) - no_face, faceless + no_face - errors, failed + errors
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        tmp.replace(args.out)  # the whole file or none: a stopped run leaves no half-written OUT
     finally:
         ray.shutdown()
     print(f"facekp: {faces} face(s) in {len(photos)} photo(s) ({faceless} without faces, {failed} unreadable); "

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from .errors import WeightsError
 from .calibration import BoxCalibration
 from .finder_model import FaceFinderNet, FinderConfig
-from .weights import _bundled_path, read_manifest, verify_file
+from .weights import bundled_path, read_manifest, verify_file
 
 _METADATA_KEY = "facekp_finder"
 #: The bundled finder that :class:`facekp.finder.FaceFinder` loads by default.
@@ -88,7 +88,7 @@ def finder_entry(name: str = DEFAULT_FINDER, manifest: str | Path | None = None)
 def load_finder(name: str = DEFAULT_FINDER) -> FinderWeights:
     """A bundled finder, verified against the manifest's sha256."""
     entry = finder_entry(name)
-    path = _bundled_path(entry["file"])
+    path = bundled_path(entry["file"])
     if not path.exists():
         raise WeightsError(f"bundled face finder {path} is missing from the installed package")
     verify_file(path, entry["sha256"], f"bundled face finder {path}")

@@ -142,7 +142,7 @@ class ManifestEntry:
     @property
     def path(self) -> Path:
         """Where the bundled file lies inside the installed package."""
-        return _bundled_path(self.file)
+        return bundled_path(self.file)
 
 
 def read_manifest(path: str | Path | None = None) -> dict:
@@ -217,14 +217,14 @@ def bundled_int8_onnx(entry: ManifestEntry) -> Path:
             f"model {entry.name!r} ships no int8 graph; make one with `facekp export-onnx OUT.onnx --int8 CROPS_DIR` "
             "and pass Detector(..., backend='onnx', onnx_model='OUT.onnx')"
         )
-    path = _bundled_path(entry.int8_onnx["file"])
+    path = bundled_path(entry.int8_onnx["file"])
     if not path.exists():
         raise WeightsError(f"bundled int8 graph {path} is missing from the installed package")
     verify_file(path, entry.int8_onnx["sha256"], f"bundled int8 graph {path}")
     return path
 
 
-def _bundled_path(file: str) -> Path:
+def bundled_path(file: str) -> Path:
     return Path(str(resources.files("facekp") / "weights" / file))
 
 

@@ -64,7 +64,7 @@ def _assert_rows_match_detect(rows: list[dict], photos: dict, det: Detector) -> 
         width, height = Image.open(photos[key]).size
         for r, f in zip(mine, faces):
             assert (r["width"], r["height"], r["error"]) == (width, height, None)
-            assert (r["score"], r["angle"]) == (f.score, f.angle)
+            assert (r["score"], r["angle"], r["presence"]) == (f.score, f.angle, f.presence)
             np.testing.assert_allclose([r[f"box_{c}"] for c in ("x0", "y0", "x1", "y1")], f.box, atol=1e-9)
             points = np.array([[r[f"{n}_x"], r[f"{n}_y"]] for n in KEYPOINT_NAMES])
             np.testing.assert_allclose(points, f.points, atol=1e-4, rtol=0)

@@ -244,13 +244,13 @@ def test_bundled_finders_match_the_manifest_and_load():
     carries the calibration and threshold the manifest records."""
     from facekp.finder_weights import finder_entry, load_finder
     from facekp.weights import read_manifest, sha256_file
-    from facekp.weights import _bundled_path
+    from facekp.weights import bundled_path
 
     entries = read_manifest().get("face_finders", [])
     if not entries:
         pytest.skip("this build ships no face finder")
     for entry in entries:
-        path = _bundled_path(entry["file"])
+        path = bundled_path(entry["file"])
         assert path.stat().st_size == entry["size"] and sha256_file(path) == entry["sha256"]
         weights = load_finder(entry["name"])
         assert weights.calibration.to_dict() == entry["config"]["box_to_frame"]

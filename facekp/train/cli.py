@@ -5,17 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
 from ..cli_parser import ArgumentParser
 from ..errors import one_line
 from ..model import HourglassConfig
+from .run import DEFAULT_DATA
 
-#: Training data when --data is not given: ``$FACEKP_DATA``, else ``../shared/data/faces68`` of the
-#: current directory (the project's layout, run from the repository root).
-DEFAULT_DATA = Path(os.environ.get("FACEKP_DATA", Path("..") / "shared" / "data" / "faces68"))
 #: export writes into a repository checkout: these defaults are relative to the current directory (its root).
 DOCS = Path("docs")
 

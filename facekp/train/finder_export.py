@@ -20,7 +20,8 @@ from ..finder_weights import save_finder
 from ..weights import sha256_file
 from .data import load_dataset, split_by_identity
 from .finder_fit import FinderFitConfig, match_found
-from .scenes import SceneComposer, SceneConfig, eye_distance, load_gray_u8, negative_paths
+from .negatives import negative_paths
+from .scenes import SceneComposer, SceneConfig, eye_distance, load_gray_u8
 
 
 def load_finder_run(run: str | Path, checkpoint: str = "best.pt") -> tuple[FaceFinderNet, FinderFitConfig]:
@@ -75,7 +76,7 @@ def export_finder(run: str | Path, name: str, package_dir: str | Path, manifest_
     """
     model, config = load_finder_run(run, checkpoint)
     train, _ = split_by_identity(load_dataset(config.data), config.val_fraction, config.seed)
-    backgrounds = [load_gray_u8(p) for p in negative_paths(config.negatives)]
+    backgrounds = [load_gray_u8(p) for p in negative_paths(config.negatives, held_out=False)]
     min_score, thresholds = choose_min_score(model, SceneComposer(train, backgrounds, SceneConfig(size=config.scene_size)))
     calibration = fit_box_calibration(train, FaceFinder(model, {"scale": 1.0, "detector": FINDER_NAME}, min_score=min_score),
                                       progress=True)

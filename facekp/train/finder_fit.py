@@ -24,7 +24,9 @@ from tqdm import tqdm
 from ..finder import decode
 from ..finder_model import LEVEL_SIDES, STRIDES, FaceFinderNet, FinderConfig, face_geometry_targets, normalize
 from .data import Sample, load_dataset, split_by_identity
-from .scenes import SceneComposer, SceneConfig, eye_distance, load_gray_u8, negative_paths
+from .negatives import negative_paths
+from .run import DEFAULT_DATA
+from .scenes import SceneComposer, SceneConfig, eye_distance, load_gray_u8
 
 log = logging.getLogger("facekp.train")
 
@@ -158,7 +160,7 @@ class FinderTrainer:
         if train is None or val is None:
             train, val = split_by_identity(load_dataset(config.data), config.val_fraction, config.seed)
         if backgrounds is None or val_backgrounds is None:
-            backgrounds = [load_gray_u8(p) for p in negative_paths(config.negatives)]
+            backgrounds = [load_gray_u8(p) for p in negative_paths(config.negatives, held_out=False)]
             val_backgrounds = [load_gray_u8(p) for p in negative_paths(config.negatives, held_out=True)]
         scene = SceneConfig(size=config.scene_size)
         self.composer = SceneComposer(train, backgrounds, scene)
@@ -341,8 +343,6 @@ def plot_finder_history(history: list[dict], path: Path) -> None:
 # -- facekp-train finder ----------------------------------------------------------------
 def add_parser(sub) -> None:
     """The ``finder`` subcommand of ``facekp-train``."""
-    from .cli import DEFAULT_DATA
-
     p = sub.add_parser("finder", help="train the face finder on composed scenes (resumable)")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="faces68-style .pts folder (training identities are used)")
     p.add_argument("--negatives", type=Path, default=DEFAULT_DATA.parent / "negatives", help="face-free photos")

@@ -6,6 +6,7 @@ so neither imports the other.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -13,6 +14,10 @@ from .. import validate
 from ..config import DetectorConfig
 from ..model import HourglassConfig, StackedHourglass
 from .checkpoint import read_checkpoint
+
+#: Training data when --data is not given: ``$FACEKP_DATA``, else ``../shared/data/faces68`` of the
+#: current directory (the project's layout, run from the repository root).
+DEFAULT_DATA = Path(os.environ.get("FACEKP_DATA", Path("..") / "shared" / "data" / "faces68"))
 
 
 @dataclass

@@ -5,7 +5,7 @@ A scene is a square gray image with zero to ten faces taken from annotated photo
 turned (half the faces anywhere on the full circle, the rest within +/-30 degrees by default), mirrored
 half of the time, cut out with a soft oval or with its photo's own surroundings, and possibly
 partly covered or cut by the scene's border. Backgrounds are crops of face-free photos
-(``../shared/data/negatives`` less :data:`HELD_OUT_NEGATIVES`) or the parts of faces68 photos
+(``../shared/data/negatives`` less :data:`facekp.train.negatives.HELD_OUT_NEGATIVES`) or the parts of faces68 photos
 outside their face. The whole scene is then relit, blurred, noised and JPEG-compressed at
 random. Every face's 15 keypoints travel with it, so the targets (centre, box, angle) come from
 the labels.
@@ -22,34 +22,6 @@ import numpy as np
 from ..keypoints import FLIP_INDEX
 from ..geometry import apply_affine, similarity_transform
 from .data import Sample
-
-#: Negatives never used in training scenes: kept for measuring false faces (benchmarks/face_finding.py).
-HELD_OUT_NEGATIVES: tuple[str, ...] = (
-    "gnome-grid-l-grid-l.jpg",
-    "gnome-licorice-d-licorice-d.jpg",
-    "gnome-truchet-l-truchet-l.jpg",
-    "gnome-wood-d-wood-d.jpg",
-    "plasma-Autumn-1280x1024.jpg",
-    "plasma-ColorfulCups-2560x1600.jpg",
-    "plasma-FallenLeaf-1280x1024.jpg",
-    "plasma-Kite-1280x1024.jpg",
-    "plasma-Path-1280x1024.jpg",
-    "plasma-Volna-5120x2880.jpg",
-)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-
-
-def negative_paths(folder: str | Path, held_out: bool = False) -> list[Path]:
-    """The face-free photos of ``folder`` for training (``held_out`` False) or for measuring false faces."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"negatives folder not found: {folder}")
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    chosen = [p for p in paths if (p.name in HELD_OUT_NEGATIVES) == held_out]
-    if not chosen:
-        raise ValueError(f"no {'held-out' if held_out else 'training'} negatives (.jpg/.png) in {folder}")
-    return chosen
-
 
 def load_gray_u8(path: Path, max_side: int = 1280) -> np.ndarray:
     """A photo as (H, W) uint8 gray, shrunk so that its longer side is at most ``max_side``."""
