@@ -299,7 +299,7 @@ def _presence(args) -> None:
     from .data import load_dataset, split_by_identity
     from .negatives import negative_paths
     from .presence import fit_presence, format_held_out, manifest_with_presence
-    from .run import FitConfig, is_run_folder, load_run
+    from .run import is_run_folder, load_run
 
     if args.threads:
         import torch
