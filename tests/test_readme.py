@@ -79,7 +79,7 @@ def test_the_readme_runs_as_written(checkout, monkeypatch):
     assert ran >= 6 + FACES68_AVAILABLE
     # What the set-up command and the blocks say they write is there.
     assert (checkout / "out" / "grace_hopper_faces.png").is_file() and (checkout / "named" / "grace_hopper_faces.png").is_file()
-    assert (checkout / "faces.csv").read_text().startswith("image,face,score,angle,box_x0")
+    assert (checkout / "faces.csv").read_text().startswith("image,face,score,angle,presence,box_x0")
     if FACES68_AVAILABLE:
         assert {"last.pt", "curves.png"} <= {p.name for p in (checkout / "runs" / "smoke").iterdir()}
         assert (checkout / "runs" / "smoke" / "plots" / "val-errors.png").is_file()

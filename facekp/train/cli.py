@@ -94,14 +94,15 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--negatives", type=Path, default=DEFAULT_DATA.parent / "negatives",
                     help="folder of face-free photos (its held-out ones are only scored; default: beside the data)")
     where = pr.add_mutually_exclusive_group(required=True)
-    where.add_argument("--out", type=Path, help="write the model with its presence entry here (config.json + model.safetensors)")
+    where.add_argument("--out", type=Path, help="write the model with its presence entry here (config.json + model.safetensors; "
+                       "default: none, one of --out and --manifest is needed)")
     where.add_argument("--manifest", type=Path, help="add the presence entry to this manifest's entry for the (manifest) "
-                       "model of --weights; its weights file does not change")
+                       "model of --weights; its weights file does not change (default: none)")
     pr.add_argument("--patches", type=int, default=3000, help="random face-free patches to train on")
     pr.add_argument("--badly-framed", type=int, default=1500, help="badly framed training faces to train on")
-    pr.add_argument("--json", type=Path, help="also write the fitted presence entry (with its held-out figures) here")
+    pr.add_argument("--json", type=Path, help="also write the fitted presence entry (with its held-out figures) here (default: none)")
     pr.add_argument("--force", action="store_true", help="replace existing files / an existing presence entry")
-    pr.add_argument("--device", default="cpu")
+    pr.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
     pr.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     pr.set_defaults(handler=_presence)
 

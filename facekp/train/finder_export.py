@@ -102,13 +102,14 @@ def export_finder(run: str | Path, name: str, package_dir: str | Path, manifest_
 
 def add_parser(sub) -> None:
     """The ``finder-export`` subcommand of ``facekp-train``."""
-    root = Path(__file__).resolve().parents[2]
     p = sub.add_parser("finder-export", help="ship a finder run's best weights (package + manifest)")
     p.add_argument("--run", type=Path, required=True, help="run folder written by 'finder'")
-    p.add_argument("--name", default="finder-s8", help="name in the manifest's face_finders")
-    p.add_argument("--checkpoint", default="best.pt", choices=("best.pt", "last.pt"))
-    p.add_argument("--package", type=Path, default=root / "facekp", help="facekp package folder")
-    p.add_argument("--manifest", type=Path, default=root / "weights_manifest.json")
+    p.add_argument("--name", default="finder-s8", help="name in the manifest's face_finders (default: finder-s8)")
+    p.add_argument("--checkpoint", default="best.pt", choices=("best.pt", "last.pt"), help="which checkpoint (default: best.pt)")
+    p.add_argument("--package", type=Path, default=Path("facekp"),
+                   help="facekp package folder to write weights/NAME.safetensors into (default: ./facekp)")
+    p.add_argument("--manifest", type=Path, default=Path("weights_manifest.json"),
+                   help="the manifest to record the finder in (default: ./weights_manifest.json)")
     p.add_argument("--force", action="store_true", help="replace an existing weights file of that name")
     p.set_defaults(handler=_run)
 
