@@ -25,7 +25,7 @@ from ..finder import decode
 from ..finder_model import LEVEL_SIDES, STRIDES, FaceFinderNet, FinderConfig, face_geometry_targets, normalize
 from .data import Sample, load_dataset, split_by_identity
 from .negatives import negative_paths
-from .run import DEFAULT_DATA
+from .run import DEFAULT_DATA, run_log
 from .scenes import SceneComposer, SceneConfig, eye_distance, load_gray_u8
 
 log = logging.getLogger("facekp.train")
@@ -223,16 +223,8 @@ class FinderTrainer:
     # -- the loop ----------------------------------------------------------------------
     def fit(self, resume: bool = False) -> list[dict]:
         """Train until ``steps`` (or ``minutes``); log in ``train.log``, curves in ``curves.png``."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(self.out / "train.log")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        try:
+        with run_log(self.out, log):
             return self._fit(resume)
-        finally:
-            log.removeHandler(handler)
-            handler.close()
 
     def _fit(self, resume: bool) -> list[dict]:
         cfg = self.config

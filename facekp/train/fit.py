@@ -22,7 +22,7 @@ from .data import Sample, load_dataset, split_by_identity
 from .distributed import World
 from .evaluate import evaluate
 from .plots import plot_history, require_matplotlib
-from .run import RESUMABLE_CHANGES, RUN_FILES, FitConfig, changed_settings, is_run_folder, load_run
+from .run import RESUMABLE_CHANGES, RUN_FILES, FitConfig, changed_settings, is_run_folder, load_run, run_log
 
 log = logging.getLogger("facekp.train")
 
@@ -163,16 +163,8 @@ class Trainer:
         require_matplotlib()  # for curves.png, written at the end of each epoch
         if not self.world.is_main:
             return self._fit(resume)
-        self.out.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(self.out / "train.log", delay=True)  # opened once _fit has checked the folder
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        try:
+        with run_log(self.out, log, delay=True):  # the file opens once _fit has checked the folder
             return self._fit(resume)
-        finally:
-            log.removeHandler(handler)
-            handler.close()
 
     def _fit(self, resume: bool) -> list[dict]:
         cfg = self.config

@@ -6,7 +6,10 @@ so neither imports the other.
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -114,3 +117,22 @@ def load_run(run: str | Path, checkpoint: str = "best.pt") -> tuple[StackedHourg
     except (RuntimeError, TypeError) as exc:
         raise ValueError(f"{run / checkpoint} does not hold a {fit.hourglass} network ({str(exc).splitlines()[0]})") from None
     return model.eval(), DetectorConfig(hourglass=fit.hourglass, sigma=fit.sigma), fit
+
+
+@contextmanager
+def run_log(folder: Path, logger: logging.Logger, delay: bool = False) -> Iterator[None]:
+    """``logger``'s records also go to ``folder/train.log`` (timestamped) while the block runs.
+
+    ``delay``: open the file at the first record, so a run that is refused before it logs
+    anything leaves no file behind.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(folder / "train.log", delay=delay)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
