@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import csv
 import glob
-import io
 import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -22,12 +21,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from . import fileio
 from .detector import Detector
-from .errors import FacekpError, InvalidImageError
-from .images import upright_size
+from .errors import FacekpError
+from .images import decode_bytes, upright_size
 from .keypoints import KEYPOINT_NAMES
 from .weights import WEIGHTS_NAME, sha256_file, verify_file
 
@@ -138,12 +137,7 @@ def _decoded(item: Any) -> Any:
     if isinstance(item, (str, os.PathLike, np.ndarray)):
         return item
     if isinstance(item, (bytes, bytearray, memoryview)):
-        try:
-            with Image.open(io.BytesIO(item)) as im:
-                im.load()
-                return ImageOps.exif_transpose(im)
-        except (UnidentifiedImageError, OSError) as exc:
-            raise InvalidImageError(f"cannot read {len(item)} bytes as an image ({exc})") from exc
+        return decode_bytes(item)
     raise FacekpError(f"expected a path, encoded image bytes or an image array, got {type(item).__name__}")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import io
 import os
 import stat
 import warnings
@@ -125,6 +126,24 @@ def _open_upright(path: Path) -> Image.Image:
             return ImageOps.exif_transpose(im)
         except (OSError, ValueError, SyntaxError, EOFError) as exc:  # truncated or corrupt data
             raise InvalidImageError(f"cannot read {path} as an image ({exc})") from exc
+
+
+def decode_bytes(data: bytes | bytearray | memoryview, what: str = "image bytes") -> Image.Image:
+    """Encoded image bytes (a file's content) decoded and turned upright by their EXIF orientation,
+    with the checks :func:`load_gray` applies to files (:data:`MAX_PIXELS` from the header, so a
+    decompression bomb is never decoded; truncated or foreign data): :class:`InvalidImageError`."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
+            im = Image.open(io.BytesIO(data))
+        check_pixel_count(im.size, what)
+        im.load()
+        return ImageOps.exif_transpose(im)
+    except Image.DecompressionBombError:
+        raise InvalidImageError(f"{what} claim more than {MAX_PIXELS:,} pixels (a decompression bomb?); "
+                                "facekp refuses to decode them") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise InvalidImageError(f"cannot read {what} ({len(data)} bytes) as an image ({exc})") from exc
 
 
 @contextmanager

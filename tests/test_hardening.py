@@ -507,3 +507,17 @@ def test_fit_init_from_a_garbage_file_is_a_one_line_error(capsys, kaggle_csv, tm
     junk.write_bytes(struct.pack("<Q", 10**12) + hostile.garbage())
     code, err = _cli(capsys, train_main, *_fit_args(kaggle_csv, tmp_path / "run"), "--init", junk)
     assert code == 2 and "junk.safetensors" in _one_error_line(err, "facekp-train")
+
+
+@pytest.mark.parametrize("kind", sorted(hostile.BOMBS))
+def test_batch_rows_refuse_bombed_bytes_with_an_error_row(kind, tiny_model_dir):
+    """Bytes (as ray.data.read_binary_files gives them) go through the same checks as files: a bomb
+    or a truncated photo is a row with its error, never a PIL exception that fails the Ray job."""
+    from facekp.batch import FaceKeypoints
+
+    mapper = FaceKeypoints(weights=str(tiny_model_dir), device="cpu")
+    with deadline():
+        bomb = mapper.rows(hostile.BOMBS[kind](), f"bomb.{kind}")
+        cut = mapper.rows(hostile.truncated_jpeg(), "cut.jpg")
+    assert len(bomb) == 1 and "decompression bomb" in bomb[0]["error"]
+    assert len(cut) == 1 and cut[0]["error"] and cut[0]["image"] == "cut.jpg"
