@@ -94,13 +94,10 @@ class FaceKeypoints:
         if sha256 is not None:
             path = Path(weights)
             verify_file(path / WEIGHTS_NAME if path.is_dir() else path, sha256, f"weights {weights}")
-        for name, value in (("refine", refine), ("max_faces", max_faces)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-                raise ValueError(f"{name} must be None or an integer >= 0, got {value!r}")  # once, not per photo
         self.detector = Detector(weights, device=device, backend=backend, precision=precision, threads=threads)
         self.column, self.path_column = column, path_column
-        self.refine, self.max_faces = refine, max_faces
-        self.min_presence = self.detector.resolve_min_presence(min_presence)  # checked once, not per photo
+        # Checked once, not per photo.
+        self.refine, self.max_faces, self.min_presence = self.detector.detect_options(refine, max_faces, min_presence)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> "pa.Table":
         rows: list[dict[str, Any]] = []

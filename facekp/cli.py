@@ -191,13 +191,13 @@ def _detect(args) -> None:
             drawings[path] = out
 
     det = _detector(args)
-    min_presence = det.resolve_min_presence(args.min_presence)  # a bad value fails here, not once per photo
+    refine, max_faces, min_presence = det.detect_options(args.refine, args.max_faces, args.min_presence)  # once, not per photo
     results, failed = [], []
     # disable=None: a bar on a terminal only; in a log its redrawn line would repeat.
     for path, _ in tqdm(photos, desc="facekp detect", unit="photo", disable=None if folders or len(photos) > 1 else True,
                         file=sys.stderr):
         try:
-            faces = det.detect(path, refine=args.refine, max_faces=args.max_faces, min_presence=min_presence)
+            faces = det.detect(path, refine=refine, max_faces=max_faces, min_presence=min_presence)
             width, height = upright_size(path)
         except (FacekpError, OSError) as exc:
             failed.append(path)

@@ -287,9 +287,7 @@ class Detector:
             (15,), ``score``, ``angle``, ``presence``), in the image's pixel coordinates; empty when
             no face is found. All faces go through the network in one batch.
         """
-        _check_max_faces(max_faces)
-        min_presence = self.resolve_min_presence(min_presence)
-        refine = DEFAULT_REFINE if refine is None else validate.integer("refine", refine, 0, 100)
+        refine, max_faces, min_presence = self.detect_options(refine, max_faces, min_presence)
         validate.callable_or_none("face_detector", face_detector)
         gray = load_gray(image, color)
         if max_faces == 0:
@@ -315,6 +313,14 @@ class Detector:
                  for b, p, c, s, a, q in zip(boxes, points, confidence, scores, angles, presence)
                  if q is None or q >= min_presence]
         return faces[:max_faces]
+
+    def detect_options(self, refine: int | None = None, max_faces: int | None = None,
+                       min_presence: float | None = None) -> tuple[int, int | None, float]:
+        """:meth:`detect`'s ``refine``, ``max_faces`` and ``min_presence``, checked and with their
+        defaults filled in: callers that run ``detect`` on many photos check them once, up front."""
+        _check_max_faces(max_faces)
+        refine = DEFAULT_REFINE if refine is None else validate.integer("refine", refine, 0, 100)
+        return refine, max_faces, self.resolve_min_presence(min_presence)
 
     def resolve_min_presence(self, min_presence: float | None) -> float:
         """``detect``'s threshold: checked, or its default for this model (0 without a presence model)."""
