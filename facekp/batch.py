@@ -26,6 +26,7 @@ from PIL import Image
 from . import fileio
 from .detector import Detector
 from .errors import FacekpError
+from .face_detectors import check_face_detector
 from .images import decode_bytes, upright_size
 from .keypoints import KEYPOINT_NAMES
 from .weights import WEIGHTS_NAME, sha256_file, verify_file
@@ -71,7 +72,8 @@ class FaceKeypoints:
         weights, sha256: from :func:`weights_reference` (None: the bundled default model).
         device: the :class:`~facekp.Detector` device; ``"auto"`` takes the actor's GPU if Ray gave it one.
         threads: CPU threads of this actor's network (default: the backend's choice).
-        refine, max_faces, min_presence, backend, precision: as for :meth:`Detector.detect` / :class:`Detector`.
+        face_detector, min_score, refine, max_faces, min_presence, backend, precision: as for
+            :meth:`Detector.detect` / :class:`Detector` (the face detector by name: it is built in the actor).
 
     A photo that cannot be read gives a row with its ``error``; the job never fails on one.
     """
@@ -85,6 +87,8 @@ class FaceKeypoints:
         *,
         device: str = "auto",
         threads: int | None = None,
+        face_detector: str | None = None,
+        min_score: float | None = None,
         refine: int | None = None,
         max_faces: int | None = None,
         min_presence: float | None = None,
@@ -96,8 +100,8 @@ class FaceKeypoints:
             verify_file(path / WEIGHTS_NAME if path.is_dir() else path, sha256, f"weights {weights}")
         self.detector = Detector(weights, device=device, backend=backend, precision=precision, threads=threads)
         self.column, self.path_column = column, path_column
-        # Checked once, not per photo.
-        self.refine, self.max_faces, self.min_presence = self.detector.detect_options(refine, max_faces, min_presence)
+        # Checked and built once, not per photo.
+        self.options = self.detector.detect_options(face_detector, refine, max_faces, min_presence, min_score)._asdict()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> "pa.Table":
         rows: list[dict[str, Any]] = []
@@ -111,7 +115,7 @@ class FaceKeypoints:
         """The output rows of one photo (a path, encoded bytes or an array)."""
         try:
             image = _decoded(item)
-            faces = self.detector.detect(image, refine=self.refine, max_faces=self.max_faces, min_presence=self.min_presence)
+            faces = self.detector.detect(image, **self.options)
             width, height = _size(image)
         except (FacekpError, OSError) as exc:  # unreadable: a missing or corrupt file
             return [{"image": name, "error": str(exc)}]
@@ -172,7 +176,8 @@ def detect_dataset(
 
     Each actor reserves ``cpus_per_worker`` CPUs (its network threads) and ``gpus_per_worker``
     GPUs, and takes ``batch_size`` photos at a time. ``detect`` holds :class:`FaceKeypoints`'
-    keyword arguments (``refine``, ``max_faces``, ``min_presence``, ``backend``, ``precision``).
+    keyword arguments (``face_detector``, ``min_score``, ``refine``, ``max_faces``, ``min_presence``,
+    ``backend``, ``precision``).
     """
     import ray.data
 
@@ -234,7 +239,7 @@ def _path_list(path: Path) -> list[str]:
 
 
 def add_batch_arguments(p: argparse.ArgumentParser) -> None:
-    """``facekp batch``'s own options (the CLI adds the model options it shares with detect)."""
+    """``facekp batch``'s own options (the CLI adds the detect and model options it shares with detect)."""
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="photos, folders, glob patterns ('photos/**/*.jpg') or .parquet/.csv lists with a 'path' column")
     p.add_argument("--out", type=Path, required=True, metavar="OUT.parquet", help="the Parquet file to write")
@@ -244,10 +249,6 @@ def add_batch_arguments(p: argparse.ArgumentParser) -> None:
                    help="CPUs (network threads) each worker reserves (default: the cluster's CPUs / workers, at most a node's)")
     p.add_argument("--batch-size", type=int, default=16, help="photos per batch sent to a worker (default: 16)")
     p.add_argument("--recursive", "-r", action="store_true", help="also look into subfolders")
-    p.add_argument("--refine", type=int, default=None, help="re-framing passes per face (default: 1)")
-    p.add_argument("--max-faces", type=int, default=None, help="keep only the N largest faces per photo (default: all)")
-    p.add_argument("--min-presence", type=float, default=None, metavar="P",
-                   help="drop faces whose presence score is below P; 0 keeps all (default: 0.5 with a model that has one)")
     p.add_argument("--force", action="store_true", help="allow replacing OUT.parquet")
 
 
@@ -263,6 +264,7 @@ def run_batch(args: argparse.Namespace, suffixes: Sequence[str], check_output: C
         raise FacekpError(f"--workers and --batch-size must be positive, got {args.workers} and {args.batch_size}")
     if (args.refine is not None and args.refine < 0) or (args.max_faces is not None and args.max_faces < 0):
         raise FacekpError(f"--refine and --max-faces must be >= 0, got {args.refine} and {args.max_faces}")
+    check_face_detector(args.face_detector, args.min_score)  # here, not first in every worker
     photos = list_photos(args.inputs, suffixes, args.recursive)
     check_output(args.out, [Path(p) for p in photos] + [Path(i) for i in args.inputs if Path(i).is_file()], args.force)
     ray.init(address=args.address, include_dashboard=False, log_to_driver=False)
@@ -272,7 +274,8 @@ def run_batch(args: argparse.Namespace, suffixes: Sequence[str], check_output: C
         ray.data.DataContext.get_current().execution_options.preserve_order = True  # rows in input order
         ds = detect_dataset(ray.data.from_items([{"image": p} for p in photos]), "image", weights=args.weights,
                             workers=args.workers, cpus_per_worker=cpus, gpus_per_worker=gpus,
-                            batch_size=args.batch_size, device=args.device, refine=args.refine,
+                            batch_size=args.batch_size, device=args.device, face_detector=args.face_detector,
+                            min_score=args.min_score, refine=args.refine,
                             max_faces=args.max_faces, min_presence=args.min_presence, backend=args.backend,
                             precision=args.precision)
         faces = faceless = failed = 0  # rows: a face, a photo without faces, an unreadable photo

@@ -17,7 +17,7 @@ from typing import Any, Union
 import numpy as np
 
 from . import validate
-from .face_detection import HAAR_NAME, default_face_detector, detector_input, run_face_detector
+from .face_detection import HAAR_NAME, HaarFaceDetector, detector_input, run_face_detector
 from .geometry import CANONICAL_RMS, box_side_centre, face_geometry, frame_scale, similarity_transform
 
 #: The fitted calibration of :class:`~facekp.face_detection.HaarFaceDetector` boxes, shipped with the package.
@@ -134,14 +134,14 @@ def fit_box_calibration(samples, face_detector: Callable | None = None, progress
     Args:
         samples: objects with ``image`` (H, W) uint8 (or anything the detector takes),
             ``points`` (15, 2) and optionally ``mask`` (15,) — e.g. ``facekp.train.data.Sample``.
-        face_detector: default :func:`facekp.face_detection.default_face_detector`.
+        face_detector: default: a :class:`facekp.face_detection.HaarFaceDetector` with default settings.
 
     The offset is the mean of ``(centroid - box centre) / side`` and the scale the geometric mean
     of ``RMS radius / side`` over the faces the detector found (:func:`match_face`), after
     dropping outliers beyond 3.5 robust standard deviations. ``stats`` records how many faces
     were found and the spread of the residuals.
     """
-    fd = face_detector or default_face_detector()
+    fd = face_detector or HaarFaceDetector()
     items = samples
     if progress:
         from tqdm import tqdm

@@ -12,6 +12,7 @@ from . import __version__, fileio
 from .batch import add_batch_arguments, run_batch
 from .cli_parser import ArgumentParser
 from .errors import FacekpError, one_line
+from .face_detectors import DEFAULT_FACE_DETECTOR, FACE_DETECTORS
 from .keypoints import KEYPOINT_NAMES
 from .results import keypoints_to_dict
 
@@ -42,18 +43,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="save annotated copies as OUTDIR/<name>_faces.png (default: no drawings)")
     p.add_argument("--names", action="store_true", help="with --draw, label each point")
     p.add_argument("--recursive", "-r", action="store_true", help="also look into subfolders")
-    p.add_argument("--refine", type=int, default=None, help="re-framing passes per face (default: 1)")
-    p.add_argument("--max-faces", type=int, default=None, help="keep only the N largest faces per photo (default: all)")
-    p.add_argument("--min-presence", type=float, default=None, metavar="P",
-                   help="drop faces whose presence score (0-1: does the keypoint network see a face?) is below P; "
-                        "0 keeps all (default: 0.5 with a model that has a presence score)")
     p.add_argument("--force", action="store_true", help="allow replacing existing output files")
+    _add_detect_args(p)
     _add_model_args(p)
     p.set_defaults(run=_detect)
 
     p = sub.add_parser("batch", help="faces and keypoints of many photos on Ray Data (local or a cluster), to Parquet "
                                      "(needs facekp[ray])")
     add_batch_arguments(p)
+    _add_detect_args(p)
     _add_model_args(p)
     p.set_defaults(run=lambda args: run_batch(args, IMAGE_SUFFIXES, _check_output_file))
 
@@ -67,6 +65,21 @@ def _parser() -> argparse.ArgumentParser:
                    "activations on the face crop images in CROPS_DIR (a few hundred real faces; default: fp32)")
     p.set_defaults(run=_export_onnx)
     return parser
+
+
+def _add_detect_args(p: argparse.ArgumentParser) -> None:
+    """The options of :meth:`facekp.Detector.detect` that ``detect`` and ``batch`` share."""
+    p.add_argument("--face-detector", choices=FACE_DETECTORS, default=DEFAULT_FACE_DETECTOR,
+                   help="what finds the faces: facekp (its own learned finder, any rotation) or haar "
+                        f"(OpenCV's cascade, upright faces) (default: {DEFAULT_FACE_DETECTOR})")
+    p.add_argument("--min-score", type=float, default=None, metavar="S",
+                   help="the facekp face detector's threshold, a face probability in (0, 1) "
+                        "(default: its weights' own)")
+    p.add_argument("--refine", type=int, default=None, help="re-framing passes per face (default: 1)")
+    p.add_argument("--max-faces", type=int, default=None, help="keep only the N largest faces per photo (default: all)")
+    p.add_argument("--min-presence", type=float, default=None, metavar="P",
+                   help="drop faces whose presence score (0-1: does the keypoint network see a face?) is below P; "
+                        "0 keeps all (default: 0.5 with a model that has a presence score)")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -191,13 +204,14 @@ def _detect(args) -> None:
             drawings[path] = out
 
     det = _detector(args)
-    refine, max_faces, min_presence = det.detect_options(args.refine, args.max_faces, args.min_presence)  # once, not per photo
+    options = det.detect_options(args.face_detector, args.refine, args.max_faces, args.min_presence,
+                                 args.min_score)._asdict()  # checked and built once, not per photo
     results, failed = [], []
     # disable=None: a bar on a terminal only; in a log its redrawn line would repeat.
     for path, _ in tqdm(photos, desc="facekp detect", unit="photo", disable=None if folders or len(photos) > 1 else True,
                         file=sys.stderr):
         try:
-            faces = det.detect(path, refine=refine, max_faces=max_faces, min_presence=min_presence)
+            faces = det.detect(path, **options)
             width, height = upright_size(path)
         except (FacekpError, OSError) as exc:
             failed.append(path)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -12,7 +13,8 @@ from . import validate
 from .calibration import CalibrationLike, reframe, resolve_calibration
 from .codec import HeatmapCodec
 from .errors import InvalidImageError, WeightsError
-from .face_detection import as_detections, default_face_detector, run_face_detector, to_u8, usable_detections
+from .face_detection import as_detections, run_face_detector, to_u8, usable_detections
+from .face_detectors import FaceDetectorLike, resolve_face_detector
 from .geometry import apply_affine, invert_affine
 from .images import INTEGER_PEAKS, ImageInput, channels_first, check_color, load_gray, load_rgb, scale_integers
 from .model import StackedHourglass
@@ -31,6 +33,16 @@ def _check_batch_size(batch_size: int) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     return int(batch_size)
+
+
+class DetectOptions(NamedTuple):
+    """:meth:`Detector.detect`'s options, checked and with their defaults filled in
+    (:meth:`Detector.detect_options`); ``detect(image, **options._asdict())`` uses them as they are."""
+
+    face_detector: Any
+    refine: int
+    max_faces: int | None
+    min_presence: float
 
 
 def _check_max_faces(max_faces: int | None) -> None:
@@ -251,11 +263,12 @@ class Detector:
         image: ImageInput,
         boxes=None,
         *,
-        face_detector: Callable | None = None,
+        face_detector: FaceDetectorLike = None,
         calibration: CalibrationLike = None,
         refine: int | None = None,
         max_faces: int | None = None,
         min_presence: float | None = None,
+        min_score: float | None = None,
         color: str = "rgb",
     ) -> list[Face]:
         """Find the faces of a whole photo and their keypoints, largest face first.
@@ -266,9 +279,13 @@ class Detector:
                 ``x0, y0, x1, y1`` in image pixels, or ``(N, 5)`` with a score column. A box the
                 image cannot frame (wholly outside it, under 1 pixel or over 10 image sides) raises
                 ``ValueError``; such boxes from a face detector are dropped (``docs/robustness.md``).
-            face_detector: a callable ``rgb_image -> boxes`` or ``-> (boxes, scores)`` (see
-                :class:`facekp.face_detection.FaceDetector`); default: OpenCV's frontal-face Haar cascade,
-                shipped with OpenCV and run offline (:class:`facekp.face_detection.HaarFaceDetector`).
+            face_detector: ``"facekp"`` (facekp's learned face finder: any in-plane rotation) or
+                ``"haar"`` (OpenCV's frontal-face cascade: upright faces), see
+                :mod:`facekp.face_detectors`; or a callable ``rgb_image -> boxes``, ``-> (boxes, scores)``
+                or ``-> (boxes, scores, angles)`` (:class:`facekp.face_detection.FaceDetector`).
+                None: :data:`facekp.face_detectors.DEFAULT_FACE_DETECTOR`.
+            min_score: the ``"facekp"`` finder's face-probability threshold, in (0, 1) (None: its
+                weights' own); refused with other face detectors.
             calibration: how boxes map to the network's frame (:class:`facekp.calibration.BoxCalibration`
                 or its dict); default: the model config's ``box_to_frame``, else the calibration
                 fitted for the Haar detector (which also applies to ``boxes`` passed in).
@@ -287,17 +304,21 @@ class Detector:
             (15,), ``score``, ``angle``, ``presence``), in the image's pixel coordinates; empty when
             no face is found. All faces go through the network in one batch.
         """
-        refine, max_faces, min_presence = self.detect_options(refine, max_faces, min_presence)
-        validate.callable_or_none("face_detector", face_detector)
+        if boxes is None:
+            fd, refine, max_faces, min_presence = self.detect_options(face_detector, refine, max_faces, min_presence,
+                                                                      min_score)
+        else:  # the boxes are framed with the given face detector's calibration, or Haar's
+            if min_score is not None:
+                raise ValueError("min_score thresholds a face detector's faces; it has no use with boxes given")
+            refine, max_faces, min_presence = self._checked_options(refine, max_faces, min_presence)
+            fd = None if face_detector is None else resolve_face_detector(face_detector)
         gray = load_gray(image, color)
         if max_faces == 0:
             return []
         if boxes is None:
-            fd = face_detector or default_face_detector()
             source = to_u8(gray) if getattr(fd, "wants_gray", False) else load_rgb(image, color)
             boxes, scores, angles = usable_detections(run_face_detector(fd, source), gray.shape, drop=True)
         else:
-            fd = face_detector
             boxes, scores, angles = usable_detections(as_detections(boxes), gray.shape, drop=False)
         if len(boxes) == 0:
             return []
@@ -314,10 +335,17 @@ class Detector:
                  if q is None or q >= min_presence]
         return faces[:max_faces]
 
-    def detect_options(self, refine: int | None = None, max_faces: int | None = None,
-                       min_presence: float | None = None) -> tuple[int, int | None, float]:
-        """:meth:`detect`'s ``refine``, ``max_faces`` and ``min_presence``, checked and with their
-        defaults filled in: callers that run ``detect`` on many photos check them once, up front."""
+    def detect_options(self, face_detector: FaceDetectorLike = None, refine: int | None = None,
+                       max_faces: int | None = None, min_presence: float | None = None,
+                       min_score: float | None = None) -> DetectOptions:
+        """:meth:`detect`'s options checked, with their defaults filled in and the face detector
+        built (``min_score`` folded into it): callers that run ``detect`` on many photos do this
+        once, up front, and pass ``**options._asdict()``."""
+        return DetectOptions(resolve_face_detector(face_detector, min_score),
+                             *self._checked_options(refine, max_faces, min_presence))
+
+    def _checked_options(self, refine: int | None, max_faces: int | None,
+                         min_presence: float | None) -> tuple[int, int | None, float]:
         _check_max_faces(max_faces)
         refine = DEFAULT_REFINE if refine is None else validate.integer("refine", refine, 0, 100)
         return refine, max_faces, self.resolve_min_presence(min_presence)

@@ -2,9 +2,9 @@
 
 A face detector is any callable ``image -> boxes``, ``-> (boxes, scores)`` or ``-> (boxes, scores,
 angles)`` (:class:`FaceDetector`); :func:`run_face_detector` turns each answer into the one result
-type, :class:`Detections`. :class:`HaarFaceDetector` (OpenCV's frontal-face cascade, offline) is the
-default. :func:`box_iou` and :func:`nms` are the box overlap and non-maximum suppression for any
-detector.
+type, :class:`Detections`. :class:`HaarFaceDetector` is OpenCV's frontal-face cascade (offline);
+:mod:`facekp.face_detectors` names the detectors ``detect`` knows and the default. :func:`box_iou`
+and :func:`nms` are the box overlap and non-maximum suppression for any detector.
 """
 
 from __future__ import annotations
@@ -175,17 +175,6 @@ class HaarFaceDetector:
         angles = "" if self.angles == (0.0,) else f", angles={self.angles}"
         return (f"HaarFaceDetector(scale_factor={self.scale_factor}, min_neighbors={self.min_neighbors}, "
                 f"min_size={self.min_size}, max_side={self.max_side}{angles})")
-
-
-_DEFAULT_FACE_DETECTOR: HaarFaceDetector | None = None
-
-
-def default_face_detector() -> HaarFaceDetector:
-    """The shared :class:`HaarFaceDetector` with default settings (built on first use)."""
-    global _DEFAULT_FACE_DETECTOR
-    if _DEFAULT_FACE_DETECTOR is None:
-        _DEFAULT_FACE_DETECTOR = HaarFaceDetector()
-    return _DEFAULT_FACE_DETECTOR
 
 
 def gray_u8(image: ImageInput) -> np.ndarray:

@@ -49,8 +49,9 @@ def integer(name: str, value, lo: int | None = None, hi: int | None = None) -> i
     return value
 
 
-def number(name: str, value, lo: float | None = None, hi: float | None = None, *, open_lo: bool = False) -> float:
-    """``value`` as a finite float in ``[lo, hi]`` (``(lo, hi]`` with ``open_lo``)."""
+def number(name: str, value, lo: float | None = None, hi: float | None = None, *, open_lo: bool = False,
+           open_hi: bool = False) -> float:
+    """``value`` as a finite float in ``[lo, hi]`` (``open_lo`` / ``open_hi`` leave that end out)."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
     try:
@@ -60,8 +61,10 @@ def number(name: str, value, lo: float | None = None, hi: float | None = None, *
     if not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value}")
     low_fails = lo is not None and (value <= lo if open_lo else value < lo)
-    if low_fails or (hi is not None and value > hi):
-        raise ValueError(f"{name} must be in {'(' if open_lo else '['}{_bound(lo, '-inf')}, {_bound(hi, 'inf')}], got {value:g}")
+    high_fails = hi is not None and (value >= hi if open_hi else value > hi)
+    if low_fails or high_fails:
+        raise ValueError(f"{name} must be in {'(' if open_lo else '['}{_bound(lo, '-inf')}, {_bound(hi, 'inf')}"
+                         f"{')' if open_hi else ']'}, got {value:g}")
     return value
 
 
@@ -217,8 +220,3 @@ def radius(value) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not (0 <= value < math.inf):
         raise ValueError(f"radius must be >= 0 pixels and finite (or None for the default), got {value!r}")
     return float(value)
-
-
-def callable_or_none(name: str, value) -> None:
-    if value is not None and not callable(value):
-        raise TypeError(f"{name} must be a callable (image -> boxes) or None, got {type(value).__name__}")

@@ -20,7 +20,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,6 +32,7 @@ from . import fileio, validate
 from .calibration import BoxCalibration, reframe, resolve_calibration
 from .errors import FacekpError
 from .face_detection import box_iou
+from .face_detectors import FaceDetectorLike
 from .geometry import box_side_centre
 from .images import load_gray
 from .results import Face
@@ -202,7 +203,7 @@ class VideoTracker:
         min_presence: with a model that has a presence model (:mod:`facekp.presence`), a face followed
             that way whose presence falls below this is lost too; a lost face makes the next frame run
             the face detector. Also ``detect``'s threshold on detection frames. None: ``detect``'s default.
-        face_detector, calibration, refine: as in :meth:`Detector.detect`.
+        face_detector, min_score, calibration, refine: as in :meth:`Detector.detect`.
         **tracker: settings of :class:`FaceTracker`.
     """
 
@@ -212,9 +213,10 @@ class VideoTracker:
         detect_every: int = 5,
         min_confidence: float = 0.5,
         min_presence: float | None = None,
-        face_detector: Callable | None = None,
+        face_detector: FaceDetectorLike = None,
         calibration=None,
         refine: int | None = None,
+        min_score: float | None = None,
         **tracker,
     ) -> None:
         if detect_every < 1:
@@ -222,10 +224,9 @@ class VideoTracker:
         self.detector = detector
         self.detect_every = detect_every
         self.min_confidence = min_confidence
-        self.min_presence = detector.resolve_min_presence(min_presence)
-        self.face_detector = face_detector
-        self.calibration: BoxCalibration = resolve_calibration(detector, face_detector, calibration)
-        self.refine = refine
+        self.face_detector, self.refine, _, self.min_presence = detector.detect_options(
+            face_detector, refine, None, min_presence, min_score)
+        self.calibration: BoxCalibration = resolve_calibration(detector, self.face_detector, calibration)
         self.tracker = FaceTracker(**tracker)
         self._frame = 0
         self._lost = False  # a followed face was lost: detect on the next frame

@@ -352,7 +352,7 @@ def test_refine_and_face_detector_are_checked_even_when_no_face_is_found(detecto
         detector.detect(photo, refine="2")
     with pytest.raises(ValueError, match="refine"):
         detector.detect(photo, boxes=np.empty((0, 4)), refine=-1)
-    with pytest.raises(TypeError, match="face_detector must be a callable"):
+    with pytest.raises(TypeError, match="face_detector must be one of .* a callable"):
         detector.detect(photo, face_detector=5)
 
 
