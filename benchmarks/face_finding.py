@@ -1,7 +1,8 @@
 """Finding faces in whole photos: recall, NME, false faces and time, per kind of photo and face detector.
 
     python benchmarks/face_finding.py [--data ../shared/data/faces68] [--negatives ../shared/data/negatives]
-                                      [--detectors haar haar3 facekp] [--limit N] [--groups 60] [--threads 2]
+                                      [--detectors haar haar3 facekp dlib mediapipe] [--limit N] [--groups 60]
+                                      [--threads 2] [--dlib-python PY] [--mediapipe-python PY]
 
 Everything is measured on faces that never reached training: the validation identities of the
 keypoint model's split (``split_by_identity(samples, 0.15, seed=0)``) and the negatives held out
@@ -19,6 +20,13 @@ within half its eye distance of the annotated centroid; NME is the mean point er
 over their eye distance. ``ms`` is the median time of ``Detector.detect`` on one validation face
 pasted on a held-out negative photo (:data:`TIMING_BACKGROUND`) of 640x480 and of 1920x1080.
 Prints a markdown table.
+
+The peers run the same photos (written as PNG files) in their own virtualenvs
+(``benchmarks/peers/setup.sh``): ``dlib`` is dlib's HOG detector (upsampled once) + its 68-point
+predictor, mapped to the 15 points as the annotations were (``map_68_to_15``); ``mediapipe`` is
+MediaPipe Face Mesh (BlazeFace + mesh, up to 10 faces), its 468 vertices mapped to the 15 points by
+the vertex choice ``peer_results.fit_mediapipe_mapping`` makes on 200 training faces. Their ``ms``
+is the whole-photo time (detection + landmarks) on the same two timing photos.
 """
 
 from __future__ import annotations
@@ -40,13 +48,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA / "faces68")
     parser.add_argument("--negatives", type=Path, default=DATA / "negatives")
-    parser.add_argument("--detectors", nargs="+", default=["haar", "haar3", "facekp"], choices=sorted(DETECTORS))
+    parser.add_argument("--detectors", nargs="+", default=["haar", "haar3", "facekp"], choices=[*DETECTORS, *PEERS])
     parser.add_argument("--finder", type=Path, help="a face finder .safetensors file (default: the bundled one)")
     parser.add_argument("--min-score", type=float, help="the finder's threshold (default: its weights' own)")
     parser.add_argument("--limit", type=int, help="only the first N validation photos (smoke runs)")
     parser.add_argument("--groups", type=int, default=60, help="composed group scenes")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--timing-only", action="store_true", help="only the ms columns (e.g. again on an idle machine)")
+    parser.add_argument("--dlib-python", default="/work/peers/dlib-venv/bin/python", help="the dlib venv's python")
+    parser.add_argument("--mediapipe-python", default="/work/peers/mediapipe-venv/bin/python", help="the MediaPipe venv's python")
     args = parser.parse_args(argv)
 
     import torch
@@ -58,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    _, val = split_by_identity(load_pts_folder(args.data), 0.15, seed=0)
+    train, val = split_by_identity(load_pts_folder(args.data), 0.15, seed=0)
     val = val[: args.limit] if args.limit else val
     held_out = negative_paths(args.negatives, held_out=True)
     negatives = [load_gray_u8(p) for p in held_out]
@@ -78,12 +88,17 @@ def main(argv: list[str] | None = None) -> int:
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for name in args.detectors:
-        fd = DETECTORS[name](args)
-        ms = [_median_ms(detector, fd, timing[size]) for size in timing]
+        if name in PEERS:
+            predicted, ms = _run_peer(name, args, kinds, list(timing.values()), train)
+        else:
+            fd = DETECTORS[name](args)
+            ms = [_median_ms(detector, fd, timing[size]) for size in timing]
+            predicted = {} if args.timing_only else {kind: [_facekp_points(detector, fd, image) for image, _ in photos]
+                                                     for kind, photos in kinds.items()}
         if args.timing_only:
             print(f"| {name} | " + " | ".join("-" * 8) + " | " + " | ".join(f"{v:.0f}" for v in ms) + " |", flush=True)
             continue
-        results = {kind: _score(detector, fd, photos) for kind, photos in kinds.items()}
+        results = {kind: _score(photos, predicted[kind]) for kind, photos in kinds.items()}
         g = results["groups"]
         small = g["found_small"]
         cells = [name, *(f"{100 * results[k]['recall']:.1f}%" for k in ("photos", "turned", "groups")),
@@ -115,6 +130,56 @@ def _facekp(args):
 
 
 DETECTORS = {"haar": _haar, "haar3": _haar3, "facekp": _facekp}
+#: Peer -> (runner script, number of points it gives).
+PEERS = {"dlib": ("dlib_runner.py", 68), "mediapipe": ("mediapipe_runner.py", 468)}
+
+
+def _run_peer(name: str, args, kinds: dict, timing_photos: list, train) -> tuple[dict, list[float]]:
+    """The peer's 15 points per photo of every kind (its own venv, photos as PNG files), and its
+    median whole-photo ms on the timing photos."""
+    import json
+    import subprocess
+    import tempfile
+
+    from PIL import Image
+
+    from facekp.train.data import map_68_to_15
+    from peer_results import fit_mediapipe_mapping, map_mesh, run_peer
+
+    python = args.dlib_python if name == "dlib" else args.mediapipe_python
+    runner, n_points = PEERS[name]
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        paths, owners = [], []
+        for kind, photos in kinds.items():
+            for i, (image, _) in enumerate(photos):
+                paths.append(str(work / f"{kind}_{i}.png"))
+                owners.append((kind, i))
+                Image.fromarray(image).save(paths[-1])
+        for k, image in enumerate(timing_photos):
+            paths.append(str(work / f"timing_{k}.png"))
+            Image.fromarray(image).save(paths[-1])
+        job = {"images": paths, "all_faces": True, "repeats": 5,
+               "timing_images": list(range(len(owners), len(paths)))}
+        (work / "job.json").write_text(json.dumps(job))
+        proc = subprocess.run([python, str(ROOT / "benchmarks" / "peers" / runner), str(work / "job.json"),
+                               str(work / "out.npz")], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{runner} failed:\n{proc.stderr[-3000:]}")
+        out = np.load(work / "out.npz")
+        points, image, photo_ms = out["points"], out["image"], out["photo_ms"]
+        if name == "dlib":
+            mapped = np.array([map_68_to_15(p) for p in points]).reshape(-1, 15, 2)
+        else:  # the vertex choice, made on training faces (never the benchmark's)
+            rng = np.random.default_rng(0)
+            calib = [train[i] for i in rng.choice(len(train), size=min(200, len(train)), replace=False)]
+            mesh = run_peer(python, runner, calib, args.data, work, "mapping", 0, 1)["points"]
+            mapped = map_mesh(points, fit_mediapipe_mapping(calib, mesh)) if len(points) else np.zeros((0, 15, 2))
+    assert points.shape[1] == n_points
+    predicted = {kind: [np.zeros((0, 15, 2))] * len(photos) for kind, photos in kinds.items()}
+    for k, (kind, i) in enumerate(owners):
+        predicted[kind][i] = mapped[image == k]
+    return predicted, [float(v) for v in photo_ms]
 
 
 def _turned(image: np.ndarray, points: np.ndarray, i: int):
@@ -160,12 +225,16 @@ def _timing_photo(sample, background: np.ndarray, size: tuple[int, int]) -> np.n
     return photo
 
 
-def _score(detector, face_detector, photos) -> dict:
+def _facekp_points(detector, face_detector, image: np.ndarray) -> np.ndarray:
+    """``(N, 15, 2)``: the points of every face ``detect`` returns."""
+    return np.array([f.points for f in detector.detect(image, face_detector=face_detector)]).reshape(-1, 15, 2)
+
+
+def _score(photos, predicted_points) -> dict:
+    """Recall, NME, small-face hits and false faces of ``predicted_points[i]`` (N_i, 15, 2) against each photo's faces."""
     found, errors, small, false = [], [], [], 0
-    for image, faces in photos:
-        predicted = detector.detect(image, face_detector=face_detector)
-        centroids = np.array([f.points.mean(axis=0) for f in predicted]).reshape(-1, 2)
-        used = np.zeros(len(predicted), bool)
+    for (_, faces), predicted in zip(photos, predicted_points):
+        centroids = predicted.mean(axis=1).reshape(-1, 2)
         for pts in faces:
             iod = float(np.linalg.norm(pts[0] - pts[1]))
             d = np.linalg.norm(centroids - pts.mean(axis=0), axis=1) if len(predicted) else np.empty(0)
@@ -175,8 +244,7 @@ def _score(detector, face_detector, photos) -> dict:
                 small.append(bool(hit))
             if hit:
                 k = int(np.argmin(d))
-                used[k] = True
-                errors.append(float(np.linalg.norm(predicted[k].points - pts, axis=1).mean() / iod))
+                errors.append(float(np.linalg.norm(predicted[k] - pts, axis=1).mean() / iod))
         if not len(faces):
             false += len(predicted)
     return {"recall": float(np.mean(found)) if found else float("nan"), "nme": float(np.mean(errors)) if errors else

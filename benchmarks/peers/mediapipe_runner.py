@@ -5,6 +5,9 @@ its own venv: mediapipe pins numpy<2). Not part of facekp; see benchmarks/README
 
 JOB.json as for dlib_runner.py. OUT.npz: points (N, 468, 2) float64 in pixel-centre coordinates
 (MediaPipe's normalized x * width - 0.5), NaN where no face was found; "timing" (JSON string).
+
+With "all_faces": true (no hints), every face of every image (up to MAX_FACES), as in
+dlib_runner.py: points (M, 468, 2), image (M,), photo_ms (T,) and "timing".
 """
 
 from __future__ import annotations
@@ -41,8 +44,40 @@ def stats(ms: list[float]) -> dict:
     return {"median_ms": float(np.median(a)), "p90_ms": float(np.percentile(a, 90)), "n": int(len(a))}
 
 
+#: Faces Face Mesh reports per image in the all-faces mode (the benchmark's groups hold up to 10).
+MAX_FACES = 10
+
+
+def all_faces(job: dict, out_path: str) -> None:
+    """Every face Face Mesh finds in every image, and the whole-photo time on the timing images."""
+    points, owner, photo_ms = [], [], []
+    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=MAX_FACES, refine_landmarks=False) as fm:
+        for i, path in enumerate(job["images"]):
+            img = load(path)
+            h, w = img.shape[:2]
+            for face in fm.process(img).multi_face_landmarks or []:
+                points.append(mesh_points(face, w, h))
+                owner.append(i)
+        for i in job["timing_images"]:
+            img = load(job["images"][i])
+            ms = []
+            for _ in range(int(job.get("repeats", 5))):
+                t = time.perf_counter()
+                fm.process(img)
+                ms.append(1e3 * (time.perf_counter() - t))
+            photo_ms.append(float(np.median(ms)))
+    timing = {"method": "MediaPipe Face Mesh", "version": mp.__version__,
+              "detector": f"MediaPipe BlazeFace short-range (static_image_mode=True, max_num_faces={MAX_FACES})",
+              "threads": "MediaPipe default (TFLite XNNPACK)"}
+    np.savez(out_path, points=np.array(points, np.float64).reshape(-1, 468, 2), image=np.array(owner, np.int64),
+             photo_ms=np.array(photo_ms), timing=json.dumps(timing))
+    print(json.dumps(timing | {"faces": len(points), "photo_ms": photo_ms}))
+
+
 def main(job_path: str, out_path: str) -> None:
     job = json.loads(open(job_path).read())
+    if job.get("all_faces"):
+        return all_faces(job, out_path)
     images = [load(p) for p in job["images"]]
     n = len(images)
     points = np.full((n, 468, 2), np.nan)
