@@ -184,12 +184,17 @@ def _run_peer(name: str, args, kinds: dict, timing_photos: list, train) -> tuple
 
 def _turned(image: np.ndarray, points: np.ndarray, i: int):
     """The photo turned by 15-90 degrees (a fixed draw per photo), on a canvas that holds it all."""
+    rng = np.random.default_rng([7, i])
+    return _turn(image, points, float(rng.uniform(15, 90) * rng.choice([-1, 1])))
+
+
+def _turn(image: np.ndarray, points: np.ndarray, angle: float):
+    """``image`` turned by ``angle`` degrees (counter-clockwise) onto a canvas that holds it all, and its
+    face's points there, ``(1, 15, 2)``."""
     import cv2
 
     from facekp.geometry import apply_affine, similarity_transform
 
-    rng = np.random.default_rng([7, i])
-    angle = float(rng.uniform(15, 90) * rng.choice([-1, 1]))
     h, w = image.shape
     a = np.radians(angle)
     cw, ch = (int(np.ceil(abs(w * np.cos(a)) + abs(h * np.sin(a)))), int(np.ceil(abs(w * np.sin(a)) + abs(h * np.cos(a)))))
