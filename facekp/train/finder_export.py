@@ -13,15 +13,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..calibration import fit_box_calibration
+from ..calibration import BoxCalibration, fit_box_calibration
+from ..detector import Detector
 from ..finder import FINDER_NAME, FaceFinder
 from ..finder_model import FaceFinderNet
 from ..finder_weights import save_finder
 from ..weights import sha256_file
 from .data import load_dataset, split_by_identity
-from .finder_fit import FinderFitConfig, match_found
+from .finder_fit import FinderFitConfig, match_centres
 from .negatives import negative_paths
-from .scenes import SceneComposer, SceneConfig, eye_distance, load_gray_u8
+from .scenes import SceneComposer, SceneConfig, load_gray_u8
 
 
 def load_finder_run(run: str | Path, checkpoint: str = "best.pt") -> tuple[FaceFinderNet, FinderFitConfig]:
@@ -38,51 +39,56 @@ def load_finder_run(run: str | Path, checkpoint: str = "best.pt") -> tuple[FaceF
 
 
 #: Thresholds :func:`choose_min_score` tries.
-THRESHOLDS = (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6)
+THRESHOLDS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6)
 
 
-def choose_min_score(model: FaceFinderNet, composer: SceneComposer, scenes: int = 200, seed: int = 20_000) -> tuple[float, list[dict]]:
-    """The threshold of :data:`THRESHOLDS` with the best F1 (faces found vs false faces) on
-    ``scenes`` composed scenes; and recall / false faces per scene at each threshold."""
-    finder = FaceFinder(model, {"scale": 1.0, "detector": FINDER_NAME}, min_score=min(THRESHOLDS))
+def choose_min_score(model: FaceFinderNet, calibration: BoxCalibration, composer: SceneComposer, detector: Detector,
+                     scenes: int = 200, seed: int = 20_000) -> tuple[float, list[dict]]:
+    """The threshold of :data:`THRESHOLDS` with the best F1 (faces found vs false faces) of what
+    ``detector.detect`` keeps with this finder (its keypoints, presence filter and all) on ``scenes``
+    composed scenes; and recall / false faces per scene at each threshold.
+
+    One ``detect`` per scene at the lowest threshold is enough: a higher threshold keeps the same
+    faces less those scored under it (non-maximum suppression never lets a weaker face suppress a
+    stronger one).
+    """
+    finder = FaceFinder(model, calibration, min_score=min(THRESHOLDS))
     found = {t: 0 for t in THRESHOLDS}
     false = {t: 0 for t in THRESHOLDS}
     faces = 0
     for i in range(scenes):
         image, points = composer(np.random.default_rng([seed, i]))
-        boxes, scores, _ = finder(image)
+        detected = detector.detect(image, face_detector=finder)
+        scores = np.array([f.score for f in detected])
+        centroids = np.array([f.points.mean(axis=0) for f in detected]).reshape(-1, 2)
         faces += len(points)
         for t in THRESHOLDS:
-            kept = boxes[scores >= t]
-            hit = match_found(kept, points)
+            hit, true = match_centres(centroids[scores >= t], points)
             found[t] += int(hit.sum())
-            false[t] += len(kept) - sum(_near_any(b, points) for b in kept)
+            false[t] += int((~true).sum())
     table = [{"min_score": t, "recall": found[t] / max(faces, 1), "false_per_scene": false[t] / scenes} for t in THRESHOLDS]
     f1 = [2 * found[t] / max(2 * found[t] + (faces - found[t]) + false[t], 1) for t in THRESHOLDS]
     return THRESHOLDS[int(np.argmax(f1))], table
-
-
-def _near_any(box: np.ndarray, points: np.ndarray) -> bool:
-    centre = 0.5 * (box[:2] + box[2:])
-    return any(np.linalg.norm(centre - p.mean(axis=0)) <= 0.5 * eye_distance(p) for p in points)
 
 
 def export_finder(run: str | Path, name: str, package_dir: str | Path, manifest_path: str | Path,
                   checkpoint: str = "best.pt", force: bool = False) -> dict:
     """Write ``package_dir/weights/NAME.safetensors`` and the manifest's ``face_finders`` entry; returns it.
 
-    The threshold is chosen on scenes of training identities on training negatives
-    (:func:`choose_min_score`), then the calibration is fitted on the training photos.
+    The calibration is fitted on the training photos (at the lowest threshold tried), then the
+    threshold is chosen on scenes of training identities on training negatives, judged on what
+    ``detect`` keeps with the bundled keypoint model (:func:`choose_min_score`).
     """
     model, config = load_finder_run(run, checkpoint)
     train, _ = split_by_identity(load_dataset(config.data), config.val_fraction, config.seed)
     backgrounds = [load_gray_u8(p) for p in negative_paths(config.negatives, held_out=False)]
-    min_score, thresholds = choose_min_score(model, SceneComposer(train, backgrounds, SceneConfig(size=config.scene_size)))
-    calibration = fit_box_calibration(train, FaceFinder(model, {"scale": 1.0, "detector": FINDER_NAME}, min_score=min_score),
-                                      progress=True)
+    finder = FaceFinder(model, {"scale": 1.0, "detector": FINDER_NAME}, min_score=min(THRESHOLDS))
+    calibration = fit_box_calibration(train, finder, progress=True)
     calibration.stats["fitted_on"] = (f"faces68 training split: split_by_identity(samples, {config.val_fraction}, "
                                       f"seed={config.seed}), {len(train)} photos")
-    calibration.stats["detector_settings"] = f"FaceFinder(): min_score {min_score}, max_side 640, nms_iou 0.4"
+    calibration.stats["detector_settings"] = f"FaceFinder(): min_score {min(THRESHOLDS)}, max_side 640, nms_iou 0.4"
+    composer = SceneComposer(train, backgrounds, SceneConfig(size=config.scene_size))
+    min_score, thresholds = choose_min_score(model, calibration, composer, Detector(device="cpu"))
     path = Path(package_dir) / "weights" / f"{name}.safetensors"
     save_finder(model, calibration, path, min_score=min_score, overwrite=force)
     state = torch.load(Path(run) / "last.pt", map_location="cpu", weights_only=True)

@@ -135,19 +135,20 @@ def make_batch(composer: SceneComposer, seed: int, step: int, batch_size: int) -
     return x, levels, faces
 
 
-def match_found(boxes: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """For each face (N, 15, 2), whether a box's centre lies within half its eye distance of its
-    keypoint centroid (the benchmark's rule, with the box centre standing for the centroid)."""
-    if not len(faces):
-        return np.zeros(0, bool)
-    if not len(boxes):
-        return np.zeros(len(faces), bool)
-    centres = 0.5 * (boxes[:, :2] + boxes[:, 2:])
-    found = []
-    for pts in faces:
-        d = np.linalg.norm(centres - pts.mean(axis=0), axis=1)
-        found.append(bool((d <= 0.5 * eye_distance(pts)).any()))
-    return np.array(found)
+def match_centres(centres: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The benchmark's rule: a face (its (15, 2) keypoints) is found when one of ``centres`` (M, 2)
+    lies within half its eye distance of its keypoint centroid. Returns, for each face, whether it
+    was found, and for each centre, whether it found a face (else it is a false face)."""
+    centres = np.asarray(centres, np.float64).reshape(-1, 2)
+    near = np.zeros((len(faces), len(centres)), bool)
+    for k, pts in enumerate(faces):
+        near[k] = np.linalg.norm(centres - pts.mean(axis=0), axis=1) <= 0.5 * eye_distance(pts)
+    return near.any(axis=1), near.any(axis=0)
+
+
+def box_centres(boxes: np.ndarray) -> np.ndarray:
+    """``(N, 2)`` centres of ``(N, 4)`` boxes ``x0, y0, x1, y1``."""
+    return 0.5 * (boxes[:, :2] + boxes[:, 2:])
 
 
 class FinderTrainer:
@@ -283,12 +284,10 @@ class FinderTrainer:
                 val_loss.append(float(finder_loss(out, targets)[0]))
                 for k, pts in enumerate(batch_faces):
                     boxes, _, _ = decode([o[k].numpy() for o in out], STRIDES, 0.5)
-                    hit = match_found(boxes, pts)
+                    hit, true = match_centres(box_centres(boxes), pts)
                     found += int(hit.sum())
                     faces += len(pts)
-                    centres = 0.5 * (boxes[:, :2] + boxes[:, 2:])
-                    near = [any(np.linalg.norm(c - p.mean(0)) <= 0.5 * eye_distance(p) for p in pts) for c in centres]
-                    false += int(len(near) - sum(near))
+                    false += int((~true).sum())
                     scenes += 1
         record = {"step": self.step, "minutes": round(self.train_seconds / 60, 2),
                   "train_loss": float(np.mean(losses)) if losses else float("nan"), "val_loss": float(np.mean(val_loss)),
