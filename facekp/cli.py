@@ -258,8 +258,9 @@ def _detect(args) -> None:
 
 def _export_onnx(args) -> None:
     from .detector import Detector
-    from .onnx import export_onnx
+    from .onnx import export_onnx, require_onnx
 
+    require_onnx()  # before the model is loaded
     inputs = fileio.files_of(args.weights) if args.weights and Path(args.weights).exists() else []
     fileio.check_output(args.out, inputs=inputs, overwrite=args.force, kind="weights")
     det = Detector(args.weights, device="cpu")
