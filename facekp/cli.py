@@ -165,13 +165,18 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def _photos(inputs: list[Path], recursive: bool) -> tuple[list[tuple[Path, Path]], bool]:
-    """``(photo, name relative to its input)`` pairs, and whether a folder was given."""
+    """``(photo, name relative to its input)`` pairs, and whether a folder was given.
+
+    In a folder, every entry with an image suffix that is not itself a folder counts: a FIFO, device,
+    socket or broken link named like a photo is then refused by the reader
+    (:func:`facekp.images.check_image_file`, which never opens it) and reported, not passed over.
+    """
     found, folders = [], False
     for item in inputs:
         if item.is_dir():
             folders = True
             walk = item.rglob("*") if recursive else item.iterdir()
-            found += [(p, p.relative_to(item)) for p in sorted(walk) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+            found += [(p, p.relative_to(item)) for p in sorted(walk) if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir()]
         elif item.exists():
             found.append((item, Path(item.name)))
         else:
@@ -258,8 +263,9 @@ def _detect(args) -> None:
 
 def _export_onnx(args) -> None:
     from .detector import Detector
-    from .onnx import export_onnx
+    from .onnx import export_onnx, require_onnx
 
+    require_onnx()  # before the model is loaded
     inputs = fileio.files_of(args.weights) if args.weights and Path(args.weights).exists() else []
     fileio.check_output(args.out, inputs=inputs, overwrite=args.force, kind="weights")
     det = Detector(args.weights, device="cpu")

@@ -13,7 +13,8 @@ The model's :class:`~facekp.config.DetectorConfig` is embedded in the file's met
 (``facekp_config``), so an exported file is self-describing (:func:`read_onnx_config`).
 
 Running a graph needs ``onnxruntime``, a facekp dependency (for CUDA, ``onnxruntime-gpu`` instead);
-int8 quantization and the metadata of exported files need the ``onnx`` extra: ``pip install "facekp[onnx]"``.
+exporting one needs the ``onnx`` extra (``pip install "facekp[onnx]"``): torch's exporter imports
+``onnx``, and so do the metadata and int8 quantization. :func:`export_onnx` refuses up front without it.
 """
 
 from __future__ import annotations
@@ -49,6 +50,16 @@ METADATA_KEY = "facekp_config"
 PRECISION_KEY = "facekp_precision"
 
 INSTALL_HINT = "the ONNX backend needs onnxruntime (a facekp dependency): pip install onnxruntime"
+
+
+def require_onnx() -> None:
+    """Raise ``ImportError`` (one line, naming the extra to install) unless ``onnx`` can be imported:
+    exporting needs it (torch's exporter imports it too), so an export checks before any work."""
+    try:
+        import onnx  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(f'exporting to ONNX needs the onnx package (import onnx failed: {exc}); '
+                          f'install it with: pip install "facekp[onnx]"') from exc
 
 
 class _HeatmapNet(nn.Module):
@@ -94,8 +105,8 @@ def onnx_bytes(model: StackedHourglass, config: DetectorConfig | None = None, *,
     """Serialize ``model`` (fused, fp32, on CPU; the original is not modified) as ONNX bytes.
 
     The batch dimension is dynamic. The decode uses ``config``'s codec settings (the default
-    :class:`~facekp.config.DetectorConfig`'s without it). With the ``onnx`` package installed,
-    ``config`` is written into the model's metadata.
+    :class:`~facekp.config.DetectorConfig`'s without it); ``config`` is written into the model's
+    metadata. Needs the ``onnx`` package (see :func:`require_onnx`).
     """
     net = fuse_conv_bn(copy.deepcopy(model).float().cpu().eval())
     h = net.config
@@ -184,10 +195,8 @@ def _finish(data: bytes, entries: dict[str, str], num_keypoints: int) -> bytes:
     """Add metadata ``entries`` and give the decoded outputs their static keypoint axis (tracing
     leaves it symbolic). Both are conveniences for people reading the file: onnxruntime alone
     runs the graph without them."""
-    try:
-        import onnx
-    except ImportError:
-        return data
+    import onnx
+
     proto = onnx.load_from_string(data)
     for output in proto.graph.output:
         if output.name != "heatmaps":
@@ -286,7 +295,11 @@ def export_onnx(
         overwrite: replace ``out`` if it exists.
         int8_calibration: face crops (a sequence of images, as for ``Detector.predict``) to
             quantize the graph to int8 with (:func:`quantize_int8`); None keeps fp32.
+
+    Raises ``ImportError`` before anything is loaded or written when the ``onnx`` package is
+    missing (:func:`require_onnx`).
     """
+    require_onnx()
     if hasattr(weights, "model") and hasattr(weights, "config"):
         model, config, sources = weights.model, weights.config, []
     else:

@@ -36,6 +36,9 @@ DATA = Path(os.environ.get("FACEKP_DATA", ROOT.parent / "shared" / "data" / "fac
 FACES68_AVAILABLE = (DATA / "index.csv").is_file()
 requires_faces68 = pytest.mark.skipif(not FACES68_AVAILABLE, reason=f"faces68 data not found at {DATA} (set FACEKP_DATA)")
 
+#: Where the Haar cascade finds the sample portrait's face (x0, y0, x1, y1) in px, found once by hand.
+HOPPER_BOX = (154.5, 104.5, 376.5, 326.5)
+
 # The test models are tiny: one intra-op thread is fastest, and avoids OpenMP threads spinning
 # against each other when the machine is busy (several times slower with 2 threads on 2 busy
 # cores). FACEKP_TEST_THREADS overrides.

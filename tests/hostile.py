@@ -1,12 +1,15 @@
 """Hostile files for the hardening tests and benchmarks/fuzz.py: decompression bombs, truncated and
-garbage images, FIFOs. Each is a few hundred bytes; none is ever decoded in full."""
+garbage images, FIFOs. Each is a few hundred bytes; none is ever decoded in full. :func:`deadline`
+makes a test that would hang on one (a FIFO opened for reading) fail instead."""
 
 from __future__ import annotations
 
 import io
 import os
+import signal
 import struct
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +72,21 @@ def make_fifo(path: Path) -> Path:
     """A named pipe at ``path`` that nobody writes to: opening it for reading blocks forever."""
     os.mkfifo(path)
     return path
+
+
+@contextmanager
+def deadline(seconds: int = 20):
+    """Fail instead of hanging: SIGALRM interrupts a blocking open() (PEP 475 retries unless the handler raises)."""
+    def expire(*_):
+        raise TimeoutError(f"still running after {seconds} s: a hang")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _encode(arr: np.ndarray, fmt: str) -> bytes:

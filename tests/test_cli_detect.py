@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import hostile
 from facekp import KEYPOINT_NAMES, Detector
 from facekp.cli import main
 from facekp.data import group_photo, sample_photo
@@ -196,6 +197,29 @@ def test_unreadable_photos_are_skipped_and_reported(capsys, photos, tiny_model_d
         rows = {Path(r["image"]).name: r for r in csv.DictReader(f)}
     assert rows["broken.jpg"]["error"] == found["broken.jpg"]["error"]
     assert [k for k, v in rows["broken.jpg"].items() if v] == ["image", "error"] and rows["hopper.jpg"]["face"] == "0"
+
+
+def test_a_fifo_in_a_folder_is_reported_without_being_opened(capsys, tiny_model_dir, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(sample_photo()).save(folder / "hopper.png")
+    fifo = hostile.make_fifo(folder / "x.jpg")  # os.mkfifo: opening it for reading would block forever
+    out_json, out_csv = tmp_path / "faces.json", tmp_path / "faces.csv"
+    with hostile.deadline():  # a hang fails the test
+        runs = [_run(capsys, "detect", folder, fmt, out, *_model(tiny_model_dir))
+                for fmt, out in (("--json", out_json), ("--csv", out_csv))]
+    for code, _, err in runs:
+        assert code == 2
+        skipped = [line for line in err.splitlines() if line.startswith("facekp: skipping")]
+        assert len(skipped) == 1 and skipped[0].startswith(f"facekp: skipping {fifo}: ") and "not a regular file" in skipped[0]
+        assert err.splitlines()[-1] == f"facekp: error: 1 file(s) could not be read as images: {fifo}"
+    found = {Path(r["image"]).name: r for r in json.loads(out_json.read_text())}
+    assert sorted(found) == ["hopper.png", "x.jpg"] and len(found["hopper.png"]["faces"]) == 1
+    assert list(found["x.jpg"]) == ["image", "error"] and "not a regular file" in found["x.jpg"]["error"]
+    with out_csv.open(newline="") as f:
+        rows = {Path(r["image"]).name: r for r in csv.DictReader(f)}
+    assert rows["x.jpg"]["error"] == found["x.jpg"]["error"]
+    assert [k for k, v in rows["x.jpg"].items() if v] == ["image", "error"] and rows["hopper.png"]["face"] == "0"
 
 
 def test_bad_inputs(capsys, tmp_path, tiny_model_dir):

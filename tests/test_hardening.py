@@ -7,9 +7,7 @@ import csv
 import json
 import os
 import pickle
-import signal
 import struct
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -29,21 +27,6 @@ from facekp.train.fit import FitConfig, Trainer
 from facekp.video import track_video
 from facekp.weights import load_model
 from synthetic import write_kaggle_csv, write_pts_folder
-
-
-@contextmanager
-def deadline(seconds: int = 20):
-    """Fail instead of hanging: SIGALRM interrupts a blocking open() (PEP 475 retries unless the handler raises)."""
-    def expire(*_):
-        raise TimeoutError(f"still running after {seconds} s: a hang")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def _cli(capsys, main, *argv) -> tuple[int, str]:
@@ -145,19 +128,20 @@ def test_detect_folder_skips_bombs_fifos_and_truncated_files(capsys, tmp_path, t
     (photos / "cut.jpg").write_bytes(hostile.truncated_jpeg())
     hostile.make_fifo(photos / "pipe.jpg")
     out = tmp_path / "faces.csv"
-    with deadline():
+    with hostile.deadline():
         code, err = _cli(capsys, cli_main, "detect", photos, "--csv", out, "--weights", tiny_model_dir, "--device", "cpu")
-    assert code == 2 and "2 file(s) could not be read" in _one_error_line(err)
-    for name in ("bomb.png", "cut.jpg"):
-        assert f"skipping {photos / name}" in err  # the FIFO is not a regular file: the folder walk passes it by
+    assert code == 2 and "3 file(s) could not be read" in _one_error_line(err)
+    for name in ("bomb.png", "cut.jpg", "pipe.jpg"):
+        assert f"skipping {photos / name}" in err  # the FIFO too, refused without being opened
     rows = list(csv.DictReader(out.open()))  # the documented layout: an unreadable photo is a row with its error
     assert [(r["image"], bool(r["error"])) for r in rows] == [
-        (str(photos / "bomb.png"), True), (str(photos / "cut.jpg"), True), (str(photos / "good.png"), False)]
+        (str(photos / "bomb.png"), True), (str(photos / "cut.jpg"), True), (str(photos / "good.png"), False),
+        (str(photos / "pipe.jpg"), True)]
 
 
 def test_a_fifo_named_like_an_image_is_refused_at_once(tmp_path, detector, capsys, tiny_model_dir):
     fifo = hostile.make_fifo(tmp_path / "x.jpg")
-    with deadline():
+    with hostile.deadline():
         with pytest.raises(InvalidImageError, match="not a regular file"):
             detector.predict(fifo)
         code, err = _cli(capsys, cli_main, "predict", fifo, "--weights", tiny_model_dir, "--device", "cpu")
@@ -212,7 +196,7 @@ def test_real_valued_lazy_views_still_work(detector):
 @pytest.mark.parametrize("field, value", [("num_stacks", 2**31), ("blocks", 10**6), ("channels", 10**6),
                                           ("input_size", 96000), ("depth", 40)])
 def test_huge_architectures_are_refused_before_building(field, value, tiny_model_dir, tmp_path):
-    with deadline(5):
+    with hostile.deadline(5):
         with pytest.raises(ValueError, match=field):
             HourglassConfig(**{field: value})
         folder = tmp_path / "m"
@@ -516,7 +500,7 @@ def test_batch_rows_refuse_bombed_bytes_with_an_error_row(kind, tiny_model_dir):
     from facekp.batch import FaceKeypoints
 
     mapper = FaceKeypoints(weights=str(tiny_model_dir), device="cpu")
-    with deadline():
+    with hostile.deadline():
         bomb = mapper.rows(hostile.BOMBS[kind](), f"bomb.{kind}")
         cut = mapper.rows(hostile.truncated_jpeg(), "cut.jpg")
     assert len(bomb) == 1 and "decompression bomb" in bomb[0]["error"]
