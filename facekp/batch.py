@@ -27,7 +27,7 @@ from . import fileio
 from .detector import Detector
 from .errors import FacekpError
 from .face_detectors import check_face_detector
-from .images import decode_bytes, upright_size
+from .images import IMAGE_SUFFIXES, decode_bytes, folder_photos, upright_size
 from .keypoints import KEYPOINT_NAMES
 from .weights import WEIGHTS_NAME, sha256_file, verify_file
 
@@ -192,8 +192,8 @@ def detect_dataset(
 
 
 # -- facekp batch ---------------------------------------------------------------------------
-def list_photos(inputs: Iterable[str], suffixes: Sequence[str], recursive: bool = False) -> list[str]:
-    """Absolute paths of the photos named by ``inputs``: files, folders (photos with ``suffixes``),
+def list_photos(inputs: Iterable[str], recursive: bool = False) -> list[str]:
+    """Absolute paths of the photos named by ``inputs``: files, folders (:func:`facekp.images.folder_photos`),
     glob patterns, or ``.parquet`` / ``.csv`` lists with a ``path`` column (relative paths taken
     from the list's folder). Workers open these paths, so on a cluster they must lie on storage
     every node sees."""
@@ -203,8 +203,7 @@ def list_photos(inputs: Iterable[str], suffixes: Sequence[str], recursive: bool 
         if path.suffix.lower() in (".parquet", ".csv") and path.is_file():
             found += [path.parent / p for p in _path_list(path)]
         elif path.is_dir():
-            walk = path.rglob("*") if recursive else path.iterdir()
-            found += sorted(p for p in walk if p.is_file() and p.suffix.lower() in suffixes)
+            found += folder_photos(path, recursive)
         elif path.exists():
             found.append(path)
         elif glob.has_magic(item):
@@ -215,7 +214,7 @@ def list_photos(inputs: Iterable[str], suffixes: Sequence[str], recursive: bool 
         else:
             raise FileNotFoundError(f"no such file, folder or pattern: {item}")
     if not found:
-        raise FacekpError(f"no photos ({', '.join(suffixes)}) found in {', '.join(inputs)}")
+        raise FacekpError(f"no photos ({', '.join(IMAGE_SUFFIXES)}) found in {', '.join(inputs)}")
     return [str(p.absolute()) for p in found]
 
 
@@ -252,7 +251,7 @@ def add_batch_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="allow replacing OUT.parquet")
 
 
-def run_batch(args: argparse.Namespace, suffixes: Sequence[str], check_output: Callable[[Path, list[Path], bool], None]) -> None:
+def run_batch(args: argparse.Namespace, check_output: Callable[[Path, list[Path], bool], None]) -> None:
     """``facekp batch``: ``check_output(out, inputs, force)`` is the CLI's rule for output files."""
     try:
         import pyarrow.parquet as pq
@@ -265,7 +264,7 @@ def run_batch(args: argparse.Namespace, suffixes: Sequence[str], check_output: C
     if (args.refine is not None and args.refine < 0) or (args.max_faces is not None and args.max_faces < 0):
         raise FacekpError(f"--refine and --max-faces must be >= 0, got {args.refine} and {args.max_faces}")
     check_face_detector(args.face_detector, args.min_score)  # here, not first in every worker
-    photos = list_photos(args.inputs, suffixes, args.recursive)
+    photos = list_photos(args.inputs, args.recursive)
     check_output(args.out, [Path(p) for p in photos] + [Path(i) for i in args.inputs if Path(i).is_file()], args.force)
     ray.init(address=args.address, include_dashboard=False, log_to_driver=False)
     try:

@@ -13,6 +13,7 @@ from .batch import add_batch_arguments, run_batch
 from .cli_parser import ArgumentParser
 from .errors import FacekpError, one_line
 from .face_detectors import DEFAULT_FACE_DETECTOR, FACE_DETECTORS
+from .images import IMAGE_SUFFIXES, folder_photos
 from .keypoints import KEYPOINT_NAMES
 from .results import keypoints_to_dict
 
@@ -53,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     add_batch_arguments(p)
     _add_detect_args(p)
     _add_model_args(p)
-    p.set_defaults(run=lambda args: run_batch(args, IMAGE_SUFFIXES, _check_output_file))
+    p.set_defaults(run=lambda args: run_batch(args, _check_output_file))
 
     p = sub.add_parser("export-onnx", help="write the keypoint network as ONNX (dynamic batch; needs facekp[onnx])")
     p.add_argument("out", type=Path, metavar="OUT.onnx", help="the file to write")
@@ -160,23 +161,14 @@ def _predict(args) -> None:
         raise FacekpError(f"{len(failed)} file(s) could not be read as images: {', '.join(map(str, failed[:5]))}")
 
 
-#: File types ``facekp detect`` picks up in folders.
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-
 def _photos(inputs: list[Path], recursive: bool) -> tuple[list[tuple[Path, Path]], bool]:
-    """``(photo, name relative to its input)`` pairs, and whether a folder was given.
-
-    In a folder, every entry with an image suffix that is not itself a folder counts: a FIFO, device,
-    socket or broken link named like a photo is then refused by the reader
-    (:func:`facekp.images.check_image_file`, which never opens it) and reported, not passed over.
-    """
+    """``(photo, name relative to its input)`` pairs (folders: :func:`facekp.images.folder_photos`),
+    and whether a folder was given."""
     found, folders = [], False
     for item in inputs:
         if item.is_dir():
             folders = True
-            walk = item.rglob("*") if recursive else item.iterdir()
-            found += [(p, p.relative_to(item)) for p in sorted(walk) if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir()]
+            found += [(p, p.relative_to(item)) for p in folder_photos(item, recursive)]
         elif item.exists():
             found.append((item, Path(item.name)))
         else:

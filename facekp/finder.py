@@ -11,7 +11,6 @@ in-plane angle, so the keypoint network gets each face upright. Overlapping face
 from __future__ import annotations
 
 import copy
-import importlib.util
 from collections.abc import Sequence
 
 import cv2
@@ -22,6 +21,7 @@ from .calibration import BoxCalibration
 from .face_detection import gray_u8, nms
 from .finder_model import STRIDES, FaceFinderNet, normalize
 from .model import fuse_conv_bn
+from .onnx import onnx_export_available
 
 #: The name calibrations and the manifest know the finder by.
 FINDER_NAME = "facekp_finder"
@@ -84,8 +84,9 @@ class FaceFinder:
         max_side: photos whose longer side exceeds this are shrunk to it first (speed; the
             smallest faces found then have about ``8 * longer side / max_side`` px eye distance).
         nms_iou: overlap above which the weaker of two faces is dropped.
-        backend: ``"onnx"`` (onnxruntime, the ``onnx`` extra), ``"torch"``, or ``"auto"``: onnx
-            when onnxruntime is installed. Both give the same maps (to float precision).
+        backend: ``"onnx"`` (onnxruntime; exporting the graph needs the ``onnx`` extra), ``"torch"``,
+            or ``"auto"``: onnx when both are installed (:func:`facekp.onnx.onnx_export_available`),
+            else torch. Both give the same maps (to float precision).
     """
 
     name = FINDER_NAME
@@ -113,7 +114,7 @@ class FaceFinder:
         self.max_side = max_side
         self.nms_iou = nms_iou
         self._onnx = None
-        if backend == "onnx" or (backend == "auto" and importlib.util.find_spec("onnxruntime") is not None):
+        if backend == "onnx" or (backend == "auto" and onnx_export_available()):
             from .finder_onnx import OnnxFinderRunner, finder_onnx_bytes
 
             self._onnx = OnnxFinderRunner(finder_onnx_bytes(model))

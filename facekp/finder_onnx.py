@@ -3,7 +3,7 @@
 The graph takes normalized gray photos ``(1, 1, H, W)`` float32 (``H`` and ``W`` dynamic,
 multiples of 32; see :func:`facekp.finder_model.normalize`) and returns the three maps of
 :class:`facekp.finder_model.FaceFinderNet` (``s8``, ``s16``, ``s32``), BatchNorm folded.
-Needs the ``onnx`` extra (``onnxruntime``).
+Needs ``onnx`` (the ``onnx`` extra) to export and ``onnxruntime`` to run.
 """
 
 from __future__ import annotations
@@ -17,13 +17,15 @@ import torch
 
 from .finder_model import STRIDES, FaceFinderNet
 from .model import fuse_conv_bn
+from .onnx import require_onnx
 
 INPUT_NAME = "photo"
 OUTPUT_NAMES = tuple(f"s{s}" for s in STRIDES)
 
 
 def finder_onnx_bytes(model: FaceFinderNet, opset: int = 17) -> bytes:
-    """The finder network as an ONNX graph with dynamic height and width."""
+    """The finder network as an ONNX graph with dynamic height and width (needs ``onnx``: ``ImportError`` without it)."""
+    require_onnx()
     net = fuse_conv_bn(copy.deepcopy(model).eval())
     buf = io.BytesIO()
     dynamic = {INPUT_NAME: {2: "height", 3: "width"}} | {n: {2: f"{n}_h", 3: f"{n}_w"} for n in OUTPUT_NAMES}

@@ -33,6 +33,19 @@ MAX_PIXELS = 150_000_000
 COLOR_ORDERS = ("rgb", "bgr")
 
 
+#: File types the command lines pick up in folders.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def folder_photos(folder: Path, recursive: bool = False) -> list[Path]:
+    """The entries of ``folder`` (and its subfolders with ``recursive``) named like photos
+    (:data:`IMAGE_SUFFIXES`), sorted. Every such entry that is not itself a folder counts: a FIFO,
+    device, socket or broken link named like a photo is then refused by the reader
+    (:func:`check_image_file`, which never opens it) and reported, not passed over."""
+    walk = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in walk if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
+
+
 def check_color(color: str) -> str:
     """``color`` if it is one of :data:`COLOR_ORDERS`, else ``ValueError``."""
     if color not in COLOR_ORDERS:

@@ -20,6 +20,7 @@ exporting one needs the ``onnx`` extra (``pip install "facekp[onnx]"``): torch's
 from __future__ import annotations
 
 import copy
+import importlib.util
 import hashlib
 import inspect
 import io
@@ -60,6 +61,15 @@ def require_onnx() -> None:
     except ImportError as exc:
         raise ImportError(f'exporting to ONNX needs the onnx package (import onnx failed: {exc}); '
                           f'install it with: pip install "facekp[onnx]"') from exc
+
+
+def onnx_export_available() -> bool:
+    """Whether a network can be exported and run here: both ``onnx`` (torch's exporter needs it) and
+    ``onnxruntime`` are importable. ``"auto"`` backends pick onnxruntime only then."""
+    try:
+        return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))
+    except ImportError:  # a finder that refuses the name: as good as not installed
+        return False
 
 
 class _HeatmapNet(nn.Module):
@@ -106,8 +116,9 @@ def onnx_bytes(model: StackedHourglass, config: DetectorConfig | None = None, *,
 
     The batch dimension is dynamic. The decode uses ``config``'s codec settings (the default
     :class:`~facekp.config.DetectorConfig`'s without it); ``config`` is written into the model's
-    metadata. Needs the ``onnx`` package (see :func:`require_onnx`).
+    metadata. Needs the ``onnx`` package (``ImportError`` from :func:`require_onnx` without it).
     """
+    require_onnx()
     net = fuse_conv_bn(copy.deepcopy(model).float().cpu().eval())
     h = net.config
     codec = HeatmapCodec(h.input_size, h.heatmap_stride, (config or DetectorConfig()).sigma)

@@ -13,7 +13,6 @@ runner over a batch of crops.
 from __future__ import annotations
 
 import copy
-import importlib.util
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -26,7 +25,8 @@ from .config import DetectorConfig
 from .errors import DeviceError, WeightsError
 from .keypoints import FLIP_INDEX
 from .model import StackedHourglass, fuse_conv_bn
-from .onnx import INSTALL_HINT, METADATA_KEY, OUTPUT_NAMES, PRECISION_KEY, cached_onnx_bytes, embedded_config
+from .onnx import (INSTALL_HINT, METADATA_KEY, OUTPUT_NAMES, PRECISION_KEY, cached_onnx_bytes, embedded_config,
+                   onnx_export_available)
 from .preprocess import network_input
 from .threads import torch_threads_for
 
@@ -59,7 +59,8 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 def resolve_backend(backend: str, device: torch.device, precision: str = "auto", compile: bool | str = False) -> str:
-    """``"auto"`` -> ``"onnx"`` on CPU for fp32 without compile when onnxruntime is importable, else ``"torch"``.
+    """``"auto"`` -> ``"onnx"`` on CPU for fp32 without compile when the graph can be exported and run
+    (:func:`facekp.onnx.onnx_export_available`), else ``"torch"``.
 
     ``precision="int8"`` resolves to ``"onnx"``; it needs ``backend`` ``"onnx"`` or ``"auto"`` and the
     CPU (with ``"torch"`` it raises ``ValueError``).
@@ -74,7 +75,7 @@ def resolve_backend(backend: str, device: torch.device, precision: str = "auto",
         return backend
     if device.type != "cpu" or precision not in ("auto", "fp32") or compile:
         return "torch"
-    return "onnx" if importlib.util.find_spec("onnxruntime") is not None else "torch"
+    return "onnx" if onnx_export_available() else "torch"
 
 
 def resolve_precision(precision: str, device: torch.device, backend: str = "torch") -> str:

@@ -13,7 +13,7 @@ from PIL import Image
 
 from facekp import KEYPOINT_NAMES, ChecksumError, Detector, FacekpError
 from facekp.batch import COLUMNS, FaceKeypoints, detect_dataset, list_photos
-from facekp.cli import IMAGE_SUFFIXES, main
+from facekp.cli import main
 from facekp.data import group_photo, sample_photo
 
 ray = pytest.importorskip("ray", reason="needs facekp[ray]")
@@ -100,18 +100,18 @@ def test_arrays_in_a_batch_and_a_tampered_weights_file(tiny_model_dir, detector,
 
 def test_list_photos_from_folders_globs_and_lists(photos, tmp_path):
     folder = photos["portrait"].parent
-    assert list_photos([str(folder)], IMAGE_SUFFIXES) == sorted(str(p) for p in photos.values())
-    assert list_photos([str(folder / "*.png")], IMAGE_SUFFIXES) == [str(photos["empty"])]
+    assert list_photos([str(folder)]) == sorted(str(p) for p in photos.values())
+    assert list_photos([str(folder / "*.png")]) == [str(photos["empty"])]
     listed = folder.parent / f"{folder.name}-list.csv"  # its relative row is taken from the list's folder
     listed.write_text(f"path,note\n{photos['group']},x\n{folder.name}/{photos['empty'].name},y\n")
-    assert list_photos([str(listed)], IMAGE_SUFFIXES) == [str(photos["group"]), str(photos["empty"])]
+    assert list_photos([str(listed)]) == [str(photos["group"]), str(photos["empty"])]
     import pyarrow as pa
 
     pq.write_table(pa.table({"file": [str(photos["group"])]}), tmp_path / "list.parquet")
     with pytest.raises(FacekpError, match="has no 'path' column \\(columns: file\\)"):
-        list_photos([str(tmp_path / "list.parquet")], IMAGE_SUFFIXES)
+        list_photos([str(tmp_path / "list.parquet")])
     with pytest.raises(FileNotFoundError, match="no files match"):
-        list_photos([str(folder / "*.tif")], IMAGE_SUFFIXES)
+        list_photos([str(folder / "*.tif")])
 
 
 def test_facekp_batch_writes_parquet_and_never_replaces_it(cluster, photos, tiny_model_dir, detector, tmp_path, capsys):
@@ -133,3 +133,20 @@ def test_facekp_batch_writes_parquet_and_never_replaces_it(cluster, photos, tiny
     assert "exists; pass --force" in capsys.readouterr().err and out.read_bytes() == before
     assert main(["batch", str(listed), "--out", str(listed), "--force"]) == 2  # never onto its input list
     assert "one of the input images" in capsys.readouterr().err and listed.read_text().startswith("path")
+
+
+def test_a_fifo_named_like_a_photo_is_an_error_row_not_a_hang(tmp_path, tiny_model_dir):
+    from hostile import deadline, make_fifo
+
+    from facekp.data import sample_photo
+
+    Image.fromarray(sample_photo()).save(tmp_path / "hopper.png")
+    fifo = make_fifo(tmp_path / "pipe.jpg")
+    listed = list_photos([str(tmp_path)])
+    assert listed == [str(tmp_path / "hopper.png"), str(fifo)]
+    worker = FaceKeypoints(weights=str(tiny_model_dir), device="cpu")
+    with deadline(20):
+        rows = worker({"image": np.array(listed)}).to_pylist()
+    error = [r for r in rows if r["image"] == str(fifo)]
+    assert len(error) == 1 and "not a regular file" in error[0]["error"]
+    assert all(r["error"] is None for r in rows if r["image"] != str(fifo))

@@ -12,7 +12,7 @@ import torch
 from facekp.errors import WeightsError
 from facekp.calibration import BoxCalibration
 from facekp.face_detection import run_face_detector
-from facekp.finder import FaceFinder, decode
+from facekp.finder import FINDER_NAME, FaceFinder, decode
 from facekp.finder_model import BOX_PER_RMS, FaceFinderNet, FinderConfig, face_geometry_targets
 from facekp.finder_weights import load_finder_file, save_finder
 from facekp.geometry import apply_affine, similarity_transform
@@ -228,11 +228,13 @@ def test_onnx_maps_equal_torch_maps():
         FaceFinder(model, cal, backend="tensorrt")
 
 
-def test_threshold_choice_reports_every_threshold():
+def test_threshold_choice_reports_every_threshold(detector):
     from facekp.train.finder_export import THRESHOLDS, choose_min_score
 
     composer = SceneComposer(_samples(4), _backgrounds(), SceneConfig(size=64))
-    chosen, table = choose_min_score(randomize_batchnorm(FaceFinderNet(TINY)).eval(), composer, scenes=3)
+    calibration = BoxCalibration(scale=0.3, detector=FINDER_NAME)
+    chosen, table = choose_min_score(randomize_batchnorm(FaceFinderNet(TINY)).eval(), calibration, composer, detector,
+                                     scenes=3)
     assert chosen in THRESHOLDS and [row["min_score"] for row in table] == list(THRESHOLDS)
     recall = [row["recall"] for row in table]
     false = [row["false_per_scene"] for row in table]

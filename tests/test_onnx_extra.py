@@ -69,3 +69,23 @@ except ImportError as exc:
     assert Path(where).is_relative_to(ROOT)  # the code under test, not another install
     assert message == MISSING + INSTALL
     assert list(tmp_path.iterdir()) == []
+
+
+def test_auto_backends_fall_back_to_torch_without_onnx(tmp_path):
+    """A plain install (onnxruntime, no onnx) runs the finder and ``backend="auto"`` on torch; asking
+    for ``"onnx"`` outright is the one-line ImportError."""
+    code = """
+from facekp import Detector
+from facekp.data import sample_photo
+from facekp.finder import FaceFinder
+
+print(FaceFinder().backend, Detector(device="cpu", backend="auto").backend)
+print(len(Detector(device="cpu").detect(sample_photo(), face_detector="facekp", min_score=0.05, min_presence=0)) > 0)
+try:
+    FaceFinder(backend="onnx")
+except ImportError as exc:
+    print(exc)
+"""
+    run = _without_onnx(code, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == ["torch torch", "True", MISSING + INSTALL]
