@@ -18,7 +18,7 @@ import numpy as np
 
 from . import validate
 from .face_detection import HAAR_NAME, HaarFaceDetector, detector_input, run_face_detector
-from .geometry import CANONICAL_RMS, box_side_centre, face_geometry, frame_scale, similarity_transform
+from .geometry import CANONICAL_RMS, box_side_centre, face_angle, face_geometry, frame_scale, similarity_transform
 
 #: The fitted calibration of :class:`~facekp.face_detection.HaarFaceDetector` boxes, shipped with the package.
 CALIBRATION_FILE = "haar_calibration.json"
@@ -192,12 +192,14 @@ def fit_to_boxes(samples, boxes, detector: str = "custom") -> BoxCalibration:
     return BoxCalibration(float(np.exp(log_scale)), tuple(offset), detector, stats)
 
 
-def reframe(points: np.ndarray, fallback: np.ndarray, angle: float = 0.0) -> np.ndarray:
+def reframe(points: np.ndarray, fallback: np.ndarray) -> np.ndarray:
     """The re-framing of ``detect``'s refine passes and of video tracking: the 2x3 canonical frame
-    (image -> crop pixels) of a face's predicted ``points`` (K, 2), turned by ``angle`` (degrees,
-    counter-clockwise), unless the points collapsed or exploded; then ``fallback``, the old frame."""
+    (image -> crop pixels) of a face's predicted 15 ``points`` (15, 2): their centroid, RMS radius and
+    in-plane angle (:func:`facekp.geometry.face_angle`, so the crop shows the face upright whatever
+    angle the face detector guessed), unless the points collapsed or exploded; then ``fallback``,
+    the old frame."""
     c, rms = face_geometry(points)
     old_rms = CANONICAL_RMS / frame_scale(fallback)
     if not np.isfinite(rms) or rms < 0.25 * old_rms or rms > 4 * old_rms:
         return fallback
-    return similarity_transform(c, CANONICAL_RMS / rms, angle)
+    return similarity_transform(c, CANONICAL_RMS / rms, face_angle(points))

@@ -15,7 +15,7 @@ from .codec import HeatmapCodec
 from .errors import InvalidImageError, WeightsError
 from .face_detection import as_detections, run_face_detector, to_u8, usable_detections
 from .face_detectors import FaceDetectorLike, resolve_face_detector
-from .geometry import apply_affine, invert_affine
+from .geometry import apply_affine, face_angle, invert_affine
 from .images import INTEGER_PEAKS, ImageInput, channels_first, check_color, load_gray, load_rgb, scale_integers
 from .model import StackedHourglass
 from .preprocess import frame_crops, letterbox_transforms
@@ -328,7 +328,9 @@ class Detector:
         boxes, scores, angles = boxes[order], scores[order], angles[order]
         calib = resolve_calibration(self, fd, calibration)
         transforms = np.stack([calib.frame(b, a) for b, a in zip(boxes, angles)])
-        points, confidence = self.predict_refined(gray, transforms, refine, angles)
+        points, confidence = self.predict_refined(gray, transforms, refine)
+        if refine:  # the face's own measure, finer than a face detector's guess (0 for Haar's upright search)
+            angles = np.array([face_angle(p) for p in points])
         presence = [None] * len(points) if self.presence_model is None else self.presence(points, confidence)
         faces = [Face(tuple(float(v) for v in b), p, c, float(s), float(a), None if q is None else float(q))
                  for b, p, c, s, a, q in zip(boxes, points, confidence, scores, angles, presence)
@@ -362,21 +364,19 @@ class Detector:
                                "(their config.json has no 'presence' entry); fit one with `facekp-train presence`")
         return float(min_presence)
 
-    def predict_refined(self, gray: np.ndarray, transforms: np.ndarray, refine: int = 0,
-                        angles: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def predict_refined(self, gray: np.ndarray, transforms: np.ndarray, refine: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Points and confidences of the faces framed by ``transforms`` in one photo, one batch per pass.
 
         ``gray``: the (H, W) float32 photo in [0, 1]; ``transforms`` ``(N, 2, 3)``, image -> crop.
-        Each of the ``refine`` passes re-frames every face on its previous prediction
-        (:func:`facekp.calibration.reframe`, turned by its ``angles``) and predicts again.
+        Each of the ``refine`` passes re-frames every face on its previous prediction (centroid,
+        size and in-plane angle: :func:`facekp.calibration.reframe`) and predicts again.
         """
         if refine < 0:
             raise ValueError(f"refine must be >= 0, got {refine}")
         grays = [gray] * len(transforms)
-        angles = np.zeros(len(transforms)) if angles is None else angles
         points, confidence = self.predict_framed(grays, transforms)
         for _ in range(refine):
-            transforms = np.stack([reframe(p, m, a) for p, m, a in zip(points, transforms, angles)])
+            transforms = np.stack([reframe(p, m) for p, m in zip(points, transforms)])
             points, confidence = self.predict_framed(grays, transforms)
         return points, confidence
 

@@ -19,12 +19,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .keypoints import KEYPOINT_NAMES
 
 #: Strides of the three output levels, in input pixels per cell.
 STRIDES: tuple[int, int, int] = (8, 16, 32)
@@ -37,10 +35,6 @@ BOX_PER_RMS = 3.6
 #: level takes the rest): 8 px cells for faces under 48 px, 16 px cells under 96 px.
 LEVEL_SIDES = 6.0
 
-_LEFT_EYE = KEYPOINT_NAMES.index("left_eye_center")
-_RIGHT_EYE = KEYPOINT_NAMES.index("right_eye_center")
-_MOUTH = tuple(KEYPOINT_NAMES.index(n) for n in ("mouth_left_corner", "mouth_right_corner",
-                                                   "mouth_center_top_lip", "mouth_center_bottom_lip"))
 
 
 @dataclass(frozen=True)
@@ -125,23 +119,3 @@ def normalize(gray_u8: torch.Tensor) -> torch.Tensor:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def face_geometry_targets(points: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """What the finder predicts for a face with these 15 keypoints (x, y image pixels):
-    the centre (their centroid), the box side (:data:`BOX_PER_RMS` RMS radii, px) and the
-    in-plane angle in degrees, (-180, 180].
-
-    The angle is that of the eye line (right eye -> left eye, i.e. image left -> right when
-    upright) plus the eyes-to-mouth direction turned by 90 degrees, so a face in profile, whose
-    eyes nearly coincide, still has a well-defined "up". Upright faces have angle 0; a face
-    shown turned clockwise by ``a`` has angle ``a`` (turning the photo counter-clockwise by ``a``
-    makes it upright).
-    """
-    pts = np.asarray(points, dtype=np.float64)
-    centre = pts.mean(axis=0)
-    rms = float(np.sqrt(((pts - centre) ** 2).sum(axis=1).mean()))
-    eyes = pts[_LEFT_EYE] - pts[_RIGHT_EYE]
-    down = pts[list(_MOUTH)].mean(axis=0) - 0.5 * (pts[_LEFT_EYE] + pts[_RIGHT_EYE])
-    v = eyes + np.array([down[1], -down[0]])
-    return centre, BOX_PER_RMS * rms, float(np.degrees(np.arctan2(v[1], v[0])))

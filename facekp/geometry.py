@@ -10,6 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from .keypoints import KEYPOINT_NAMES
+
+_LEFT_EYE = KEYPOINT_NAMES.index("left_eye_center")
+_RIGHT_EYE = KEYPOINT_NAMES.index("right_eye_center")
+_MOUTH = tuple(KEYPOINT_NAMES.index(n) for n in ("mouth_left_corner", "mouth_right_corner",
+                                                   "mouth_center_top_lip", "mouth_center_bottom_lip"))
+
 #: The canonical "Kaggle frame": the 15 keypoints' centroid sits at (48, 48) of the
 #: 96x96 crop and their RMS distance from it is 26 px (the Kaggle training mean face).
 CANONICAL_SIZE = 96
@@ -85,6 +92,23 @@ def face_geometry(points: np.ndarray, mask: np.ndarray | None = None) -> tuple[n
         pts = pts[np.asarray(mask, bool)]
     c = pts.mean(axis=0)
     return c, float(np.sqrt(((pts - c) ** 2).sum(axis=1).mean()))
+
+
+def face_angle(points: np.ndarray) -> float:
+    """The in-plane angle of a face from its 15 keypoints ``(15, 2)`` (the order of
+    :data:`facekp.keypoints.KEYPOINT_NAMES`, image pixels): the rotation, degrees counter-clockwise as
+    displayed, in (-180, 180], that turns it upright (:attr:`facekp.Face.angle`'s convention).
+
+    It is the direction of the eye line (right eye -> left eye, image left -> right when upright)
+    plus the eyes-to-mouth direction turned by 90 degrees, so a face in profile, whose eyes nearly
+    coincide, still has a well-defined "up". Upright faces have angle 0; a face shown turned
+    clockwise by ``a`` has angle ``a``.
+    """
+    pts = np.asarray(points, dtype=np.float64)
+    eyes = pts[_LEFT_EYE] - pts[_RIGHT_EYE]
+    down = pts[list(_MOUTH)].mean(axis=0) - 0.5 * (pts[_LEFT_EYE] + pts[_RIGHT_EYE])
+    v = eyes + np.array([down[1], -down[0]])
+    return float(np.degrees(np.arctan2(v[1], v[0])))
 
 
 def box_side_centre(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

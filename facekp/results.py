@@ -36,9 +36,10 @@ class Face:
         confidence: ``(15,)`` float32 heatmap peak heights in [0, 1].
         score: the face detector's score (for the Haar cascade: how many neighbouring windows
             voted for the face; 1.0 for boxes passed in without scores).
-        angle: the rotation (degrees, counter-clockwise as displayed) that made the face upright
-            for the face detector; 0 unless it searched rotated copies of the photo (see
-            :class:`~facekp.face_detection.HaarFaceDetector`'s ``angles``). The network sees the face turned upright.
+        angle: the rotation (degrees, counter-clockwise as displayed, in (-180, 180]) that turns the
+            face upright: measured on its keypoints (:func:`facekp.geometry.face_angle`) when ``detect``
+            refined it (``refine >= 1``, the default), else the face detector's (the finder's estimate;
+            0 for Haar's upright search). The network sees the face turned upright.
         presence: the probability in [0, 1] that the keypoint network sees a face there
             (:mod:`facekp.presence`); None when the model has no presence model.
     """

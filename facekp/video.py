@@ -33,7 +33,7 @@ from .calibration import BoxCalibration, reframe, resolve_calibration
 from .errors import FacekpError
 from .face_detection import box_iou
 from .face_detectors import FaceDetectorLike
-from .geometry import box_side_centre
+from .geometry import box_side_centre, face_angle
 from .images import load_gray
 from .results import Face
 
@@ -243,7 +243,7 @@ class VideoTracker:
         else:
             gray = load_gray(frame)
             transforms = np.stack([
-                reframe(tr.face.points, self.calibration.frame(tr.face.box, tr.face.angle), tr.face.angle)
+                reframe(tr.face.points, self.calibration.frame(tr.face.box, tr.face.angle))
                 for tr in live
             ])
             points, confidence = self.detector.predict_framed([gray] * len(live), transforms)
@@ -253,7 +253,7 @@ class VideoTracker:
             else:
                 presence = self.detector.presence(points, confidence)
                 keep &= presence >= self.min_presence
-            faces = [Face(self.calibration.box_from_points(p), p, c, tr.face.score, tr.face.angle,
+            faces = [Face(self.calibration.box_from_points(p), p, c, tr.face.score, face_angle(p),
                           None if q is None else float(q))
                      for p, c, tr, q, k in zip(points, confidence, live, presence, keep) if k]
             self._lost = len(faces) < len(live)

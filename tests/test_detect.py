@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from conftest import HOPPER_BOX
-from facekp import Face
+from facekp import Detector, Face
 from facekp.calibration import default_calibration
-from facekp.data import group_photo, sample_photo_path
+from facekp.data import group_photo, sample_photo, sample_photo_path
 from facekp.errors import InvalidImageError
 from facekp.face_detection import HaarFaceDetector
 from facekp.geometry import CANONICAL_CENTER, CANONICAL_RMS, apply_affine, face_geometry, similarity_transform
@@ -173,8 +173,8 @@ def test_rotated_faces(detector, small_photo):
     m = similarity_transform(centre, 1.0, 30, centre)
     tilted = cv2.warpAffine(small_photo, m, (w, h), borderMode=cv2.BORDER_REPLICATE)
     assert detector.detect(tilted) == []  # too tilted for the upright cascade...
-    faces = detector.detect(tilted, face_detector=HaarFaceDetector(angles=(-30, 0, 30)))
-    assert len(faces) == 1 and faces[0].angle == -30  # ...found by searching rotated copies
+    faces = detector.detect(tilted, face_detector=HaarFaceDetector(angles=(-30, 0, 30)), refine=0)
+    assert len(faces) == 1 and faces[0].angle == -30  # ...found by searching rotated copies (the angle unrefined)
     expected_centre = apply_affine(m, _centre(upright.box)[None])[0]
     assert np.linalg.norm(_centre(faces[0].box) - expected_centre) < 0.1 * _side(upright.box)
 
@@ -227,3 +227,35 @@ def test_concurrent_detect_matches_serial(detector, group, small_photo):
         assert [f.box for f in got] == [f.box for f in want]
         np.testing.assert_allclose([f.points for f in got], [f.points for f in want], atol=1e-4)
 
+
+
+def test_refine_turns_each_face_upright_on_its_own_points():
+    """A face detector's angle only starts the framing: the refine pass frames the face on the
+    angle of its predicted points, so a guess 35 degrees off still ends upright, and Face.angle is
+    the measured angle."""
+    from facekp.geometry import face_angle
+
+    detector = Detector(device="cpu")
+    photo = sample_photo()
+    upright = detector.detect(photo)[0]
+    h, w = photo.shape[:2]
+    centre = ((w - 1) / 2, (h - 1) / 2)
+    m = similarity_transform(centre, 1.0, -40, centre)  # shown turned 40 degrees clockwise
+    turned = cv2.warpAffine(photo, m, (w, h), borderMode=cv2.BORDER_REPLICATE)
+    box = np.array(upright.box).reshape(2, 2).mean(axis=0)
+    side = upright.box[2] - upright.box[0]
+    c = apply_affine(m, box[None])[0]
+    boxes = [[c[0] - side / 2, c[1] - side / 2, c[0] + side / 2, c[1] + side / 2]]
+
+    def guessing(angle):
+        return lambda image: (np.array(boxes), np.ones(1), np.array([angle]))
+
+    expected = apply_affine(m, upright.points)
+    iod = np.linalg.norm(upright.points[0] - upright.points[1])
+    for guess, refine in ((40.0, 1), (5.0, 1), (5.0, 2)):
+        (face,) = detector.detect(turned, face_detector=guessing(guess), refine=refine, min_presence=0)
+        assert face.angle == pytest.approx(face_angle(face.points))
+        assert abs(face.angle - upright.angle - 40) < 8
+        assert np.linalg.norm(face.points - expected, axis=1).mean() < 0.08 * iod
+    (unrefined,) = detector.detect(turned, face_detector=guessing(5.0), refine=0, min_presence=0)
+    assert unrefined.angle == 5.0

@@ -103,7 +103,7 @@ def test_cli_face_detector_and_min_score(tmp_path, capsys):
     Image.fromarray(sample_photo()).save(path)
     assert main(["detect", str(path), "--face-detector", "haar", "--json", "--device", "cpu"]) == 0
     haar = json.loads(capsys.readouterr().out)[0]["faces"]
-    assert len(haar) == 1 and haar[0]["angle"] == 0.0
+    assert len(haar) == 1 and abs(haar[0]["angle"]) < 5  # measured on the points of an upright portrait
     assert main(["detect", str(path), "--face-detector", "facekp", "--min-score", "0.02", "--min-presence", "0",
                  "--json", "--device", "cpu"]) == 0
     finder = json.loads(capsys.readouterr().out)[0]["faces"]

@@ -13,11 +13,12 @@ from facekp.errors import WeightsError
 from facekp.calibration import BoxCalibration
 from facekp.face_detection import run_face_detector
 from facekp.finder import FINDER_NAME, FaceFinder, decode
-from facekp.finder_model import BOX_PER_RMS, FaceFinderNet, FinderConfig, face_geometry_targets
+from facekp.finder_model import BOX_PER_RMS, FaceFinderNet, FinderConfig
 from facekp.finder_weights import load_finder_file, save_finder
 from facekp.geometry import apply_affine, similarity_transform
 from facekp.train.data import Sample
-from facekp.train.finder_fit import FinderFitConfig, FinderTrainer, encode_targets, finder_loss, make_batch
+from facekp.train.finder_fit import (FinderFitConfig, FinderTrainer, encode_targets, face_geometry_targets, finder_loss,
+                                     make_batch)
 from facekp.train.scenes import SceneComposer, SceneConfig, eye_distance
 from conftest import randomize_batchnorm
 from synthetic import MEAN_FACE, blob_face

@@ -22,7 +22,8 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from ..finder import decode
-from ..finder_model import LEVEL_SIDES, STRIDES, FaceFinderNet, FinderConfig, face_geometry_targets, normalize
+from ..finder_model import BOX_PER_RMS, LEVEL_SIDES, STRIDES, FaceFinderNet, FinderConfig, normalize
+from ..geometry import face_angle, face_geometry
 from .data import Sample, load_dataset, split_by_identity
 from .negatives import negative_paths
 from .run import DEFAULT_DATA, run_log
@@ -69,6 +70,14 @@ class FinderFitConfig:
 
 #: Settings a resumed run may change.
 RESUMABLE = frozenset({"out", "steps", "minutes", "checkpoint_minutes", "eval_every"})
+
+
+def face_geometry_targets(points: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """What the finder learns to predict for a face with these 15 keypoints (x, y image pixels):
+    the centre (their centroid), the box side (:data:`~facekp.finder_model.BOX_PER_RMS` RMS radii, px)
+    and the in-plane angle in degrees (:func:`facekp.geometry.face_angle`)."""
+    centre, rms = face_geometry(points)
+    return centre, BOX_PER_RMS * rms, face_angle(points)
 
 
 def encode_targets(points: list[np.ndarray], size: int, strides=STRIDES) -> list[np.ndarray]:

@@ -3,7 +3,8 @@
 Positives are training faces framed as in training (:class:`~facekp.train.augment.Augmenter`'s
 geometry). Negatives are what ``detect`` must reject: random rotated patches of face-free photos,
 badly framed training faces (zoomed out, zoomed in on a part, shifted far) and the false faces a loose
-Haar cascade finds on face-free photos, run through ``detect``'s own framing and refinement. Held out:
+Haar cascade and the face finder at a low threshold find on face-free photos, run through ``detect``'s
+own framing and refinement. Held out:
 the validation faces and :data:`~facekp.train.negatives.HELD_OUT_NEGATIVES`, never trained on.
 """
 
@@ -34,6 +35,19 @@ def loose_haar() -> HaarFaceDetector:
     """The loose Haar cascade whose false faces on the training negatives become hard negatives
     (about 2,000 of them on the 26 training wallpapers)."""
     return HaarFaceDetector(min_neighbors=1, scale_factor=1.05, angles=(-90, -60, -30, 0, 30, 60, 90, 180))
+
+
+#: The bundled face finder's threshold for hard negatives: far below its own, so that its false faces
+#: on the training negatives (any angle, any size) are many.
+LOOSE_FINDER_SCORE = 0.05
+
+
+def hard_detectors() -> dict[str, Callable]:
+    """The face detectors whose false faces on face-free photos are the hard negatives, by name:
+    :func:`loose_haar` and the bundled face finder at :data:`LOOSE_FINDER_SCORE`."""
+    from ..finder import FaceFinder
+
+    return {"haar_loose": loose_haar(), "finder_loose": FaceFinder(min_score=LOOSE_FINDER_SCORE)}
 
 
 #: Figures reported on held-out data: at the default threshold and at the ones keeping these shares of faces.
@@ -97,7 +111,7 @@ def detect_features(detector: Detector, model: PresenceModel, grays: Sequence[np
         per_photo.append(len(boxes))
         if len(boxes):
             transforms = np.stack([calibration.frame(b, a) for b, a in zip(boxes, angles)])
-            points, confidence = detector.predict_refined(g, transforms, DEFAULT_REFINE, angles)
+            points, confidence = detector.predict_refined(g, transforms, DEFAULT_REFINE)
             feats.append(model.features(points, confidence))
     return (np.concatenate(feats) if feats else np.empty((0, model.num_keypoints + 1))), per_photo
 
@@ -156,19 +170,19 @@ def fit_presence(
     patches: int = 3000,
     badly_framed: int = 1500,
     seed: int = 0,
-    hard_detector: Callable | None = None,
+    hard: dict[str, Callable] | None = None,
     progress: Callable[[str], None] = print,
 ) -> PresenceModel:
     """Fit a :class:`PresenceModel` for ``detector``'s network and score it on the held-out data.
 
     ``train``/``val``: the model's own split (never pass validation faces as ``train``);
     ``train_negatives``/``held_negatives``: face-free photos (:func:`~facekp.train.negatives.negative_paths`).
-    ``hard_detector``: the face detector whose false faces on ``train_negatives`` are hard negatives
-    (default :func:`loose_haar`). ``stats`` of the result records the held-out figures.
+    ``hard``: the face detectors (by name) whose false faces on ``train_negatives`` are hard negatives,
+    each framed with its own calibration (default :func:`hard_detectors`). ``stats`` of the result
+    records the held-out figures.
     """
     rng = np.random.default_rng(seed)
-    hard_detector = hard_detector or loose_haar()
-    calibration = resolve_calibration(detector)
+    hard = hard_detectors() if hard is None else hard
     # The features need only the mean shape; standardisation and weights come from the fit below.
     k = detector.config.hourglass.num_keypoints
     blank = PresenceModel(mean_shape(train), np.zeros(k + 1), np.ones(k + 1), np.zeros(k + 1), 0.0)
@@ -179,12 +193,15 @@ def fit_presence(
     progress(f"negatives: {patches} patches of {len(neg_train)} photos, {badly_framed} badly framed faces")
     neg = [crop_features(detector, blank, patch_crops(neg_train, patches, rng)),
            crop_features(detector, blank, badly_framed_crops(train, badly_framed, rng))]
-    progress(f"hard negatives: {hard_detector!r} on {len(neg_train)} face-free photos")
-    hard, _ = detect_features(detector, blank, neg_train, hard_detector, calibration)
-    neg.append(hard)
+    hard_counts = {}
+    for name, fd in hard.items():
+        progress(f"hard negatives: {fd!r} on {len(neg_train)} face-free photos")
+        feats, _ = detect_features(detector, blank, neg_train, fd, resolve_calibration(detector, fd))
+        neg.append(feats)
+        hard_counts[name] = len(feats)
     mean, scale, weights, bias = fit_logistic(pos, np.concatenate(neg))
     stats = {"trained_on": {"faces": len(train), "patches": patches, "badly_framed": badly_framed,
-                            "hard_negatives": len(hard), "negative_photos": len(neg_train), "seed": seed}}
+                            "hard_negatives": hard_counts, "negative_photos": len(neg_train), "seed": seed}}
     model = PresenceModel(blank.mean_shape, mean, scale, weights, bias, stats)
 
     progress(f"held out: {len(val)} validation faces, {len(neg_held)} face-free photos")
@@ -192,9 +209,9 @@ def fit_presence(
     false = {"random_patches": model.probability(crop_features(detector, blank, patch_crops(neg_held, 2000, rng))),
              "badly_framed_val_faces": model.probability(crop_features(detector, blank, badly_framed_crops(val, 1000, rng)))}
     per_photo = {}
-    for name, fd in (("haar_default", HaarFaceDetector()), ("haar_angles_30", HaarFaceDetector(angles=(-30, 0, 30))),
-                     ("haar_loose", hard_detector)):
-        feats, counts = detect_features(detector, blank, neg_held, fd, calibration)
+    for name, fd in {"haar_default": HaarFaceDetector(), "haar_angles_30": HaarFaceDetector(angles=(-30, 0, 30)),
+                     **hard}.items():
+        feats, counts = detect_features(detector, blank, neg_held, fd, resolve_calibration(detector, fd))
         false[name] = model.probability(feats)
         per_photo[name] = counts
     thresholds = {"default": DEFAULT_MIN_PRESENCE} | {f"keep_{s}": float(np.quantile(faces, 1 - s)) for s in KEEP_SHARES}
