@@ -233,6 +233,9 @@ def test_train_presence_on_tiny_data_writes_a_model_folder(tmp_path, tiny_model_
     stats = det.presence_model.stats
     assert stats["trained_on"]["patches"] == 16 and stats["trained_on"]["negative_photos"] == 2
     assert set(stats["held_out"]["negative_photos"]) == set(HELD_OUT_NEGATIVES[:2])
+    # Hard negatives from both face detectors, each scored on the held-out photos too.
+    assert set(stats["trained_on"]["hard_negatives"]) == {"haar_loose", "finder_loose"}
+    assert {"haar_loose", "finder_loose"} <= set(stats["held_out"]["false_faces_found"])
     assert json.loads((tmp_path / "p.json").read_text()) == det.config.presence
     assert det.presence(*det.predict(np.full((96, 96), 0.5, np.float32), return_confidence=True)).shape == (1,)
     # The network is the one it started from; nothing is replaced without --force.
