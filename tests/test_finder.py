@@ -240,6 +240,8 @@ def test_threshold_choice_reports_every_threshold(detector):
     recall = [row["recall"] for row in table]
     false = [row["false_per_scene"] for row in table]
     assert recall == sorted(recall, reverse=True) and false == sorted(false, reverse=True)  # stricter: fewer of both
+    kept = [row["detect_recall"] for row in table]
+    assert kept == sorted(kept, reverse=True) and all(k <= r for k, r in zip(kept, recall))  # detect keeps a subset
 
 
 def test_bundled_finders_match_the_manifest_and_load():

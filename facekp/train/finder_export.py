@@ -20,7 +20,7 @@ from ..finder_model import FaceFinderNet
 from ..finder_weights import save_finder
 from ..weights import sha256_file
 from .data import load_dataset, split_by_identity
-from .finder_fit import FinderFitConfig, match_centres
+from .finder_fit import FinderFitConfig, box_centres, match_centres
 from .negatives import negative_paths
 from .scenes import SceneComposer, SceneConfig, load_gray_u8
 
@@ -44,30 +44,35 @@ THRESHOLDS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6)
 
 def choose_min_score(model: FaceFinderNet, calibration: BoxCalibration, composer: SceneComposer, detector: Detector,
                      scenes: int = 200, seed: int = 20_000) -> tuple[float, list[dict]]:
-    """The threshold of :data:`THRESHOLDS` with the best F1 (faces found vs false faces) of what
-    ``detector.detect`` keeps with this finder (its keypoints, presence filter and all) on ``scenes``
-    composed scenes; and recall / false faces per scene at each threshold.
+    """The threshold of :data:`THRESHOLDS` with the best F1 (faces found vs false faces) of the
+    finder's own faces on ``scenes`` composed scenes, and per threshold the recall and false faces per
+    scene of the finder and of what ``detector.detect`` keeps with it (keypoints, presence filter).
 
-    One ``detect`` per scene at the lowest threshold is enough: a higher threshold keeps the same
-    faces less those scored under it (non-maximum suppression never lets a weaker face suppress a
-    stronger one).
+    The choice counts every false face of the finder, even those the presence filter drops later:
+    each costs the keypoint network two passes, so a low threshold would make ``detect`` slow on
+    busy photos. One ``detect`` per scene at the lowest threshold gives every row: a higher threshold
+    keeps the same faces less those scored under it (non-maximum suppression never lets a weaker
+    face suppress a stronger one).
     """
     finder = FaceFinder(model, calibration, min_score=min(THRESHOLDS))
-    found = {t: 0 for t in THRESHOLDS}
-    false = {t: 0 for t in THRESHOLDS}
+    counts = {t: {"found": 0, "false": 0, "kept_found": 0, "kept_false": 0} for t in THRESHOLDS}
     faces = 0
     for i in range(scenes):
         image, points = composer(np.random.default_rng([seed, i]))
-        detected = detector.detect(image, face_detector=finder)
-        scores = np.array([f.score for f in detected])
-        centroids = np.array([f.points.mean(axis=0) for f in detected]).reshape(-1, 2)
+        boxes, scores, _ = finder(image)
+        kept = detector.detect(image, face_detector=finder)
+        kept_scores = np.array([f.score for f in kept])
+        kept_centroids = np.array([f.points.mean(axis=0) for f in kept]).reshape(-1, 2)
         faces += len(points)
-        for t in THRESHOLDS:
-            hit, true = match_centres(centroids[scores >= t], points)
-            found[t] += int(hit.sum())
-            false[t] += int((~true).sum())
-    table = [{"min_score": t, "recall": found[t] / max(faces, 1), "false_per_scene": false[t] / scenes} for t in THRESHOLDS]
-    f1 = [2 * found[t] / max(2 * found[t] + (faces - found[t]) + false[t], 1) for t in THRESHOLDS]
+        for t, c in counts.items():
+            hit, true = match_centres(box_centres(boxes[scores >= t]), points)
+            c["found"], c["false"] = c["found"] + int(hit.sum()), c["false"] + int((~true).sum())
+            hit, true = match_centres(kept_centroids[kept_scores >= t], points)
+            c["kept_found"], c["kept_false"] = c["kept_found"] + int(hit.sum()), c["kept_false"] + int((~true).sum())
+    table = [{"min_score": t, "recall": c["found"] / max(faces, 1), "false_per_scene": c["false"] / scenes,
+              "detect_recall": c["kept_found"] / max(faces, 1), "detect_false_per_scene": c["kept_false"] / scenes}
+             for t, c in counts.items()]
+    f1 = [2 * c["found"] / max(faces + c["found"] + c["false"], 1) for c in counts.values()]
     return THRESHOLDS[int(np.argmax(f1))], table
 
 
@@ -76,8 +81,8 @@ def export_finder(run: str | Path, name: str, package_dir: str | Path, manifest_
     """Write ``package_dir/weights/NAME.safetensors`` and the manifest's ``face_finders`` entry; returns it.
 
     The calibration is fitted on the training photos (at the lowest threshold tried), then the
-    threshold is chosen on scenes of training identities on training negatives, judged on what
-    ``detect`` keeps with the bundled keypoint model (:func:`choose_min_score`).
+    threshold is chosen on scenes of training identities on training negatives
+    (:func:`choose_min_score`, which also records what ``detect`` keeps with the bundled keypoint model).
     """
     model, config = load_finder_run(run, checkpoint)
     train, _ = split_by_identity(load_dataset(config.data), config.val_fraction, config.seed)
