@@ -243,28 +243,3 @@ def test_train_presence_on_tiny_data_writes_a_model_folder(tmp_path, tiny_model_
     assert train_main(argv) == 2 and "already exist" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="no held-out negative photos"):
         negative_paths(tmp_path, held_out=True)
-
-
-@requires_faces68
-def test_small_crops_frame_shrunk_faces_where_the_positives_are(faces68):
-    """A face shrunk to 8-25 px eye distance lands where the full-size positives put it (same
-    frame), only blurred by the shrink."""
-    from facekp.geometry import apply_affine, compose_affine, invert_affine
-    from facekp.train.data import load_pts_folder
-    from facekp.train.presence import positive_crops, small_crops
-
-    samples = load_pts_folder(faces68)[:6]
-    rng = np.random.default_rng(0)
-    small = small_crops(samples, 6, np.random.default_rng(1))
-    assert small.shape == (6, 96, 96) and small.dtype == np.float32 and np.isfinite(small).all()
-    big = positive_crops(samples, rng)
-    def sharpness(crops):  # mean horizontal gradient
-        return float(np.abs(np.diff(crops, axis=2)).mean())
-
-    assert sharpness(small) < 0.8 * sharpness(big)
-    for s in samples:  # the frame of a shrunk photo maps its shrunk points onto the same canonical points
-        f = 0.2
-        shrink = np.array([[f, 0.0, 0.5 * f - 0.5], [0.0, f, 0.5 * f - 0.5]])
-        frame = compose_affine(s.frame, invert_affine(shrink))
-        np.testing.assert_allclose(apply_affine(frame, apply_affine(shrink, s.points)), apply_affine(s.frame, s.points),
-                                   atol=1e-3)

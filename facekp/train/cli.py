@@ -100,7 +100,6 @@ def _parser() -> argparse.ArgumentParser:
                        "model of --weights; its weights file does not change (default: none)")
     pr.add_argument("--patches", type=int, default=3000, help="random face-free patches to train on")
     pr.add_argument("--badly-framed", type=int, default=1500, help="badly framed training faces to train on")
-    pr.add_argument("--small", type=int, default=1500, help="training faces shrunk to 8-25 px eye distance to train on")
     pr.add_argument("--json", type=Path, help="also write the fitted presence entry (with its held-out figures) here (default: none)")
     pr.add_argument("--force", action="store_true", help="replace existing files / an existing presence entry")
     pr.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
@@ -307,7 +306,7 @@ def _presence(args) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    for flag in ("patches", "badly_framed", "small"):
+    for flag in ("patches", "badly_framed"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if args.json is not None and args.json.exists() and not args.force:
@@ -341,8 +340,7 @@ def _presence(args) -> None:
     detector = Detector(resolved, device=args.device, backend="torch", precision="fp32")
     presence = fit_presence(detector, train, val, negative_paths(args.negatives, held_out=False),
                             negative_paths(args.negatives, held_out=True), patches=args.patches,
-                            badly_framed=args.badly_framed, small=args.small, seed=_given(args.seed, seed),
-                            progress=progress)
+                            badly_framed=args.badly_framed, seed=_given(args.seed, seed), progress=progress)
     print(format_held_out(presence.stats))
     if args.out is not None:
         save_model(resolved.model, replace(resolved.config, presence=presence.to_dict()), args.out, overwrite=True)

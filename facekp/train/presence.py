@@ -20,7 +20,7 @@ import torch
 from ..calibration import BoxCalibration, resolve_calibration
 from ..detector import DEFAULT_REFINE, Detector
 from ..face_detection import HaarFaceDetector, to_u8
-from ..geometry import apply_affine, compose_affine, invert_affine, similarity_transform
+from ..geometry import apply_affine, compose_affine, similarity_transform
 from ..images import load_gray
 from ..presence import DEFAULT_MIN_PRESENCE, PresenceModel
 from ..preprocess import warp
@@ -69,28 +69,6 @@ def positive_crops(samples: Sequence[Sample], rng: np.random.Generator, per_face
     geometry = Augmenter().geometry
     return np.stack([make_crop(s.image, s.points, s.mask, s.frame, geometry.sample(rng))[0]
                      for s in samples for _ in range(per_face)])
-
-
-#: Eye distances (px) :func:`small_crops` shrinks faces to: the small faces of group photos.
-SMALL_EYE_DISTANCE = (8.0, 25.0)
-
-
-def small_crops(samples: Sequence[Sample], n: int, rng: np.random.Generator) -> np.ndarray:
-    """``(n, 96, 96)`` crops of faces first shrunk (area averaging) to an eye distance in
-    :data:`SMALL_EYE_DISTANCE`, then framed like :func:`positive_crops`: the blurred, upsampled
-    look a small face has in the network's crop, so that the presence score does not take it for
-    no face."""
-    geometry = Augmenter().geometry
-    crops = []
-    for _ in range(n):
-        s = samples[rng.integers(len(samples))]
-        f = min(1.0, rng.uniform(*SMALL_EYE_DISTANCE) / max(float(np.linalg.norm(s.points[0] - s.points[1])), 1.0))
-        small = cv2.resize(s.image, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
-        fx, fy = small.shape[1] / s.image.shape[1], small.shape[0] / s.image.shape[0]
-        shrink = np.array([[fx, 0.0, 0.5 * fx - 0.5], [0.0, fy, 0.5 * fy - 0.5]])  # pixel-centre convention
-        frame = compose_affine(s.frame, invert_affine(shrink))
-        crops.append(make_crop(small, apply_affine(shrink, s.points), s.mask, frame, geometry.sample(rng))[0])
-    return np.stack(crops)
 
 
 def patch_crops(grays: Sequence[np.ndarray], n: int, rng: np.random.Generator) -> np.ndarray:
@@ -191,7 +169,6 @@ def fit_presence(
     *,
     patches: int = 3000,
     badly_framed: int = 1500,
-    small: int = 1500,
     seed: int = 0,
     hard: dict[str, Callable] | None = None,
     progress: Callable[[str], None] = print,
@@ -211,8 +188,8 @@ def fit_presence(
     blank = PresenceModel(mean_shape(train), np.zeros(k + 1), np.ones(k + 1), np.zeros(k + 1), 0.0)
     neg_train, neg_held = load_negatives(train_negatives), load_negatives(held_negatives)
 
-    progress(f"positives: {len(train)} training faces, and {small} of them shrunk to small faces")
-    pos = crop_features(detector, blank, np.concatenate([positive_crops(train, rng), small_crops(train, small, rng)]))
+    progress(f"positives: {len(train)} training faces")
+    pos = crop_features(detector, blank, positive_crops(train, rng))
     progress(f"negatives: {patches} patches of {len(neg_train)} photos, {badly_framed} badly framed faces")
     neg = [crop_features(detector, blank, patch_crops(neg_train, patches, rng)),
            crop_features(detector, blank, badly_framed_crops(train, badly_framed, rng))]
@@ -223,13 +200,12 @@ def fit_presence(
         neg.append(feats)
         hard_counts[name] = len(feats)
     mean, scale, weights, bias = fit_logistic(pos, np.concatenate(neg))
-    stats = {"trained_on": {"faces": len(train), "small_faces": small, "patches": patches, "badly_framed": badly_framed,
+    stats = {"trained_on": {"faces": len(train), "patches": patches, "badly_framed": badly_framed,
                             "hard_negatives": hard_counts, "negative_photos": len(neg_train), "seed": seed}}
     model = PresenceModel(blank.mean_shape, mean, scale, weights, bias, stats)
 
     progress(f"held out: {len(val)} validation faces, {len(neg_held)} face-free photos")
     faces = model.probability(crop_features(detector, blank, positive_crops(val, rng, per_face=2)))
-    small_faces = model.probability(crop_features(detector, blank, small_crops(val, len(val), rng)))
     false = {"random_patches": model.probability(crop_features(detector, blank, patch_crops(neg_held, 2000, rng))),
              "badly_framed_val_faces": model.probability(crop_features(detector, blank, badly_framed_crops(val, 1000, rng)))}
     per_photo = {}
@@ -244,7 +220,6 @@ def fit_presence(
         "negative_photos": [p.name for p in held_negatives],
         "false_faces_found": {name: int(sum(c)) for name, c in per_photo.items()},
         "at": {name: {"threshold": round(t, 4), "val_faces_kept": round(kept(faces, t), 4),
-                      "small_val_faces_kept": round(kept(small_faces, t), 4),
                       "false_kept": {kind: round(kept(s, t), 4) for kind, s in false.items()}}
                for name, t in thresholds.items()},
     }
@@ -272,9 +247,8 @@ def format_held_out(stats: dict) -> str:
     lines = [f"held out: {held['val_faces']} validation face crops; false faces found on "
              f"{len(held['negative_photos'])} face-free photos: "
              + ", ".join(f"{k} {v}" for k, v in held["false_faces_found"].items()),
-             f"{'threshold':>18s} {'faces kept':>10s} {'small kept':>10s} " + " ".join(f"{k:>22s}" for k in kinds)]
+             f"{'threshold':>18s} {'faces kept':>10s} " + " ".join(f"{k:>22s}" for k in kinds)]
     for name, row in held["at"].items():
         lines.append(f"{name + ' ' + format(row['threshold'], '.3f'):>18s} {row['val_faces_kept']:>10.4f} "
-                     f"{row['small_val_faces_kept']:>10.4f} "
                      + " ".join(f"{row['false_kept'][k]:>22.4f}" for k in kinds))
     return "\n".join(lines)
