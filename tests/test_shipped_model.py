@@ -65,10 +65,11 @@ def test_detect_on_the_sample_photo_agrees_with_the_crop(detector):
     assert len(faces) == 1
     crop_points = detector.predict(FACE_CROP) + np.array([155, 103])
     # Two framings of one face agree to well within the model's error (RMSE ~1.5 px of the 96 frame):
-    # on average under 1 frame px, and no point over 2 (the eyebrow ends, its least certain points,
-    # differ most).
+    # on average under 1 frame px, and no point over 2.5. detect frames the face on its points' roll
+    # (2.3 degrees here) where the crop is axis-aligned; the eyebrow ends, its least certain points,
+    # differ most (mean 0.94, max 2.0 frame px; 0.60 and 1.77 with an axis-aligned frame).
     diff = frame_px_apart(faces[0].points, crop_points)
-    assert diff.mean() < 1.0 and diff.max() < 2.0
+    assert diff.mean() < 1.0 and diff.max() < 2.5
 
 
 @pytest.fixture(scope="module")
