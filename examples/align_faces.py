@@ -1,6 +1,7 @@
 """Face alignment from the 15 keypoints: every face of a photo cropped to one canonical pose.
 
-    python examples/align_faces.py [PHOTO] [-o aligned.png] [--size 128] [--weights W] [--device cpu]
+    python examples/align_faces.py [PHOTO] [-o aligned.png] [--size 128] [--weights W]
+        [--face-detector haar] [--device cpu]
 
 Each face is rotated, scaled and moved (a similarity transform, least squares over all 15
 points) onto a template face, so that eyes are level and at the same place in every crop: the
@@ -44,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=128, help="side of each aligned crop in pixels")
     parser.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     parser.add_argument("--weights", help="model (default: the bundled one)")
+    parser.add_argument("--face-detector", choices=("facekp", "haar"), default="facekp",
+                        help="facekp's own face finder (any rotation) or OpenCV's Haar cascade (default: facekp)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
 
@@ -59,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.output} exists (pass --force to replace it)")
 
     detector = Detector(args.weights, device=args.device)
-    faces = detector.detect(image)
+    faces = detector.detect(image, face_detector=args.face_detector)
     if not faces:
         print("no face found; nothing written")
         return 1

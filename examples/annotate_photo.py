@@ -1,6 +1,7 @@
 """Annotate a photo: find every face, draw its box and its 15 keypoints.
 
-    python examples/annotate_photo.py [PHOTO] [-o annotated.png] [--names] [--weights W] [--device cpu]
+    python examples/annotate_photo.py [PHOTO] [-o annotated.png] [--names] [--weights W]
+        [--face-detector haar] [--device cpu]
 
 Without PHOTO, uses the sample portrait that ships with facekp.
 """
@@ -24,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--names", action="store_true", help="label each keypoint")
     parser.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     parser.add_argument("--weights", help="model (default: the bundled one)")
+    parser.add_argument("--face-detector", choices=("facekp", "haar"), default="facekp",
+                        help="facekp's own face finder (any rotation) or OpenCV's Haar cascade (default: facekp)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
 
@@ -34,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.output} exists (pass --force to replace it)")
 
     detector = Detector(args.weights, device=args.device)
-    faces = detector.detect(photo)  # largest face first
+    faces = detector.detect(photo, face_detector=args.face_detector)  # largest face first
     print(f"{photo}: {len(faces)} face(s)")
     for i, face in enumerate(faces):
         left_eye, right_eye = face.points[0], face.points[1]

@@ -1,6 +1,6 @@
 """Batch-process a folder of photos into one CSV: a row per face, 15 keypoints in pixels.
 
-    python examples/folder_to_csv.py FOLDER [-o faces.csv] [--weights W] [--device cpu]
+    python examples/folder_to_csv.py FOLDER [-o faces.csv] [--weights W] [--face-detector haar] [--device cpu]
 
 The layout is the one of ``facekp detect FOLDER -r --csv faces.csv`` (which does the same with
 more options), documented in ``facekp.table``: image, face (0 = largest), score, angle,
@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--output", type=Path, default=Path("faces.csv"))
     parser.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     parser.add_argument("--weights", help="model (default: the bundled one)")
+    parser.add_argument("--face-detector", choices=("facekp", "haar"), default="facekp",
+                        help="facekp's own face finder (any rotation) or OpenCV's Haar cascade (default: facekp)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
 
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         for photo in tqdm(photos, unit="photo", disable=None):  # disable=None: a bar on a terminal only
             name = photo.relative_to(args.folder).as_posix()
             try:
-                faces = detector.detect(photo)
+                faces = detector.detect(photo, face_detector=args.face_detector)
             except InvalidImageError as exc:
                 writer.writerows(csv_rows({"image": name, "error": str(exc)}))
                 continue

@@ -1,6 +1,6 @@
 """A small app on top of facekp: put sunglasses on every face of a photo, from the eye keypoints.
 
-    python examples/sunglasses.py [PHOTO] [-o sunglasses.png] [--weights W] [--device cpu]
+    python examples/sunglasses.py [PHOTO] [-o sunglasses.png] [--weights W] [--face-detector haar] [--device cpu]
 
 Without PHOTO, uses facekp's sample group photo (the sample portrait at three sizes). The
 glasses follow each face's eye centres and eye corners: centred on the eyes, as wide as the
@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--output", type=Path, default=Path("sunglasses.png"))
     parser.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     parser.add_argument("--weights", help="model (default: the bundled one)")
+    parser.add_argument("--face-detector", choices=("facekp", "haar"), default="facekp",
+                        help="facekp's own face finder (any rotation) or OpenCV's Haar cascade (default: facekp)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
 
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.output} exists (pass --force to replace it)")
 
     detector = Detector(args.weights, device=args.device)
-    faces = detector.detect(image)
+    faces = detector.detect(image, face_detector=args.face_detector)
     result = image.copy()
     for face in faces:
         put_on_sunglasses(result, face.points)

@@ -1,7 +1,7 @@
 """Keypoints on a webcam or video, tracked and smoothed, drawn over each frame.
 
     python examples/video_overlay.py [--source 0|VIDEO] [--output overlay.mp4] [--max-frames N]
-                                     [--detect-every 5] [--weights W] [--device cpu]
+                                     [--detect-every 5] [--weights W] [--face-detector haar] [--device cpu]
 
 With a display (and a GUI build of OpenCV), shows the overlay in a window: q or Esc quits.
 Without one (a server, a container, opencv-python-headless), or with --output, writes the
@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--detect-every", type=int, default=5, help="run the face detector every N frames")
     parser.add_argument("--force", action="store_true", help="replace OUTPUT if it exists")
     parser.add_argument("--weights", help="model (default: the bundled one)")
+    parser.add_argument("--face-detector", choices=("facekp", "haar"), default="facekp",
+                        help="facekp's own face finder (any rotation) or OpenCV's Haar cascade (default: facekp)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
 
@@ -85,7 +87,8 @@ def overlay_video(source: str, args: argparse.Namespace, parser: argparse.Argume
     writer = VideoWriter(output, fps=fps, overwrite=args.force) if output is not None else None
     n = 0
     try:
-        for frame in track_video(source, detector, max_frames=args.max_frames, detect_every=args.detect_every):
+        for frame in track_video(source, detector, max_frames=args.max_frames, detect_every=args.detect_every,
+                                 face_detector=args.face_detector):
             canvas = overlay(frame.image, frame.faces)
             n += 1
             if writer is not None:

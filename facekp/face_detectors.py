@@ -23,7 +23,7 @@ from .finder import FaceFinder
 #: The names :func:`resolve_face_detector` takes.
 FACE_DETECTORS: tuple[str, ...] = ("facekp", "haar")
 #: What ``detect`` uses when no face detector is given.
-DEFAULT_FACE_DETECTOR = "haar"
+DEFAULT_FACE_DETECTOR = "facekp"
 
 FaceDetectorLike = str | Callable[..., Any] | None
 

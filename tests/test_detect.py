@@ -35,7 +35,7 @@ def group():
 
 @pytest.fixture(scope="module")
 def group_faces(detector, group):
-    return detector.detect(group[0])
+    return detector.detect(group[0], face_detector="haar")
 
 
 def _centre(box):
@@ -47,7 +47,7 @@ def _side(box):
 
 
 def test_detect_on_the_sample_photo(detector):
-    faces = detector.detect(sample_photo_path(), refine=0)
+    faces = detector.detect(sample_photo_path(), refine=0, face_detector="haar")
     assert len(faces) == 1
     face = faces[0]
     assert isinstance(face, Face)
@@ -84,10 +84,10 @@ def test_all_faces_go_through_the_network_in_one_batch(detector, group, monkeypa
         return original(grays, transforms, batch_size)
 
     monkeypatch.setattr(detector, "predict_framed", spy)
-    faces = detector.detect(group[0], refine=1)
+    faces = detector.detect(group[0], refine=1, face_detector="haar")
     assert calls == [3, 3] and len(faces) == 3
     calls.clear()
-    detector.detect(group[0], refine=0)
+    detector.detect(group[0], refine=0, face_detector="haar")
     assert calls == [3]
 
 
@@ -101,7 +101,7 @@ def test_refine_reframes_on_the_first_prediction(detector, small_photo, monkeypa
         return points, confidence
 
     monkeypatch.setattr(detector, "predict_framed", spy)
-    detector.detect(small_photo, refine=2)
+    detector.detect(small_photo, refine=2, face_detector="haar")
     assert len(seen) == 3
     for (_, points), (transforms, _) in zip(seen[:-1], seen[1:]):
         # each pass frames the previous pass's points canonically (centroid -> 48, RMS -> 26)
@@ -110,34 +110,34 @@ def test_refine_reframes_on_the_first_prediction(detector, small_photo, monkeypa
         np.testing.assert_allclose(c, [CANONICAL_CENTER] * 2, atol=1e-3)
         assert rms == pytest.approx(CANONICAL_RMS, rel=1e-4)
     with pytest.raises(ValueError):
-        detector.detect(small_photo, refine=-1)
+        detector.detect(small_photo, refine=-1, face_detector="haar")
 
 
 def test_no_face_gives_an_empty_list(detector):
-    assert detector.detect(np.zeros((200, 300), np.uint8)) == []
-    assert detector.detect(np.full((120, 160, 3), 128, np.uint8)) == []
+    assert detector.detect(np.zeros((200, 300), np.uint8), face_detector="haar") == []
+    assert detector.detect(np.full((120, 160, 3), 128, np.uint8), face_detector="haar") == []
     smooth = cv2.resize(np.random.default_rng(0).uniform(0, 255, (6, 8)).astype(np.float32), (320, 240))
-    assert detector.detect(smooth.clip(0, 255).astype(np.uint8)) == []
+    assert detector.detect(smooth.clip(0, 255).astype(np.uint8), face_detector="haar") == []
 
 
 def test_tiny_images(detector):
     for side in (8, 16, 23, 30):
-        assert detector.detect(np.full((side, side), 100, np.uint8)) == []
+        assert detector.detect(np.full((side, side), 100, np.uint8), face_detector="haar") == []
     with pytest.raises(InvalidImageError):
-        detector.detect(np.zeros((5, 5), np.uint8))
+        detector.detect(np.zeros((5, 5), np.uint8), face_detector="haar")
     with pytest.raises(FileNotFoundError):
-        detector.detect("no/such/photo.jpg")
+        detector.detect("no/such/photo.jpg", face_detector="haar")
 
 
 def test_grayscale_float_and_rgb_inputs_agree(detector, small_photo):
-    rgb = detector.detect(small_photo)
+    rgb = detector.detect(small_photo, face_detector="haar")
     import torch
     from PIL import Image
 
     gray_u8 = cv2.cvtColor(small_photo, cv2.COLOR_RGB2GRAY)
     tensor = torch.from_numpy(small_photo).permute(2, 0, 1).float() / 255.0  # (C, H, W), as torchvision has it
     for other in (gray_u8, gray_u8.astype(np.float32) / 255.0, gray_u8[:, :, None], Image.fromarray(small_photo), tensor):
-        faces = detector.detect(other)
+        faces = detector.detect(other, face_detector="haar")
         assert len(faces) == len(rgb) == 1
         np.testing.assert_allclose(faces[0].box, rgb[0].box, atol=1.0)
         np.testing.assert_allclose(faces[0].points, rgb[0].points, atol=0.5)
@@ -148,8 +148,8 @@ def test_huge_photo(detector, small_photo):
     huge = np.full((1200, 4000, 3), 120, np.uint8)
     big = cv2.resize(small_photo, (1024, 1200), interpolation=cv2.INTER_LINEAR)
     huge[:, 2500:3524] = big
-    small_faces = detector.detect(small_photo, refine=0)
-    faces = detector.detect(huge, refine=0)  # the face detector sees it shrunk to max_side, the network does not
+    small_faces = detector.detect(small_photo, refine=0, face_detector="haar")
+    faces = detector.detect(huge, refine=0, face_detector="haar")  # the face detector sees it shrunk to max_side, the network does not
     assert len(faces) == 1 == len(small_faces)
     sx, sy = 1024 / 256, 1200 / 300
     x0, y0, x1, y1 = small_faces[0].box
@@ -166,13 +166,13 @@ def test_huge_photo(detector, small_photo):
 def test_rotated_faces(detector, small_photo):
     h, w = small_photo.shape[:2]
     centre = ((w - 1) / 2, (h - 1) / 2)
-    upright = detector.detect(small_photo)[0]
+    upright = detector.detect(small_photo, face_detector="haar")[0]
     tilted_10 = cv2.warpAffine(small_photo, similarity_transform(centre, 1.0, 10, centre), (w, h),
                                borderMode=cv2.BORDER_REPLICATE)
-    assert len(detector.detect(tilted_10)) == 1  # the cascade tolerates small tilts
+    assert len(detector.detect(tilted_10, face_detector="haar")) == 1  # the cascade tolerates small tilts
     m = similarity_transform(centre, 1.0, 30, centre)
     tilted = cv2.warpAffine(small_photo, m, (w, h), borderMode=cv2.BORDER_REPLICATE)
-    assert detector.detect(tilted) == []  # too tilted for the upright cascade...
+    assert detector.detect(tilted, face_detector="haar") == []  # too tilted for the upright cascade...
     faces = detector.detect(tilted, face_detector=HaarFaceDetector(angles=(-30, 0, 30)), refine=0)
     assert len(faces) == 1 and faces[0].angle == -30  # ...found by searching rotated copies (the angle unrefined)
     expected_centre = apply_affine(m, _centre(upright.box)[None])[0]
@@ -208,20 +208,20 @@ def test_custom_face_detector(detector, small_photo):
 
 
 def test_max_faces(detector, group, group_faces):
-    faces = detector.detect(group[0], max_faces=1)
+    faces = detector.detect(group[0], max_faces=1, face_detector="haar")
     assert len(faces) == 1 and faces[0].box == group_faces[0].box  # the largest
-    assert detector.detect(group[0], max_faces=0) == []
+    assert detector.detect(group[0], max_faces=0, face_detector="haar") == []
     for bad in (-1, 1.5, "2", True):
         with pytest.raises(ValueError, match="max_faces must be None or an integer >= 0"):
-            detector.detect(group[0], max_faces=bad)
+            detector.detect(group[0], max_faces=bad, face_detector="haar")
 
 
 def test_concurrent_detect_matches_serial(detector, group, small_photo):
     # Threads share the default face detector (one OpenCV cascade).
     photos = [group[0], small_photo] * 12
-    serial = [detector.detect(p, refine=0) for p in photos]
+    serial = [detector.detect(p, refine=0, face_detector="haar") for p in photos]
     with ThreadPoolExecutor(4) as pool:
-        parallel = list(pool.map(lambda p: detector.detect(p, refine=0), photos))
+        parallel = list(pool.map(lambda p: detector.detect(p, refine=0, face_detector="haar"), photos))
     assert [len(f) for f in parallel] == [len(f) for f in serial] == [3, 1] * 12
     for got, want in zip(parallel, serial):
         assert [f.box for f in got] == [f.box for f in want]
@@ -237,7 +237,7 @@ def test_refine_turns_each_face_upright_on_its_own_points():
 
     detector = Detector(device="cpu")
     photo = sample_photo()
-    upright = detector.detect(photo)[0]
+    upright = detector.detect(photo, face_detector="haar")[0]
     h, w = photo.shape[:2]
     centre = ((w - 1) / 2, (h - 1) / 2)
     m = similarity_transform(centre, 1.0, -40, centre)  # shown turned 40 degrees clockwise

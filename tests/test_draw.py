@@ -11,7 +11,7 @@ from facekp import Face, draw
 
 
 def test_draw_faces(small_photo, detector):
-    faces = detector.detect(small_photo)
+    faces = detector.detect(small_photo, face_detector="haar")
     out = facekp.draw(small_photo, faces)
     assert out.shape == small_photo.shape and out.dtype == np.uint8
     assert not np.array_equal(out, small_photo)

@@ -175,9 +175,9 @@ def test_presence_is_high_on_validation_faces(bundled):
 def test_detect_drops_the_false_face_haar_finds_on_a_face_free_photo(bundled):
     boxes, _, _ = HaarFaceDetector()(FALSE_FACE_PHOTO)
     assert len(boxes) >= 1  # the cascade reports a face on this wallpaper
-    everything = bundled.detect(FALSE_FACE_PHOTO, min_presence=0)
+    everything = bundled.detect(FALSE_FACE_PHOTO, face_detector="haar", min_presence=0)
     assert len(everything) == len(boxes) and all(f.presence < DEFAULT_MIN_PRESENCE for f in everything)
-    assert bundled.detect(FALSE_FACE_PHOTO) == []
+    assert bundled.detect(FALSE_FACE_PHOTO, face_detector="haar") == []
     assert len(bundled.detect(sample_photo_path())) == 1  # the real face stays
 
 
