@@ -50,17 +50,18 @@ def choose_min_score(model: FaceFinderNet, calibration: BoxCalibration, composer
 
     The choice counts every false face of the finder, even those the presence filter drops later:
     each costs the keypoint network two passes, so a low threshold would make ``detect`` slow on
-    busy photos. One ``detect`` per scene at the lowest threshold gives every row: a higher threshold
-    keeps the same faces less those scored under it (non-maximum suppression never lets a weaker
-    face suppress a stronger one).
+    busy photos. One finder run and one ``detect`` (on those same faces) per scene at the lowest
+    threshold give every row: a higher threshold keeps the same faces less those scored under it
+    (non-maximum suppression never lets a weaker face suppress a stronger one).
     """
     finder = FaceFinder(model, calibration, min_score=min(THRESHOLDS))
     counts = {t: {"found": 0, "false": 0, "kept_found": 0, "kept_false": 0} for t in THRESHOLDS}
     faces = 0
     for i in range(scenes):
         image, points = composer(np.random.default_rng([seed, i]))
-        boxes, scores, _ = finder(image)
-        kept = detector.detect(image, face_detector=finder)
+        found = finder(image)
+        boxes, scores, _ = found
+        kept = detector.detect(image, face_detector=lambda _: found, calibration=calibration)
         kept_scores = np.array([f.score for f in kept])
         kept_centroids = np.array([f.points.mean(axis=0) for f in kept]).reshape(-1, 2)
         faces += len(points)
