@@ -70,3 +70,12 @@ def write_pts_folder(root: Path, n: int, seed: int = 0) -> list[np.ndarray]:
         lines = ["version: 1", "n_points: 68", "{", *(f"{x:.3f} {y:.3f}" for x, y in pts68), "}"]
         (folder / f"face{i}.pts").write_text("\n".join(lines) + "\n")
     return truth
+
+
+def write_negatives_folder(folder: Path, names: tuple[str, ...], seed: int = 0) -> Path:
+    """A folder of blurred-noise "face-free photos" (160x200), one per name."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for name in names:
+        cv2.imwrite(str(folder / name), cv2.GaussianBlur(rng.uniform(0, 255, size=(160, 200)).astype(np.uint8), (0, 0), 2))
+    return folder

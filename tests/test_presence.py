@@ -25,7 +25,7 @@ from facekp.video import VideoTracker
 from facekp.weights import load_model, save_model, sha256_file
 
 from conftest import DATA, ROOT, requires_faces68
-from synthetic import write_kaggle_csv
+from synthetic import write_kaggle_csv, write_negatives_folder
 
 NEGATIVES = DATA.parent / "negatives"
 requires_negatives = pytest.mark.skipif(not NEGATIVES.is_dir(), reason=f"negatives not found at {NEGATIVES}")
@@ -217,12 +217,7 @@ def test_detect_cli_reports_presence_and_filters_on_min_presence(capsys, tmp_pat
 def test_train_presence_on_tiny_data_writes_a_model_folder(tmp_path, tiny_model_dir, capsys):
     data = tmp_path / "train.csv"
     write_kaggle_csv(data, 12, seed=0)
-    negatives = tmp_path / "negatives"
-    negatives.mkdir()
-    rng = np.random.default_rng(0)
-    for name in (*HELD_OUT_NEGATIVES[:2], "wall-a.jpg", "wall-b.png"):
-        texture = cv2.GaussianBlur(rng.uniform(0, 255, size=(160, 200)).astype(np.uint8), (0, 0), 2)
-        cv2.imwrite(str(negatives / name), texture)
+    negatives = write_negatives_folder(tmp_path / "negatives", (*HELD_OUT_NEGATIVES[:2], "wall-a.jpg", "wall-b.png"))
     out = tmp_path / "with-presence"
     argv = ["presence", "--weights", str(tiny_model_dir), "--data", str(data), "--negatives", str(negatives),
             "--out", str(out), "--patches", "16", "--badly-framed", "8", "--json", str(tmp_path / "p.json")]

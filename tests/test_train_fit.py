@@ -17,11 +17,12 @@ from facekp.model import HourglassConfig
 from facekp.train.cli import main as train_main
 from facekp.train.data import load_kaggle_csv, split_by_identity
 from facekp.train.export import export_run
-from facekp.train.fit import Trainer, heatmap_loss, make_batch
+from facekp.train.fit import Trainer, add_negatives, heatmap_loss, make_batch, peak_height
+from facekp.train.negatives import HELD_OUT_NEGATIVES
 from facekp.train.run import FitConfig
 from facekp.config import DetectorConfig
 from facekp.weights import load_model, save_model, sha256_file
-from synthetic import write_kaggle_csv
+from synthetic import write_kaggle_csv, write_negatives_folder
 
 TINY = HourglassConfig(num_stacks=2, depth=2, channels=16)
 
@@ -122,6 +123,30 @@ def test_fresh_run_never_writes_into_a_finished_run_folder(kaggle_csv, tmp_path)
 def test_an_empty_validation_split_is_refused_up_front(kaggle_csv, tmp_path):
     with pytest.raises(ValueError, match="validation split is empty"):
         Trainer(_config(kaggle_csv, tmp_path / "run", val_fraction=0.0))
+
+
+def test_negative_crops_join_the_batch_with_flat_targets_and_their_peak_is_recorded(kaggle_csv, tmp_path):
+    negatives = write_negatives_folder(tmp_path / "negatives", (*HELD_OUT_NEGATIVES[:2], "wall-a.jpg", "wall-b.png"))
+    with pytest.raises(ValueError, match="negatives folder"):
+        _config(kaggle_csv, tmp_path / "x", negatives_per_batch=4)
+    trainer = Trainer(_config(kaggle_csv, tmp_path / "taught", epochs=2, negatives=str(negatives), negatives_per_batch=8))
+    assert len(trainer.negative_photos) == 2  # the held-out photos are never cut for training
+    assert trainer.val_negatives.shape == (256, 1, 96, 96)
+
+    faces = make_batch(trainer.train, np.arange(4), trainer.augmenter, trainer.codec, 0, 0)
+    x, target, mask = add_negatives(faces, np.full((3, 96, 96), 0.5, np.float32), trainer.augmenter, np.random.default_rng(0))
+    assert x.shape[0] == target.shape[0] == mask.shape[0] == 7
+    assert target[4:].abs().sum() == 0 and mask[4:].all() and target[:4].amax() > 0.5
+    # Every pixel of a negative's heatmaps counts: a peak there costs as much as a missed one on a face.
+    out = target.clone()
+    out[5, 2, 3, 3] = 1.0
+    assert heatmap_loss([out], target, mask).item() == pytest.approx(1.0 / (int(mask.sum()) * target.shape[-1] ** 2))
+
+    history = trainer.fit()
+    assert len(history) == 2 and all(0 <= h["val_negative_peak"] <= 2 for h in history)
+    assert history[-1]["val_negative_peak"] == pytest.approx(peak_height(trainer.model.eval(), trainer.val_negatives), rel=1e-5)
+    recorded = json.loads((tmp_path / "taught" / "fit_config.json").read_text())
+    assert recorded["negatives_per_batch"] == 8 and recorded["negatives"] == str(negatives)
 
 
 def test_fine_tune_starts_from_saved_weights_without_flips(kaggle_csv, tmp_path):

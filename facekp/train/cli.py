@@ -48,6 +48,12 @@ def _parser() -> argparse.ArgumentParser:
                           "(repeatable; default: none)")
     fit.add_argument("--max-steps", type=int, default=None,
                      help="stop after this many steps (smoke runs; default: after --epochs)")
+    fit.add_argument("--negatives", type=Path, default=None,
+                     help="face-free photos (e.g. ../shared/data/negatives; its held-out ones are never used) "
+                          "to cut --negatives-per-batch crops from (default: none)")
+    fit.add_argument("--negatives-per-batch", type=int, default=0,
+                     help="crops without a face (face-free patches, badly framed faces) added to each batch and "
+                          "taught all-zero heatmaps, so the points' confidence says when no face is there")
     fit.set_defaults(handler=_fit)
 
     ev = sub.add_parser("eval", help="accuracy on the validation split (or all) of a dataset")
@@ -139,6 +145,8 @@ def _fit(args) -> None:
         checkpoint_minutes=args.checkpoint_minutes, max_steps=args.max_steps, flip=not args.no_flip,
         mirror_offsets=dict(args.mirror_offset),
         init=None if args.init is None else str(Path(args.init).resolve()),
+        negatives=None if args.negatives is None else str(args.negatives.resolve()),
+        negatives_per_batch=args.negatives_per_batch,
     )
     with process_group(config.device) as world:  # a world of one unless started by torchrun
         Trainer(config, world=world).fit(resume=args.resume)  # rank 0 prints each epoch's record as it ends

@@ -21,6 +21,8 @@ from .checkpoint import read_checkpoint
 from .data import Sample, load_dataset, split_by_identity
 from .distributed import World
 from .evaluate import evaluate
+from .negative_crops import load_negatives, negative_crops
+from .negatives import negative_paths
 from .plots import plot_history, require_matplotlib
 from .run import RESUMABLE_CHANGES, RUN_FILES, FitConfig, changed_settings, is_run_folder, load_run, run_log
 
@@ -62,6 +64,26 @@ def make_batch(
     return x, codec.encode(torch.from_numpy(np.stack(points)), mask), mask
 
 
+def add_negatives(
+    batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], crops: np.ndarray, augmenter: Augmenter, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``batch`` (inputs, targets, masks) with ``crops`` (N, 96, 96) appended: photometric
+    augmentation, all-zero target heatmaps and every keypoint counted, so the loss teaches the
+    network to place no peak where there is no face."""
+    x, target, mask = batch
+    neg = torch.from_numpy(network_input(np.stack([augmenter.photometric(c, rng) for c in crops])))
+    n = len(crops)
+    return (torch.cat([x, neg]), torch.cat([target, target.new_zeros((n, *target.shape[1:]))]),
+            torch.cat([mask, mask.new_ones((n, mask.shape[1]))]))
+
+
+@torch.no_grad()
+def peak_height(model: StackedHourglass, x: torch.Tensor, batch_size: int = 64) -> float:
+    """Mean over crops and keypoints of the last stack's heatmap maximum (the points' confidence)."""
+    peaks = [model(x[i : i + batch_size])[-1].amax(dim=(-2, -1)) for i in range(0, len(x), batch_size)]
+    return float(torch.cat(peaks).mean())
+
+
 class Trainer:
     """Runs (or resumes) one training run in ``config.out``; ``world``: this rank of a torchrun launch
     (:mod:`facekp.train.distributed`), where ``batch_size`` is the global batch, split over the ranks."""
@@ -89,6 +111,13 @@ class Trainer:
             self._load_init(config.init)
         self.net = world.wrap(self.model)  # what trains: DDP around self.model across ranks
         self.augmenter = Augmenter(flip=config.flip, mirror_offsets=config.mirror_offsets)
+        self.negative_photos: list[np.ndarray] = []
+        self.val_negatives: torch.Tensor | None = None  # fixed crops of held-out photos and validation faces
+        if config.negatives_per_batch:
+            self.negative_photos = load_negatives(negative_paths(config.negatives, held_out=False))
+            held = load_negatives(negative_paths(config.negatives, held_out=True))
+            crops = negative_crops(held, self.val, 256, np.random.default_rng([config.seed, 1]))
+            self.val_negatives = torch.from_numpy(network_input(crops))
         self.steps_per_epoch = math.ceil(len(self.train) / config.batch_size)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         total = config.epochs * self.steps_per_epoch
@@ -200,6 +229,12 @@ class Trainer:
                     break
                 idx, counted = self.world.shard(order[b * cfg.batch_size : (b + 1) * cfg.batch_size])
                 x, target, mask = make_batch(self.train, idx, self.augmenter, self.codec, cfg.seed, epoch)
+                if cfg.negatives_per_batch:  # the global batch's negatives, drawn alike on every rank, then shared out
+                    rng = np.random.default_rng([cfg.seed, epoch, b, 1])
+                    crops = negative_crops(self.negative_photos, self.train, cfg.negatives_per_batch, rng)
+                    own, share = self.world.shard(np.arange(len(crops)))
+                    if share:
+                        x, target, mask = add_negatives((x, target, mask), crops[own], self.augmenter, rng)
                 mask = (mask & counted).to(self.device)
                 loss = heatmap_loss(self.net(x.to(self.device)), target.to(self.device), mask, self.world.total(mask.sum()))
                 self.optimizer.zero_grad(set_to_none=True)
@@ -241,6 +276,8 @@ class Trainer:
         self.model.eval()
         record["val_rmse"] = evaluate(self.model, self.codec, self.val)["rmse"]
         record["val_rmse_perturbed"] = evaluate(self.model, self.codec, self.val, EVAL_PERTURBATION, seed=1)["rmse"]
+        if self.val_negatives is not None:
+            record["val_negative_peak"] = peak_height(self.model, self.val_negatives.to(self.device))
         if record["val_rmse"] < self.best_rmse:
             self.best_rmse = record["val_rmse"]
             with fileio.atomic_path(self.out / "best.pt", overwrite=True) as tmp:  # the run's own file

@@ -172,6 +172,8 @@ def _reproduce(stages: list[tuple[FitConfig, Path]], name: str) -> str:
                  if getattr(fit, name) != _FIT_DEFAULTS[name]]
         extra += [] if fit.flip else ["--no-flip"]
         extra += [f"--mirror-offset {k}={v:g}" for k, v in fit.mirror_offsets.items()] if fit.flip else []
+        if fit.negatives_per_batch:
+            extra.append(f"--negatives ../shared/data/negatives --negatives-per-batch {fit.negatives_per_batch}")
         if fit.init is not None:
             extra.append(f"--init runs/{Path(fit.init).name}" if is_run_folder(fit.init) else f"--init {Path(fit.init).name}")
         if extra:

@@ -13,22 +13,17 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
 from ..calibration import BoxCalibration, resolve_calibration
 from ..detector import DEFAULT_REFINE, Detector
 from ..face_detection import HaarFaceDetector, to_u8
-from ..geometry import apply_affine, compose_affine, similarity_transform
-from ..images import load_gray
+from ..geometry import apply_affine
 from ..presence import DEFAULT_MIN_PRESENCE, PresenceModel
-from ..preprocess import warp
 from .augment import Augmenter, make_crop
 from .data import Sample
-
-#: Longer side face-free photos are shrunk to before anything is cut from them.
-NEGATIVE_MAX_SIDE = 1024
+from .negative_crops import badly_framed_crops, load_negatives, patch_crops
 
 
 def loose_haar() -> HaarFaceDetector:
@@ -54,51 +49,11 @@ def hard_detectors() -> dict[str, Callable]:
 KEEP_SHARES = (0.99, 0.995)
 
 
-def load_negatives(paths: Sequence[Path], max_side: int = NEGATIVE_MAX_SIDE) -> list[np.ndarray]:
-    """The photos as (H, W) float32 gray in [0, 1], shrunk to ``max_side`` (area averaging)."""
-    out = []
-    for p in paths:
-        g = load_gray(p)
-        f = max_side / max(g.shape)
-        out.append(cv2.resize(g, None, fx=f, fy=f, interpolation=cv2.INTER_AREA) if f < 1 else g)
-    return out
-
-
 def positive_crops(samples: Sequence[Sample], rng: np.random.Generator, per_face: int = 1) -> np.ndarray:
     """``(len * per_face, 96, 96)`` crops of the faces framed with the training augmentation's geometry."""
     geometry = Augmenter().geometry
     return np.stack([make_crop(s.image, s.points, s.mask, s.frame, geometry.sample(rng))[0]
                      for s in samples for _ in range(per_face)])
-
-
-def patch_crops(grays: Sequence[np.ndarray], n: int, rng: np.random.Generator) -> np.ndarray:
-    """``(n, 96, 96)`` square patches of random photos: side 24 px to the photo's shorter side, any rotation."""
-    crops = []
-    for _ in range(n):
-        g = grays[rng.integers(len(grays))]
-        h, w = g.shape
-        side = rng.uniform(24, min(h, w))
-        cx, cy = rng.uniform(side / 2, w - side / 2), rng.uniform(side / 2, h - side / 2)
-        crops.append(warp(g, similarity_transform((cx, cy), 96 / side, rng.uniform(-180, 180)), 96))
-    return np.stack(crops)
-
-
-def badly_framed_crops(samples: Sequence[Sample], n: int, rng: np.random.Generator) -> np.ndarray:
-    """``(n, 96, 96)`` crops of faces that miss the face: zoomed out 0.2-0.35x, zoomed in 2.5-4x on a
-    part, or shifted 45-70 px (canonical frame), a third each."""
-    crops = []
-    for _ in range(n):
-        s = samples[rng.integers(len(samples))]
-        kind = rng.integers(3)
-        if kind == 0:
-            pert = similarity_transform((48, 48), rng.uniform(0.2, 0.35), rng.uniform(-30, 30))
-        elif kind == 1:
-            pert = similarity_transform(48 + rng.uniform(-30, 30, size=2), rng.uniform(2.5, 4.0))
-        else:
-            a, d = rng.uniform(0, 2 * np.pi), rng.uniform(45, 70)
-            pert = similarity_transform((48 + d * np.cos(a), 48 + d * np.sin(a)), rng.uniform(0.8, 1.2))
-        crops.append(warp(s.image.astype(np.float32) / 255, compose_affine(pert, s.frame), 96))
-    return np.stack(crops)
 
 
 def detect_features(detector: Detector, model: PresenceModel, grays: Sequence[np.ndarray],

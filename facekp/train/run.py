@@ -45,6 +45,8 @@ class FitConfig:
     init: str | None = None  # start from these weights (a model file/folder) instead of random ones
     init_sha256: str | None = None  # of an --init weights file, recorded when the run starts (files get replaced)
     mirror_offsets: dict[str, float] = field(default_factory=dict)  # subset -> labels' x offset, px
+    negatives: str | None = None  # face-free photos: negative crops come from its training ones
+    negatives_per_batch: int = 0  # crops without a face added to each batch, taught all-zero heatmaps
 
     def __post_init__(self) -> None:
         """Settings checked before any data is read or network built (``--batch-size 0`` would divide by zero)."""
@@ -58,6 +60,9 @@ class FitConfig:
         validate.number("checkpoint_minutes", self.checkpoint_minutes, 0.0, open_lo=True)
         if self.max_steps is not None:
             validate.integer("max_steps", self.max_steps, 1)
+        validate.integer("negatives_per_batch", self.negatives_per_batch, 0, 65536)
+        if self.negatives_per_batch and self.negatives is None:
+            raise ValueError("negatives_per_batch needs a negatives folder (--negatives) to cut face-free crops from")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -91,7 +96,7 @@ def changed_settings(started: FitConfig, given: FitConfig) -> list[str]:
     a, b = started.to_dict(), given.to_dict()
 
     def same(key: str) -> bool:
-        if key in ("data", "init") and a[key] and b[key]:
+        if key in ("data", "init", "negatives") and a[key] and b[key]:
             return Path(a[key]).resolve() == Path(b[key]).resolve()
         return a[key] == b[key]
 
