@@ -147,6 +147,12 @@ def test_negative_crops_join_the_batch_with_flat_targets_and_their_peak_is_recor
     assert history[-1]["val_negative_peak"] == pytest.approx(peak_height(trainer.model.eval(), trainer.val_negatives), rel=1e-5)
     recorded = json.loads((tmp_path / "taught" / "fit_config.json").read_text())
     assert recorded["negatives_per_batch"] == 8 and recorded["negatives"] == str(negatives)
+    card = tmp_path / "card.md"
+    assert train_main(["export", "--run", str(tmp_path / "taught"), "--name", "tiny", "--package", str(tmp_path / "pkg"),
+                       "--manifest", str(tmp_path / "manifest.json"), "--model-card", str(card), "--no-int8"]) == 0
+    text = card.read_text()
+    assert "--negatives ../shared/data/negatives --negatives-per-batch 8" in text
+    assert "| yes | - | 8 |" in text  # the stage's row: flips, no mirror offsets, 8 face-free crops per batch
 
 
 def test_fine_tune_starts_from_saved_weights_without_flips(kaggle_csv, tmp_path):

@@ -136,15 +136,16 @@ def _history(run: Path) -> list[dict]:
 
 
 def _stage_table(stages: list[tuple[FitConfig, Path]]) -> str:
-    rows = ["| stage | run | epochs | lr | flips | mirror offsets (px) | best epoch | its val RMSE in training, canonical / perturbed | wall time |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| stage | run | epochs | lr | flips | mirror offsets (px) | face-free crops per batch | best epoch | "
+            "its val RMSE in training, canonical / perturbed | wall time |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for i, (fit, run) in enumerate(stages, 1):
         history = _history(run)
         best = min(history, key=lambda r: r.get("val_rmse", float("inf"))) if history else {}
         offsets = ", ".join(f"{k} {v:+.2f}" for k, v in fit.mirror_offsets.items()) if fit.flip else ""
         rmse = f"{best['val_rmse']:.3f} / {best['val_rmse_perturbed']:.3f}" if "val_rmse" in best else "?"
         rows.append(f"| {i} | `runs/{run.name}` | {fit.epochs} | {fit.lr:g} | {'yes' if fit.flip else 'no'} | "
-                    f"{offsets or '-'} | {best.get('epoch', '?')} | {rmse} | {_wall_time(run)} |")
+                    f"{offsets or '-'} | {fit.negatives_per_batch or '-'} | {best.get('epoch', '?')} | {rmse} | {_wall_time(run)} |")
     return "\n".join(rows)
 
 
