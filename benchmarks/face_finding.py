@@ -2,7 +2,7 @@
 
     python benchmarks/face_finding.py [--data ../shared/data/faces68] [--negatives ../shared/data/negatives]
                                       [--detectors haar haar3 facekp dlib mediapipe] [--limit N] [--groups 60]
-                                      [--threads 2] [--precision auto|int8] [--dlib-python PY] [--mediapipe-python PY]
+                                      [--threads 2] [--weights W] [--precision auto|int8] [--dlib-python PY] [--mediapipe-python PY]
 
 Everything is measured on faces that never reached training: the validation identities of the
 keypoint model's split (``split_by_identity(samples, 0.15, seed=0)``) and the negatives held out
@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, help="only the first N validation photos (smoke runs)")
     parser.add_argument("--groups", type=int, default=60, help="composed group scenes")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--weights", help="keypoint weights (a model folder or .safetensors; default: the bundled model)")
     parser.add_argument("--precision", default="auto", choices=("auto", "int8"),
                         help="the keypoint network's: auto (torch fp32 on the CPU) or int8 (the bundled quantized graph)")
     parser.add_argument("--timing-only", action="store_true", help="only the ms columns (e.g. again on an idle machine)")
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     background = negatives[[p.name for p in held_out].index(TIMING_BACKGROUND)]
     timing = {size: _timing_photo(val[0], background, size) for size in ((640, 480), (1920, 1080))}
-    detector = Detector(device="cpu", precision=args.precision, threads=args.threads)
+    detector = Detector(args.weights, device="cpu", precision=args.precision, threads=args.threads)
     print(f"{len(val)} validation photos, {args.groups} group scenes, {len(kinds['negatives'])} face-free photos; "
           f"torch threads {torch.get_num_threads()}; keypoints {detector.backend} {detector.precision}\n")
     header = ["face detector", "photos", "turned 15-90°", "groups", "small (8-25 px)", "NME photos", "NME turned",

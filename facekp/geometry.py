@@ -76,6 +76,13 @@ def compose_affine(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
     return out
 
 
+def turn_frame(m: np.ndarray, angle_deg: float) -> np.ndarray:
+    """The frame ``m`` (2x3, image -> canonical crop) turned by ``angle_deg`` about the crop's centre:
+    the same face position and size, the crop's content rotated (counter-clockwise as displayed)."""
+    c = (CANONICAL_CENTER, CANONICAL_CENTER)
+    return compose_affine(similarity_transform(c, 1.0, angle_deg, c), m)
+
+
 def apply_affine(m: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Apply 2x3 ``m`` (or ``(N, 2, 3)``) to points ``(..., K, 2)``; keeps the points' dtype."""
     m = np.asarray(m, dtype=np.float64)

@@ -13,12 +13,15 @@ from facekp.geometry import (
     box_side_centre,
     canonical_transform,
     compose_affine,
+    face_angle,
     face_geometry,
     frame_scale,
     invert_affine,
     letterbox_transform,
     similarity_transform,
+    turn_frame,
 )
+from synthetic import MEAN_FACE
 
 
 @pytest.mark.parametrize("width, height", [(96, 96), (40, 40), (200, 120), (37, 91), (1000, 13)])
@@ -98,3 +101,15 @@ def test_similarity_transform_maps_the_centre_and_turns_counter_clockwise():
     # One pixel to the right of the centre, turned 90 degrees counter-clockwise as displayed (y down), scaled 2x: 2 px up.
     np.testing.assert_allclose(apply_affine(m, np.array([[11.0, 20.0]])), [[48.0, 46.0]], atol=1e-12)
     assert frame_scale(m) == pytest.approx(2.0)
+
+
+def test_turn_frame_keeps_the_face_centre_and_size_and_turns_its_angle():
+    points = MEAN_FACE.astype(np.float64) * 2.0 + np.array([100.0, 60.0])  # a face in some photo
+    m = canonical_transform(points)
+    for angle in (90.0, 180.0, -30.0):
+        turned = apply_affine(turn_frame(m, angle), points)
+        np.testing.assert_allclose(turned.mean(axis=0), (CANONICAL_CENTER, CANONICAL_CENTER), atol=1e-9)
+        np.testing.assert_allclose(np.linalg.norm(turned - turned.mean(0), axis=1),
+                                   np.linalg.norm(apply_affine(m, points) - CANONICAL_CENTER, axis=1), atol=1e-9)
+        # The content turns counter-clockwise as displayed: the face's angle (clockwise) drops by ``angle``.
+        assert (face_angle(turned) - face_angle(apply_affine(m, points)) + angle + 180) % 360 - 180 == pytest.approx(0, abs=1e-6)

@@ -18,13 +18,15 @@ from facekp.data import sample_photo_path
 from facekp.errors import WeightsError
 from facekp.face_detection import HaarFaceDetector
 from facekp.geometry import similarity_transform, apply_affine
+from facekp.calibration import resolve_calibration
+from facekp.images import load_gray
 from facekp.presence import DEFAULT_MIN_PRESENCE, PresenceModel, shape_residual
 from facekp.train.cli import main as train_main
 from facekp.train.negatives import HELD_OUT_NEGATIVES, negative_paths
 from facekp.video import VideoTracker
 from facekp.weights import load_model, save_model, sha256_file
 
-from conftest import DATA, ROOT, requires_faces68
+from conftest import DATA, HOPPER_BOX, ROOT, requires_faces68
 from synthetic import write_kaggle_csv, write_negatives_folder
 
 NEGATIVES = DATA.parent / "negatives"
@@ -179,6 +181,22 @@ def test_detect_drops_the_false_face_haar_finds_on_a_face_free_photo(bundled):
     assert len(everything) == len(boxes) and all(f.presence < DEFAULT_MIN_PRESENCE for f in everything)
     assert bundled.detect(FALSE_FACE_PHOTO, face_detector="haar") == []
     assert len(bundled.detect(sample_photo_path())) == 1  # the real face stays
+
+
+@pytest.mark.parametrize("wrong_by", [180.0, -90.0, 120.0])
+def test_detect_turns_a_face_its_face_detector_framed_at_the_wrong_angle(bundled, wrong_by):
+    upright = bundled.detect(sample_photo_path(), boxes=[HOPPER_BOX])[0]
+
+    def wrong_angle(image):  # the right box, the angle off by far more than the network's +/-25 degrees
+        return np.array([HOPPER_BOX]), np.ones(1), np.array([wrong_by])
+
+    # Framed as told, the crop is on its side or upside down: presence says no face there.
+    framed = resolve_calibration(bundled, wrong_angle).frame(np.array(HOPPER_BOX), wrong_by)
+    assert bundled.presence(*bundled.predict_refined(load_gray(sample_photo_path()), framed[None], 1))[0] < 0.5
+    (face,) = bundled.detect(sample_photo_path(), face_detector=wrong_angle)
+    assert face.presence >= DEFAULT_MIN_PRESENCE and abs(face.angle - upright.angle) < 5
+    # px, on a face ~220 px wide: one and two re-framings of the upright box differ by 2.9 px here.
+    assert np.linalg.norm(face.points - upright.points, axis=1).mean() < 3.0
 
 
 def test_both_runners_give_the_same_presence(bundled):

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from ..calibration import BoxCalibration, resolve_calibration
-from ..detector import DEFAULT_REFINE, Detector
+from ..detector import DEFAULT_REFINE, RETRY_TURNS, Detector
 from ..face_detection import HaarFaceDetector, to_u8
-from ..geometry import apply_affine
+from ..geometry import apply_affine, turn_frame
 from ..presence import DEFAULT_MIN_PRESENCE, PresenceModel
 from .augment import Augmenter, make_crop
 from .data import Sample
@@ -59,16 +59,21 @@ def positive_crops(samples: Sequence[Sample], rng: np.random.Generator, per_face
 def detect_features(detector: Detector, model: PresenceModel, grays: Sequence[np.ndarray],
                     face_detector: Callable, calibration: BoxCalibration) -> tuple[np.ndarray, list[int]]:
     """Presence features of every face ``face_detector`` reports in ``grays``, framed and refined as
-    :meth:`Detector.detect` does, and the number of faces per photo."""
+    :meth:`Detector.detect` does, at the face detector's angle and at each of detect's
+    :data:`~facekp.detector.RETRY_TURNS`: ``(faces, 1 + turns, features)``; and the number of faces per photo."""
     feats, per_photo = [], []
     for g in grays:
         boxes, _, angles = face_detector(to_u8(g))
         per_photo.append(len(boxes))
         if len(boxes):
-            transforms = np.stack([calibration.frame(b, a) for b, a in zip(boxes, angles)])
-            points, confidence = detector.predict_refined(g, transforms, DEFAULT_REFINE)
-            feats.append(model.features(points, confidence))
-    return (np.concatenate(feats) if feats else np.empty((0, model.num_keypoints + 1))), per_photo
+            frames = [calibration.frame(b, a) for b, a in zip(boxes, angles)]
+            first = detector.predict_refined(g, np.stack(frames), DEFAULT_REFINE)
+            turned = detector.predict_refined(g, np.stack([turn_frame(m, t) for m in frames for t in RETRY_TURNS]),
+                                              DEFAULT_REFINE + 1)
+            n = len(frames)
+            feats.append(np.concatenate([model.features(*first)[:, None],
+                                         model.features(*turned).reshape(n, len(RETRY_TURNS), -1)], axis=1))
+    return (np.concatenate(feats) if feats else np.empty((0, 1 + len(RETRY_TURNS), model.num_keypoints + 1))), per_photo
 
 
 def crop_features(detector: Detector, model: PresenceModel, crops: np.ndarray) -> np.ndarray:
@@ -152,7 +157,7 @@ def fit_presence(
     for name, fd in hard.items():
         progress(f"hard negatives: {fd!r} on {len(neg_train)} face-free photos")
         feats, _ = detect_features(detector, blank, neg_train, fd, resolve_calibration(detector, fd))
-        neg.append(feats)
+        neg.append(feats.reshape(-1, feats.shape[-1]))  # every framing detect may try is a negative
         hard_counts[name] = len(feats)
     mean, scale, weights, bias = fit_logistic(pos, np.concatenate(neg))
     stats = {"trained_on": {"faces": len(train), "patches": patches, "badly_framed": badly_framed,
@@ -167,7 +172,8 @@ def fit_presence(
     for name, fd in {"haar_default": HaarFaceDetector(), "haar_angles_30": HaarFaceDetector(angles=(-30, 0, 30)),
                      **hard}.items():
         feats, counts = detect_features(detector, blank, neg_held, fd, resolve_calibration(detector, fd))
-        false[name] = model.probability(feats)
+        # detect keeps a false face when any of its framings clears the threshold
+        false[name] = model.probability(feats.reshape(-1, feats.shape[-1])).reshape(feats.shape[:2]).max(axis=1, initial=0.0)
         per_photo[name] = counts
     thresholds = {"default": DEFAULT_MIN_PRESENCE} | {f"keep_{s}": float(np.quantile(faces, 1 - s)) for s in KEEP_SHARES}
     model.stats["held_out"] = {
