@@ -154,7 +154,7 @@ class FaceFinder:
         ph, pw = -h % 32, -w % 32
         if ph or pw:
             gray = cv2.copyMakeBorder(gray, 0, ph, 0, pw, cv2.BORDER_REPLICATE)
-        x = normalize(torch.from_numpy(gray))[None, None]
+        x = normalize(torch.from_numpy(np.require(gray, requirements="W")))[None, None]  # torch wants a writable array
         if self._onnx is not None:
             out = self._onnx(x.numpy())
         else:

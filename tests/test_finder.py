@@ -262,3 +262,18 @@ def test_bundled_finders_match_the_manifest_and_load():
         assert weights.min_score == entry["config"]["min_score"] and finder_entry(entry["name"]) == entry
     with pytest.raises(WeightsError, match="no face finder named"):
         load_finder("no-such-finder")
+
+
+def test_a_read_only_photo_runs_on_torch_without_a_warning():
+    import warnings
+
+    from facekp.data import sample_photo
+    from facekp.face_detection import to_u8
+    from facekp.images import load_gray
+
+    gray = to_u8(load_gray(sample_photo()))
+    gray.setflags(write=False)  # as a memory-mapped or shared photo would be
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        boxes, scores, _ = FaceFinder(backend="torch")(gray)
+    assert len(boxes) >= 1 and scores.max() > 0.5

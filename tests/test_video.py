@@ -205,14 +205,14 @@ def test_video_tracker_follows_faces_between_detections(clip, bundled):
     assert {frame.faces[0].track_id for frame in frames} == {0}
     first = frames[0].faces[0].points
     # The model's repeatability: two framings of one face agree to about 1 px of its 96 px frame
-    # on average, 2 px at most (tests/test_shipped_model.py); 1 frame px = RMS radius / 26 image px
+    # on average, 2.5 px at most (tests/test_shipped_model.py); 1 frame px = RMS radius / 26 image px
     # (12 px / 26, about 0.5 image px, here). Reusing the last frame's points would be 4 px off.
     frame_px = _rms(first) / 26.0
     for frame in frames:
         face = frame.faces[0]
         np.testing.assert_array_equal(face.points, face.raw_points)  # smooth=False
         error = np.linalg.norm(face.points - (first + [4.0 * frame.index, 0.0]), axis=1)
-        assert error.mean() < frame_px and error.max() < 2 * frame_px, (frame.index, error)
+        assert error.mean() < frame_px and error.max() < 2.5 * frame_px, (frame.index, error)
         detected = bundled.detect(frame.image, face_detector="haar")[0]
         if frame.index % 4 == 0:  # a detection frame: the face detector's box, detect()'s points
             assert face.box == detected.box
@@ -233,7 +233,8 @@ def test_video_tracker_drops_a_face_whose_confidence_falls(clip, bundled):
     """The face vanishes (a flat grey frame) between detections: a track below min_confidence ends."""
     face, *_ = [f.image for f in read_frames(clip, max_frames=1)]
     blank = np.full_like(face, 110)  # the clip's background, with no face on it
-    # The bundled model's mean confidence is about 0.84 on this face and about 0.4 on featureless crops.
+    # The bundled model's mean confidence is about 0.83 on this face and under 0.01 on a featureless crop
+    # (it was trained to give no peak where there is no face).
     tracker = VideoTracker(bundled, detect_every=10, face_detector="haar")  # the default min_confidence, 0.5
     (start,) = tracker.update(face, 0.0)
     assert start.confidence.mean() > 0.7
@@ -241,8 +242,8 @@ def test_video_tracker_drops_a_face_whose_confidence_falls(clip, bundled):
     # With no live track the detector runs at once (not at frame 10), and the face keeps its track.
     (back,) = tracker.update(face, 0.2)
     assert back.track_id == start.track_id and back.box == bundled.detect(face, face_detector="haar")[0].box
-    # A lower threshold keeps following the (now weak) face through the same blank frame.
-    lenient = VideoTracker(bundled, detect_every=10, min_confidence=0.2, min_presence=0, face_detector="haar")
+    # With no thresholds the track follows the (now empty) place through the same blank frame.
+    lenient = VideoTracker(bundled, detect_every=10, min_confidence=0, min_presence=0, face_detector="haar")
     lenient.update(face, 0.0)
     (weak,) = lenient.update(blank, 0.1)
-    assert 0.2 <= weak.confidence.mean() < 0.5 and weak.track_id == start.track_id
+    assert weak.confidence.mean() < 0.05 and weak.track_id == start.track_id
