@@ -379,23 +379,32 @@ class Detector:
     def _retry_turned(self, gray: np.ndarray, transforms: np.ndarray, refine: int, min_presence: float,
                       points: np.ndarray, confidence: np.ndarray, presence: np.ndarray) -> tuple[np.ndarray, ...]:
         """The faces whose presence is under ``min_presence`` framed again at each of :data:`RETRY_TURNS`
-        (all in one batch per pass, ``refine + 1`` passes); a face takes the points and presence of its
-        best turn when that reaches :data:`RETRY_MIN_PRESENCE` (or ``min_presence``, if higher)."""
+        (:meth:`predict_turns`); a face takes the points and presence of its best turn when that reaches
+        :data:`RETRY_MIN_PRESENCE` (or ``min_presence``, if higher)."""
         low = np.flatnonzero(presence < min_presence)
         if not len(low):
             return points, confidence, presence
-        turned = np.stack([turn_frame(transforms[i], t) for i in low for t in RETRY_TURNS])
-        # One pass more than asked: a turned frame starts farther off (the calibration's box -> centroid
-        # offset was turned with the wrong angle), and one re-framing leaves ~2.5 px on a 220 px face.
-        p, q = self.predict_refined(gray, turned, refine + 1)
-        scores = self.presence(p, q).reshape(len(low), len(RETRY_TURNS))
+        p, q = self.predict_turns(gray, transforms[low], refine)
+        scores = self.presence(p.reshape(-1, *p.shape[2:]), q.reshape(-1, q.shape[-1])).reshape(q.shape[:2])
         points, confidence, presence = points.copy(), confidence.copy(), presence.copy()
         bar = max(min_presence, RETRY_MIN_PRESENCE)
         for k, (i, best) in enumerate(zip(low, scores.argmax(axis=1))):
             if scores[k, best] >= bar:
-                j = k * len(RETRY_TURNS) + best
-                points[i], confidence[i], presence[i] = p[j], q[j], scores[k, best]
+                points[i], confidence[i], presence[i] = p[k, best], q[k, best], scores[k, best]
         return points, confidence, presence
+
+    def predict_turns(self, gray: np.ndarray, transforms: np.ndarray, refine: int) -> tuple[np.ndarray, np.ndarray]:
+        """Points ``(N, T, K, 2)`` and confidences ``(N, T, K)`` of the N faces framed by ``transforms``,
+        each turned by the T angles of :data:`RETRY_TURNS`, all in one batch per pass.
+
+        One re-framing pass more than ``refine``: a turned frame starts farther off (the calibration's
+        box -> centroid offset was turned with the wrong angle), and one re-framing leaves ~2.5 px on a
+        220 px face.
+        """
+        turned = np.stack([turn_frame(m, t) for m in transforms for t in RETRY_TURNS])
+        p, q = self.predict_refined(gray, turned, refine + 1)
+        n, t = len(transforms), len(RETRY_TURNS)
+        return p.reshape(n, t, *p.shape[1:]), q.reshape(n, t, q.shape[-1])
 
     def predict_refined(self, gray: np.ndarray, transforms: np.ndarray, refine: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Points and confidences of the faces framed by ``transforms`` in one photo, one batch per pass.

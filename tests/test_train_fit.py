@@ -18,6 +18,7 @@ from facekp.train.cli import main as train_main
 from facekp.train.data import load_kaggle_csv, split_by_identity
 from facekp.train.export import export_run
 from facekp.train.fit import Trainer, add_negatives, heatmap_loss, make_batch, peak_height
+from facekp.train.negative_crops import negative_crops
 from facekp.train.negatives import HELD_OUT_NEGATIVES
 from facekp.train.run import FitConfig
 from facekp.config import DetectorConfig
@@ -132,6 +133,8 @@ def test_negative_crops_join_the_batch_with_flat_targets_and_their_peak_is_recor
     trainer = Trainer(_config(kaggle_csv, tmp_path / "taught", epochs=2, negatives=str(negatives), negatives_per_batch=8))
     assert len(trainer.negative_photos) == 2  # the held-out photos are never cut for training
     assert trainer.val_negatives.shape == (256, 1, 96, 96)
+    for n in (1, 2):  # fewer than three: no badly framed face among them, still n crops
+        assert negative_crops(trainer.negative_photos, trainer.train, n, np.random.default_rng(0)).shape == (n, 96, 96)
 
     faces = make_batch(trainer.train, np.arange(4), trainer.augmenter, trainer.codec, 0, 0)
     x, target, mask = add_negatives(faces, np.full((3, 96, 96), 0.5, np.float32), trainer.augmenter, np.random.default_rng(0))

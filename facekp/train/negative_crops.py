@@ -41,7 +41,7 @@ def patch_crops(grays: Sequence[np.ndarray], n: int, rng: np.random.Generator) -
         side = rng.uniform(24, min(h, w))
         cx, cy = rng.uniform(side / 2, w - side / 2), rng.uniform(side / 2, h - side / 2)
         crops.append(warp(g, similarity_transform((cx, cy), CANONICAL_SIZE / side, rng.uniform(-180, 180)), CANONICAL_SIZE))
-    return np.stack(crops).reshape(n, CANONICAL_SIZE, CANONICAL_SIZE)
+    return np.array(crops, dtype=np.float32).reshape(n, CANONICAL_SIZE, CANONICAL_SIZE)  # (0, 96, 96) for n = 0
 
 
 def badly_framed_crops(samples: Sequence[Sample], n: int, rng: np.random.Generator) -> np.ndarray:
@@ -60,7 +60,7 @@ def badly_framed_crops(samples: Sequence[Sample], n: int, rng: np.random.Generat
             a, d = rng.uniform(0, 2 * np.pi), rng.uniform(45, 70)
             pert = similarity_transform((c + d * np.cos(a), c + d * np.sin(a)), rng.uniform(0.8, 1.2))
         crops.append(warp(s.image.astype(np.float32) / 255, compose_affine(pert, s.frame), CANONICAL_SIZE))
-    return np.stack(crops).reshape(n, CANONICAL_SIZE, CANONICAL_SIZE)
+    return np.array(crops, dtype=np.float32).reshape(n, CANONICAL_SIZE, CANONICAL_SIZE)  # (0, 96, 96) for n = 0
 
 
 def negative_crops(grays: Sequence[np.ndarray], samples: Sequence[Sample], n: int, rng: np.random.Generator) -> np.ndarray:

@@ -19,7 +19,7 @@ import torch
 from ..calibration import BoxCalibration, resolve_calibration
 from ..detector import DEFAULT_REFINE, RETRY_TURNS, Detector
 from ..face_detection import HaarFaceDetector, to_u8
-from ..geometry import apply_affine, turn_frame
+from ..geometry import apply_affine
 from ..presence import DEFAULT_MIN_PRESENCE, PresenceModel
 from .augment import Augmenter, make_crop
 from .data import Sample
@@ -60,7 +60,7 @@ def detect_features(detector: Detector, model: PresenceModel, grays: Sequence[np
                     face_detector: Callable, calibration: BoxCalibration) -> tuple[np.ndarray, list[int]]:
     """Presence features of every face ``face_detector`` reports in ``grays``, framed and refined as
     :meth:`Detector.detect` does, at the face detector's angle and at each of detect's
-    :data:`~facekp.detector.RETRY_TURNS`: ``(faces, 1 + turns, features)``; and the number of faces per photo."""
+    turns (:meth:`~facekp.Detector.predict_turns`): ``(faces, 1 + turns, features)``; and the number of faces per photo."""
     feats, per_photo = [], []
     for g in grays:
         boxes, _, angles = face_detector(to_u8(g))
@@ -68,11 +68,9 @@ def detect_features(detector: Detector, model: PresenceModel, grays: Sequence[np
         if len(boxes):
             frames = [calibration.frame(b, a) for b, a in zip(boxes, angles)]
             first = detector.predict_refined(g, np.stack(frames), DEFAULT_REFINE)
-            turned = detector.predict_refined(g, np.stack([turn_frame(m, t) for m in frames for t in RETRY_TURNS]),
-                                              DEFAULT_REFINE + 1)
-            n = len(frames)
-            feats.append(np.concatenate([model.features(*first)[:, None],
-                                         model.features(*turned).reshape(n, len(RETRY_TURNS), -1)], axis=1))
+            p, q = detector.predict_turns(g, np.stack(frames), DEFAULT_REFINE)
+            turned = model.features(p.reshape(-1, *p.shape[2:]), q.reshape(-1, q.shape[-1])).reshape(*q.shape[:2], -1)
+            feats.append(np.concatenate([model.features(*first)[:, None], turned], axis=1))
     return (np.concatenate(feats) if feats else np.empty((0, 1 + len(RETRY_TURNS), model.num_keypoints + 1))), per_photo
 
 
