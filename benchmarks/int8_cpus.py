@@ -53,9 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     qemu = shutil.which("qemu-x86_64")
     if qemu is None or platform.machine() != "x86_64":
         sys.exit("needs an x86_64 host with qemu-x86_64 on PATH (Debian/Ubuntu: apt-get install qemu-user)")
-    from facekp.weights import bundled_int8_onnx, default_entry
+    from facekp.weights import bundled_onnx, default_entry
 
-    graphs = {str(g): g for g in args.graph} if args.graph else {"bundled (7-bit weights)": bundled_int8_onnx(default_entry())}
+    graphs = {str(g): g for g in args.graph} if args.graph else {"bundled (7-bit weights)": bundled_onnx(default_entry(), "int8")}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         inputs, truth = prepare_inputs(args.data, args.limit, work / "inputs.npz")

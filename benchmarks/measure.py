@@ -122,12 +122,12 @@ def face_crops(samples, n: int, side: int = CROP_SIDE) -> list[np.ndarray]:
 
 def bundled_int8(weights: str | None) -> Path | None:
     """The int8 graph bundled with a manifest model (None: the default), or None."""
-    from facekp.weights import bundled_int8_onnx, default_entry, find_entry
+    from facekp.weights import bundled_onnx, default_entry, find_entry
 
     if weights is not None and Path(weights).exists():
         return None
     entry = default_entry() if weights is None else find_entry(weights)
-    return bundled_int8_onnx(entry) if entry.int8_onnx else None
+    return bundled_onnx(entry, "int8") if entry.int8_onnx else None
 
 
 def gemm_flops(device: str = "cpu", n: int = 2048) -> float:

@@ -21,8 +21,8 @@ from .model import StackedHourglass
 from .preprocess import frame_crops, letterbox_transforms
 from .presence import DEFAULT_MIN_PRESENCE, PresenceModel
 from .results import Face
-from .runtime import make_runner, resolve_device, run_crops
-from .weights import ResolvedWeights, bundled_int8_onnx, resolve_weights, save_model
+from .runtime import bundled_graph, make_runner, resolve_device, run_crops
+from .weights import ResolvedWeights, resolve_weights, save_model
 
 #: Re-framing passes :meth:`Detector.detect` runs by default (see ``docs/detection.md``).
 DEFAULT_REFINE = 1
@@ -76,10 +76,12 @@ class Detector:
             with it, flip test makes the validation RMSE about 0.2 px worse (``val_rmse_flip_test``
             vs ``val_rmse`` in ``weights_manifest.json``).
         backend: ``None`` (default: ``"onnx"`` when ``precision="int8"`` or ``onnx_model`` asks for
-            an ONNX graph, else ``"torch"``), ``"torch"``, ``"onnx"`` to run the network with onnxruntime
-            (faster on CPU, see ``docs/benchmarks.md``; the export is cached in
-            ``~/.cache/facekp/onnx``), or ``"auto"``: onnx on CPU when onnxruntime is installed,
-            else torch. All give the same points to within 1e-3 px.
+            an ONNX graph, or on the CPU in fp32 when the weights are a manifest model that bundles
+            its fp32 graph, as the default model does; else ``"torch"``), ``"torch"``, ``"onnx"`` to
+            run the network with onnxruntime (3-4x faster on CPU, see ``docs/benchmarks.md``; weights
+            without a bundled graph are exported once, which needs the ``onnx`` extra, and cached in
+            ``~/.cache/facekp/onnx``), or ``"auto"``: onnx on CPU when a graph is bundled or can be
+            exported, else torch. All give the same points to within 1e-3 px.
         precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast of the torch network; the
             heatmap decode always runs in fp32), ``"auto"``: fp16 on CUDA, fp32 on CPU, or
             ``"int8"``: the quantized ONNX graph bundled with the model, on CPU (needs
@@ -111,10 +113,10 @@ class Detector:
         threads: int | None = None,
     ) -> None:
         resolved = weights if isinstance(weights, ResolvedWeights) else resolve_weights(weights)
-        if resolved.entry is not None and precision == "int8" and onnx_model is None:
-            onnx_model = bundled_int8_onnx(resolved.entry)
         self.batch_size = _check_batch_size(batch_size)
         self.device = resolve_device(device)
+        if resolved.entry is not None and onnx_model is None:
+            onnx_model = bundled_graph(resolved.entry, self.device, backend, precision, compile)
         self.config = resolved.config
         self.flip_test = flip_test
         #: the face-presence model of the config (:mod:`facekp.presence`), or None when it has none

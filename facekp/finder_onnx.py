@@ -18,6 +18,7 @@ import torch
 from .finder_model import STRIDES, FaceFinderNet
 from .model import fuse_conv_bn
 from .onnx import require_onnx
+from .threads import onnxruntime_options
 
 INPUT_NAME = "photo"
 OUTPUT_NAMES = tuple(f"s{s}" for s in STRIDES)
@@ -45,8 +46,7 @@ class OnnxFinderRunner:
     def __init__(self, model: bytes, threads: int = 1) -> None:
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
+        options = onnxruntime_options(threads)
         options.inter_op_num_threads = 1
         self._session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 

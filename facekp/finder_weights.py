@@ -2,7 +2,7 @@
 
 The file's metadata holds the architecture (:class:`facekp.finder_model.FinderConfig`) and the
 calibration from the finder's boxes to the keypoint network's frame; the manifest's
-``face_finders`` list names the bundled files with their sha256. Nothing is ever unpickled.
+``face_finders`` list names the bundled files (weights and ONNX graph) with their sha256. Nothing is ever unpickled.
 """
 
 from __future__ import annotations
@@ -26,11 +26,13 @@ DEFAULT_FINDER = "finder-s8"
 
 
 class FinderWeights(NamedTuple):
-    """A loaded finder: the network (eval mode), its box calibration and its chosen score threshold."""
+    """A loaded finder: the network (eval mode), its box calibration, its chosen score threshold and,
+    for a bundled finder that ships one, its ONNX graph (verified), which needs no export to run."""
 
     model: FaceFinderNet
     calibration: BoxCalibration
     min_score: float
+    onnx: Path | None = None
 
 
 def save_finder(model: FaceFinderNet, calibration: BoxCalibration, path: str | Path, min_score: float = 0.5,
@@ -86,10 +88,15 @@ def finder_entry(name: str = DEFAULT_FINDER, manifest: str | Path | None = None)
 
 
 def load_finder(name: str = DEFAULT_FINDER) -> FinderWeights:
-    """A bundled finder, verified against the manifest's sha256."""
+    """A bundled finder, verified against the manifest's sha256, with its ONNX graph when the entry has one."""
     entry = finder_entry(name)
-    path = bundled_path(entry["file"])
-    if not path.exists():
-        raise WeightsError(f"bundled face finder {path} is missing from the installed package")
-    verify_file(path, entry["sha256"], f"bundled face finder {path}")
-    return load_finder_file(path)
+    paths = {"weights": bundled_path(entry["file"])}
+    if entry.get("onnx"):
+        paths["ONNX graph"] = bundled_path(entry["onnx"]["file"])
+    for what, path in paths.items():
+        if not path.exists():
+            raise WeightsError(f"bundled face finder {what} {path} is missing from the installed package")
+    verify_file(paths["weights"], entry["sha256"], f"bundled face finder {paths['weights']}")
+    if "ONNX graph" in paths:
+        verify_file(paths["ONNX graph"], entry["onnx"]["sha256"], f"bundled face finder ONNX graph {paths['ONNX graph']}")
+    return load_finder_file(paths["weights"])._replace(onnx=paths.get("ONNX graph"))

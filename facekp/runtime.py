@@ -28,7 +28,8 @@ from .model import StackedHourglass, fuse_conv_bn
 from .onnx import (INSTALL_HINT, METADATA_KEY, OUTPUT_NAMES, PRECISION_KEY, cached_onnx_bytes, embedded_config,
                    onnx_export_available)
 from .preprocess import network_input
-from .threads import torch_threads_for
+from .threads import onnxruntime_options, torch_threads_for
+from .weights import ManifestEntry, bundled_onnx
 
 #: Inference backends: the torch network, its ONNX export run by onnxruntime, or "auto" (onnx on
 #: CPU when onnxruntime is installed and fp32 is asked for, else torch).
@@ -78,6 +79,23 @@ def resolve_backend(backend: str, device: torch.device, precision: str = "auto",
     return "onnx" if onnx_export_available() else "torch"
 
 
+def bundled_graph(entry: ManifestEntry, device: torch.device, backend: str | None = None, precision: str = "auto",
+                  compile: bool | str = False) -> Path | None:
+    """The ONNX graph bundled with manifest model ``entry`` that these settings run, or None (no graph).
+
+    ``precision="int8"``: the int8 graph (:class:`~facekp.errors.WeightsError` when the model ships
+    none). On the CPU, fp32 without compile and ``backend`` None, ``"auto"`` or ``"onnx"``: the fp32
+    graph, when the model ships one. It gives the torch network's points to within 1e-3 px in a
+    third to a quarter of the time (``docs/benchmarks.md``), and needs no export (so no ``onnx`` package).
+    """
+    if precision == "int8":
+        return bundled_onnx(entry, "int8")
+    wants_fp32_graph = backend in (None, "auto", "onnx") and precision in ("auto", "fp32") and not compile
+    if device.type == "cpu" and wants_fp32_graph and entry.fp32_onnx:
+        return bundled_onnx(entry, "fp32")
+    return None
+
+
 def resolve_precision(precision: str, device: torch.device, backend: str = "torch") -> str:
     """``"auto"`` -> ``"fp16"`` for the torch backend on CUDA, else ``"fp32"``; other values are checked."""
     if precision not in PRECISIONS:
@@ -102,7 +120,8 @@ def make_runner(
     for on ``device`` (see :class:`facekp.Detector` for the values); ``ValueError`` or
     :class:`~facekp.errors.WeightsError` for combinations that cannot run. ``model`` itself is not
     modified (the torch runner fuses a copy; the onnx runner leaves the torch network alone)."""
-    if backend is None:  # the default: torch, unless an ONNX graph is asked for
+    if backend is None or (backend == "auto" and onnx_model is not None):
+        # the default: torch, unless an ONNX graph is asked for or bundled (bundled_graph)
         backend = "onnx" if precision == "int8" or onnx_model is not None else "torch"
     backend = resolve_backend(backend, device, precision, compile)
     if onnx_model is not None and backend != "onnx":
@@ -250,12 +269,10 @@ class OnnxRunner(_FlipTest):
             providers = [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
         else:
             providers = ["CPUExecutionProvider"]
-        options = ort.SessionOptions()
+        options = onnxruntime_options(threads)
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3
-        if threads is not None:
-            options.intra_op_num_threads = int(threads)
         self.threads = threads
         self.source = "the exported graph" if isinstance(model, (bytes, bytearray)) else str(model)
         self.session = _session(ort, model, options, providers)

@@ -137,7 +137,12 @@ class ManifestEntry:
     repo_id: str | None = None
     revision: str | None = None
     metrics: dict | None = None
+    fp32_onnx: dict | None = None  # file, sha256, size, metrics of the bundled fp32 ONNX graph (the CPU default)
     int8_onnx: dict | None = None  # file, sha256, size, metrics of the bundled int8 ONNX graph
+
+    def onnx_graph(self, precision: str) -> dict | None:
+        """The manifest's record of the bundled ``"fp32"`` or ``"int8"`` ONNX graph, or None."""
+        return {"fp32": self.fp32_onnx, "int8": self.int8_onnx}[precision]
 
     @property
     def path(self) -> Path:
@@ -210,17 +215,18 @@ def load_bundled(entry: ManifestEntry) -> tuple[StackedHourglass, DetectorConfig
     return model, config
 
 
-def bundled_int8_onnx(entry: ManifestEntry) -> Path:
-    """The bundled int8 ONNX graph of a manifest model, verified against its sha256."""
-    if not entry.int8_onnx:
+def bundled_onnx(entry: ManifestEntry, precision: str) -> Path:
+    """The bundled ``"fp32"`` or ``"int8"`` ONNX graph of a manifest model, verified against its sha256."""
+    graph = entry.onnx_graph(precision)
+    if not graph:
         raise WeightsError(
-            f"model {entry.name!r} ships no int8 graph; make one with `facekp export-onnx OUT.onnx --int8 CROPS_DIR` "
-            "and pass Detector(..., backend='onnx', onnx_model='OUT.onnx')"
+            f"model {entry.name!r} ships no {precision} graph; make one with `facekp export-onnx OUT.onnx"
+            f"{' --int8 CROPS_DIR' if precision == 'int8' else ''}` and pass Detector(..., backend='onnx', onnx_model='OUT.onnx')"
         )
-    path = bundled_path(entry.int8_onnx["file"])
+    path = bundled_path(graph["file"])
     if not path.exists():
-        raise WeightsError(f"bundled int8 graph {path} is missing from the installed package")
-    verify_file(path, entry.int8_onnx["sha256"], f"bundled int8 graph {path}")
+        raise WeightsError(f"bundled {precision} graph {path} is missing from the installed package")
+    verify_file(path, graph["sha256"], f"bundled {precision} graph {path}")
     return path
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from facekp.errors import WeightsError
+from facekp.errors import ChecksumError, WeightsError
 from facekp.calibration import BoxCalibration
 from facekp.face_detection import run_face_detector
 from facekp.finder import FINDER_NAME, FaceFinder, decode
@@ -186,7 +186,8 @@ def test_weights_file_round_trip_and_finder_callable(tmp_path):
     path = save_finder(model, calibration, tmp_path / "finder.safetensors", min_score=0.3)
     with pytest.raises(FileExistsError):
         save_finder(model, calibration, path)
-    loaded, cal, min_score = load_finder_file(path)
+    loaded, cal, min_score, graph = load_finder_file(path)
+    assert graph is None  # a file carries no graph; a bundled finder may
     assert cal == calibration and loaded.config == TINY and min_score == 0.3
     assert FaceFinder.from_file(path).min_score == 0.3
     x = torch.randn(1, 1, 64, 96)
@@ -260,8 +261,32 @@ def test_bundled_finders_match_the_manifest_and_load():
         weights = load_finder(entry["name"])
         assert weights.calibration.to_dict() == entry["config"]["box_to_frame"]
         assert weights.min_score == entry["config"]["min_score"] and finder_entry(entry["name"]) == entry
+        graph = entry["onnx"]  # shipped, so that a plain install (no onnx extra) runs it
+        assert weights.onnx == bundled_path(graph["file"]) and sha256_file(weights.onnx) == graph["sha256"]
     with pytest.raises(WeightsError, match="no face finder named"):
         load_finder("no-such-finder")
+
+
+def test_the_bundled_finder_runs_its_own_graph_which_gives_the_torch_maps(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    import facekp.finder_weights as finder_weights
+    from facekp.finder_weights import load_finder
+
+    finder = FaceFinder()
+    assert finder.backend == "onnx"
+    photo = np.random.default_rng(2).integers(0, 255, (120, 200), dtype=np.uint8)
+    for a, b in zip(FaceFinder(backend="torch").maps(photo), finder.maps(photo)):
+        np.testing.assert_allclose(a, b, atol=1e-3)
+    # A changed graph file is refused, not run.
+    bundled = load_finder()
+    tampered = tmp_path / "finder.onnx"
+    data = bytearray(bundled.onnx.read_bytes())
+    data[-1] ^= 1
+    tampered.write_bytes(bytes(data))
+    real_path = finder_weights.bundled_path
+    monkeypatch.setattr(finder_weights, "bundled_path", lambda f: tampered if f.endswith(".onnx") else real_path(f))
+    with pytest.raises(ChecksumError, match="ONNX graph"):
+        FaceFinder()
 
 
 def test_a_read_only_photo_runs_on_torch_without_a_warning():

@@ -341,6 +341,31 @@ def test_bundled_int8_graph_is_verified_and_chosen_by_precision(tiny_manifest, t
         Detector("tiny", device="cpu", backend="onnx", precision="int8")
 
 
+def test_bundled_fp32_graph_is_the_cpu_default_and_verified(tiny_manifest, tiny_weights, tmp_path, faces):
+    import json
+
+    from facekp import ChecksumError
+    from facekp.weights import sha256_file
+
+    entry = {"name": "tiny", "file": str(tiny_weights), "sha256": sha256_file(tiny_weights),
+             "size": tiny_weights.stat().st_size, "config": json.loads((tiny_weights.parent / "config.json").read_text())}
+    graph = export_onnx(tmp_path / "tiny.onnx", tiny_weights)
+    fp32 = {"file": str(graph), "sha256": sha256_file(graph), "size": graph.stat().st_size, "metrics": {}}
+    tiny_manifest([{**entry, "fp32_onnx": fp32}])
+    det = Detector("tiny", device="cpu")
+    assert (det.backend, det.precision, det.runner.source) == ("onnx", "fp32", str(graph))
+    for backend in ("auto", "onnx"):
+        assert Detector("tiny", device="cpu", backend=backend).runner.source == str(graph)
+    on_torch = Detector("tiny", device="cpu", backend="torch")
+    np.testing.assert_allclose(det.predict_batch(faces), on_torch.predict_batch(faces), atol=1e-3)
+    graph.write_bytes(graph.read_bytes()[:-1] + bytes([graph.read_bytes()[-1] ^ 1]))
+    with pytest.raises(ChecksumError, match="bundled fp32 graph"):
+        Detector("tiny", device="cpu")
+    assert Detector("tiny", device="cpu", backend="torch").backend == "torch"  # torch never opens the graph
+    tiny_manifest([entry])
+    assert Detector("tiny", device="cpu").backend == "torch"  # no graph bundled: torch, as before
+
+
 def test_cli_export_int8(tiny_model_dir, tmp_path, capsys):
     from PIL import Image
 

@@ -71,21 +71,29 @@ except ImportError as exc:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_auto_backends_fall_back_to_torch_without_onnx(tmp_path):
-    """A plain install (onnxruntime, no onnx) runs the finder and ``backend="auto"`` on torch; asking
-    for ``"onnx"`` outright is the one-line ImportError."""
+def test_a_plain_install_runs_the_bundled_graphs_and_falls_back_to_torch_for_others(tiny_model_dir, tmp_path,
+                                                                                     monkeypatch):
+    """A plain install (onnxruntime, no onnx) runs the bundled networks' own ONNX graphs; a network
+    without one (the tiny model, a finder passed in) runs on torch with ``"auto"``, and asking for
+    ``"onnx"`` outright is the one-line ImportError."""
     code = """
 from facekp import Detector
 from facekp.data import sample_photo
 from facekp.finder import FaceFinder
+from facekp.finder_weights import load_finder
 
-print(FaceFinder().backend, Detector(device="cpu", backend="auto").backend)
+print(FaceFinder().backend, Detector(device="cpu").backend, Detector(device="cpu", backend="auto").backend)
 print(len(Detector(device="cpu").detect(sample_photo(), face_detector="facekp", min_score=0.05, min_presence=0)) > 0)
-try:
-    FaceFinder(backend="onnx")
-except ImportError as exc:
-    print(exc)
+bundled = load_finder()
+print(FaceFinder(bundled.model, bundled.calibration).backend, Detector(sys.argv[1], device="cpu", backend="auto").backend)
+for make in (lambda: FaceFinder(bundled.model, bundled.calibration, backend="onnx"),
+             lambda: Detector(sys.argv[1], device="cpu", backend="onnx")):
+    try:
+        make()
+    except ImportError as exc:
+        print(exc)
 """
-    run = _without_onnx(code, cwd=tmp_path)
+    monkeypatch.setenv("FACEKP_CACHE", str(tmp_path / "cache"))  # no earlier export of the tiny model to reuse
+    run = _without_onnx(code, str(tiny_model_dir), cwd=tmp_path)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.splitlines() == ["torch torch", "True", MISSING + INSTALL]
+    assert run.stdout.splitlines() == ["onnx onnx onnx", "True", "torch torch", MISSING + INSTALL, MISSING + INSTALL]

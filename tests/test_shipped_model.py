@@ -72,6 +72,29 @@ def test_detect_on_the_sample_photo_agrees_with_the_crop(detector):
     assert diff.mean() < 1.0 and diff.max() < 2.5
 
 
+def test_the_cpu_default_runs_the_bundled_fp32_graph_with_the_torch_networks_points(detector):
+    from facekp.weights import bundled_onnx
+
+    assert (detector.backend, detector.precision) == ("onnx", "fp32")
+    assert detector.runner.source == str(bundled_onnx(default_entry(), "fp32"))  # bundled: nothing exported
+    torch_detector = Detector(device="cpu", backend="torch")
+    assert torch_detector.backend == "torch"
+    assert Detector(device="cpu", precision="bf16").backend == "torch"  # the graph is fp32 only
+    from PIL import Image
+
+    crops = [np.asarray(Image.open(path).convert("L").resize((96, 96))) for path in (FACE_CROP, sample_photo_path())]
+    # in network-frame pixels (the crops are 96x96)
+    np.testing.assert_allclose(detector.predict_batch(crops), torch_detector.predict_batch(crops), atol=1e-3)
+    graph = default_entry().fp32_onnx["metrics"]
+    assert abs(graph["val_rmse"] - default_entry().metrics["val_rmse"]) < 1e-3
+
+
+def test_onnxruntime_threads_sleep_between_runs(detector):
+    # Spinning workers would share detect's 2 cores with OpenCV and numpy between the passes.
+    options = detector.runner.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
 @pytest.fixture(scope="module")
 def int8_detector() -> Detector:
     pytest.importorskip("onnxruntime")

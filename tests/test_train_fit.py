@@ -152,7 +152,7 @@ def test_negative_crops_join_the_batch_with_flat_targets_and_their_peak_is_recor
     assert recorded["negatives_per_batch"] == 8 and recorded["negatives"] == str(negatives)
     card = tmp_path / "card.md"
     assert train_main(["export", "--run", str(tmp_path / "taught"), "--name", "tiny", "--package", str(tmp_path / "pkg"),
-                       "--manifest", str(tmp_path / "manifest.json"), "--model-card", str(card), "--no-int8"]) == 0
+                       "--manifest", str(tmp_path / "manifest.json"), "--model-card", str(card), "--no-onnx"]) == 0
     text = card.read_text()
     assert "--negatives ../shared/data/negatives --negatives-per-batch 8" in text
     assert "| yes | - | 8 |" in text  # the stage's row: flips, no mirror offsets, 8 face-free crops per batch
@@ -179,10 +179,10 @@ def test_fine_tune_starts_from_saved_weights_without_flips(kaggle_csv, tmp_path)
     card = tmp_path / "card.md"
     assert train_main(["export", "--run", str(tmp_path / "tuned"), "--name", "tiny", "--data", str(kaggle_csv),
                        "--package", str(tmp_path / "pkg"), "--manifest", str(tmp_path / "manifest.json"),
-                       "--model-card", str(card), "--no-int8"]) == 0
+                       "--model-card", str(card), "--no-onnx"]) == 0
     assert f"Stage 1 starts from the weights `{saved.name}` (sha256 `{recorded['init_sha256']}`)" in card.read_text()
     # A model exported beside the default one gets its own card and curves; the default's stay.
-    assert train_main(["export", "--run", str(tmp_path / "tuned"), "--name", "extra", "--no-default", "--no-int8",
+    assert train_main(["export", "--run", str(tmp_path / "tuned"), "--name", "extra", "--no-default", "--no-onnx",
                        "--package", str(tmp_path / "pkg"), "--manifest", str(tmp_path / "manifest.json"),
                        "--model-card", str(tmp_path / "model-card-extra.md")]) == 0
     assert (tmp_path / "model-card-extra.md").read_text().startswith("# Model card: `extra`\n\nA facekp keypoint model")
@@ -372,7 +372,7 @@ def test_two_stage_run_fine_tunes_from_a_run_folder_and_the_card_shows_both(two_
     first, second, stage1_best, stage2_start = two_stage_runs
     for k, v in stage2_start.items():  # stage 2 starts from the first stage's best epoch
         torch.testing.assert_close(v, stage1_best[k])
-    assert train_main([*_export_args(second, kaggle_csv, tmp_path), "--no-int8"]) == 0
+    assert train_main([*_export_args(second, kaggle_csv, tmp_path), "--no-onnx"]) == 0
     card = tmp_path / "card" / "model-card.md"
     text = card.read_text()
     assert "| 1 | `runs/stage1` | 1 |" in text and "kaggle +0.50" in text
@@ -381,20 +381,25 @@ def test_two_stage_run_fine_tunes_from_a_run_folder_and_the_card_shows_both(two_
     assert "facekp-train fit --data training.csv" in text and "--batch-size 8 --val-fraction 0.25" in text  # not the defaults
     assert "--no-flip --init runs/stage1" in text and "facekp-train export --run runs/default --name tiny" in text
     assert (card.parent / "training-curves.png").stat().st_size > 5000
-    assert "int8_onnx" not in json.loads((tmp_path / "manifest.json").read_text())["models"][0]
-    assert "int8 ONNX graph" not in text and not list((tmp_path / "pkg" / "weights").glob("*.onnx"))
+    assert not {"int8_onnx", "fp32_onnx"} & set(json.loads((tmp_path / "manifest.json").read_text())["models"][0])
+    assert "ONNX graph" not in text and not list((tmp_path / "pkg" / "weights").glob("*.onnx"))
 
 
-def test_export_writes_a_scored_int8_graph_beside_the_weights(two_stage_runs, kaggle_csv, tmp_path):
+def test_export_writes_scored_fp32_and_int8_graphs_beside_the_weights(two_stage_runs, kaggle_csv, tmp_path):
     pytest.importorskip("onnxruntime")  # the int8 graph is quantized and scored with onnxruntime (the onnx extra)
     _, second, _, _ = two_stage_runs
     assert train_main(_export_args(second, kaggle_csv, tmp_path)) == 0
     # The int8 graph is written beside the weights, recorded with its hash and scored.
-    int8 = json.loads((tmp_path / "manifest.json").read_text())["models"][0]["int8_onnx"]
-    graph = tmp_path / "pkg" / "weights" / int8["file"]
-    assert int8["sha256"] == sha256_file(graph) and np.isfinite(int8["metrics"]["val_rmse_perturbed"])
-    det = Detector(tmp_path / "pkg" / "weights" / "tiny.safetensors", device="cpu", backend="onnx", onnx_model=graph)
-    assert det.precision == "int8" and "int8 ONNX graph" in (tmp_path / "card" / "model-card.md").read_text()
+    entry = json.loads((tmp_path / "manifest.json").read_text())["models"][0]
+    int8, fp32 = entry["int8_onnx"], entry["fp32_onnx"]
+    weights = tmp_path / "pkg" / "weights" / "tiny.safetensors"
+    for record, precision in ((int8, "int8"), (fp32, "fp32")):
+        graph = tmp_path / "pkg" / "weights" / record["file"]
+        assert record["sha256"] == sha256_file(graph) and np.isfinite(record["metrics"]["val_rmse_perturbed"])
+        assert Detector(weights, device="cpu", backend="onnx", onnx_model=graph).precision == precision
+    assert fp32["file"] == "tiny.onnx" and abs(fp32["metrics"]["val_rmse"] - entry["metrics"]["val_rmse"]) < 1e-3
+    card = (tmp_path / "card" / "model-card.md").read_text()
+    assert "int8 ONNX graph" in card and "fp32 ONNX graph `facekp/weights/tiny.onnx`" in card
 
 
 @pytest.fixture(scope="module")
@@ -412,7 +417,7 @@ def test_cli_fit_records_sigma_and_stride_through_export(strided_run, kaggle_csv
     assert recorded["sigma"] == 2.0 and recorded["hourglass"]["heatmap_stride"] == 2
     assert train_main(["export", "--run", str(strided_run), "--name", "s2", "--package", str(tmp_path / "pkg"),
                        "--manifest", str(tmp_path / "manifest.json"), "--model-card", str(tmp_path / "card.md"),
-                       "--no-int8", "--no-default"]) == 0
+                       "--no-onnx", "--no-default"]) == 0
     weights = tmp_path / "pkg" / "weights" / "s2.safetensors"
     _, config = load_model(weights)
     assert config.sigma == 2.0 and config.hourglass.heatmap_stride == 2 and config.hourglass.heatmap_size == 48

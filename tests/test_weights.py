@@ -53,9 +53,9 @@ def test_the_real_manifest_matches_the_bundled_files():
         if not entry.bundled:
             continue
         files = [(entry.path, entry.size, entry.sha256)]
-        if entry.int8_onnx:
-            graph = entry.int8_onnx
-            files.append((entry.path.with_name(graph["file"]), graph["size"], graph["sha256"]))
+        for graph in (entry.fp32_onnx, entry.int8_onnx):
+            if graph:
+                files.append((entry.path.with_name(graph["file"]), graph["size"], graph["sha256"]))
         for path, size, sha256 in files:
             assert path.stat().st_size == size and sha256_file(path) == sha256.lower(), path
     _, config = load_bundled(default)

@@ -86,8 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--hub-folder", type=Path,
                     help="also write config.json + model.safetensors here for a Hub upload (default: none)")
     ex.add_argument("--no-default", action="store_true", help="do not make this the default model")
-    ex.add_argument("--no-int8", action="store_true",
-                    help="skip the int8 ONNX graph (otherwise written beside the weights, for Detector(precision='int8'))")
+    ex.add_argument("--no-onnx", action="store_true",
+                    help="skip the ONNX graphs (otherwise written beside the weights: fp32, which Detector runs on "
+                         "the CPU, and int8, for Detector(precision='int8'); both need the onnx extra)")
     ex.add_argument("--force", action="store_true", help="replace a packaged model of this name, its card and Hub folder")
     ex.set_defaults(handler=_export)
 
@@ -262,7 +263,7 @@ def _export(args) -> None:
     from ..codec import HeatmapCodec
     from .data import load_dataset, split_by_identity
     from .evaluate import evaluation_report
-    from .export import export_int8, export_run, int8_calibration_crops
+    from .export import export_graph, export_run, int8_calibration_crops
     from .run import load_run
     from .model_card import write_model_card
 
@@ -289,11 +290,12 @@ def _export(args) -> None:
     entry = export_run(args.run, args.name, args.package, args.manifest, metrics, not args.no_default, args.hub_folder,
                        overwrite=args.force)
     summary = {k: entry[k] for k in ("name", "file", "sha256", "size")} | {"metrics": metrics}
-    if not args.no_int8:
+    if not args.no_onnx:
         weights = Path(args.package) / "weights" / entry["file"]
-        calibration = int8_calibration_crops(train, fit.seed)
-        entry["int8_onnx"] = summary["int8_onnx"] = export_int8(weights, args.manifest, args.name, calibration, samples,
-                                                                 overwrite=args.force)
+        for calibration in (None, int8_calibration_crops(train, fit.seed)):
+            record = export_graph(weights, args.manifest, args.name, samples, calibration, overwrite=args.force)
+            key = "fp32_onnx" if calibration is None else "int8_onnx"
+            entry[key] = summary[key] = record
     write_model_card(card, entry, fit, report, flip, args.run, is_default=not args.no_default, overwrite=args.force)
     print(json.dumps(summary, indent=2))
 

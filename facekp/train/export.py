@@ -99,20 +99,21 @@ def int8_calibration_crops(train: list[Sample], seed: int, faces: int = INT8_CAL
     return make_eval_crops([train[i] for i in picks], EVAL_PERTURBATION, seed=2)[0]
 
 
-def export_int8(
+def export_graph(
     weights: str | Path,
     manifest_path: str | Path,
     name: str,
-    calibration: np.ndarray,
     val: list[Sample],
+    calibration: np.ndarray | None = None,
     overwrite: bool = False,
 ) -> dict:
-    """Quantize the exported ``weights`` to an int8 ONNX graph beside them; record it in the manifest.
+    """Export ``weights`` to an ONNX graph beside them, fp32 (``NAME.onnx``) or, given ``calibration``,
+    int8 (``NAME-int8.onnx``), and record it in the manifest entry ``name``.
 
     ``calibration``: ``(N, S, S)`` training crops in [0, 1] (:func:`int8_calibration_crops`). The graph
-    (``NAME-int8.onnx``) is scored on ``val`` like the fp32 model, and the manifest entry ``name``
-    gets ``int8_onnx`` = file, sha256, size and those metrics: ``Detector(precision="int8")``
-    loads it, verified.
+    is scored on ``val`` like the torch model, and the entry gets ``fp32_onnx`` or ``int8_onnx`` =
+    file, sha256, size and those metrics: ``Detector(device="cpu")`` runs the fp32 graph,
+    ``Detector(precision="int8")`` the int8 one, both verified.
     """
     from ..detector import Detector
     from ..onnx import onnx_bytes, quantize_int8
@@ -121,10 +122,13 @@ def export_int8(
 
     weights = Path(weights)
     model, config = load_model(weights)
-    graph = weights.with_name(f"{name}-int8.onnx")
+    precision = "fp32" if calibration is None else "int8"
+    graph = weights.with_name(f"{name}.onnx" if calibration is None else f"{name}-int8.onnx")
     fileio.check_output(graph, inputs=[weights], overwrite=overwrite)
-    fileio.write_bytes(graph, quantize_int8(onnx_bytes(model, config), network_input(calibration, config.normalization)),
-                       inputs=[weights], overwrite=overwrite)
+    data = onnx_bytes(model, config)
+    if calibration is not None:
+        data = quantize_int8(data, network_input(calibration, config.normalization))
+    fileio.write_bytes(graph, data, inputs=[weights], overwrite=overwrite)
     det = Detector(weights, device="cpu", backend="onnx", onnx_model=graph)
     metrics = {}
     for protocol, (perturbation, seed) in CROP_PROTOCOLS.items():
@@ -133,7 +137,9 @@ def export_int8(
         metrics[key] = keypoint_metrics(det.predict_batch(crops), truth, mask)["rmse"]
     manifest = read_manifest(manifest_path)
     entry = next(m for m in manifest["models"] if m["name"] == name)
-    entry["int8_onnx"] = {"file": graph.name, "sha256": sha256_file(graph), "size": graph.stat().st_size,
-                          "calibration_faces": len(calibration), "metrics": metrics}
+    record = {"file": graph.name, "sha256": sha256_file(graph), "size": graph.stat().st_size, "metrics": metrics}
+    if calibration is not None:
+        record["calibration_faces"] = len(calibration)
+    entry[f"{precision}_onnx"] = record
     write_manifest(manifest, manifest_path)
-    return entry["int8_onnx"]
+    return record

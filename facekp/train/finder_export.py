@@ -1,4 +1,4 @@
-"""Ship a finder run: its best weights with a fitted box calibration, in the package and the manifest.
+"""Ship a finder run: its best weights with a fitted box calibration and its ONNX graph, in the package and the manifest.
 
 The calibration (from the finder's boxes to the keypoint network's canonical frame) is fitted
 with :func:`facekp.calibration.fit_box_calibration` on the run's *training* identities, so the
@@ -16,7 +16,9 @@ import torch
 from ..calibration import BoxCalibration, fit_box_calibration
 from ..detector import Detector
 from ..finder import FINDER_NAME, FaceFinder
+from .. import fileio
 from ..finder_model import FaceFinderNet
+from ..finder_onnx import finder_onnx_bytes
 from ..finder_weights import save_finder
 from ..weights import sha256_file
 from .data import load_dataset, split_by_identity
@@ -97,8 +99,10 @@ def export_finder(run: str | Path, name: str, package_dir: str | Path, manifest_
     min_score, thresholds = choose_min_score(model, calibration, composer, Detector(device="cpu"))
     path = Path(package_dir) / "weights" / f"{name}.safetensors"
     save_finder(model, calibration, path, min_score=min_score, overwrite=force)
+    graph = write_finder_graph(model, path.with_suffix(".onnx"), force)
     state = torch.load(Path(run) / "last.pt", map_location="cpu", weights_only=True)
     entry = {"name": name, "file": path.name, "sha256": sha256_file(path), "size": path.stat().st_size,
+             "onnx": {"file": graph.name, "sha256": sha256_file(graph), "size": graph.stat().st_size},
              "config": {"architecture": "face_finder", "model": config.model.to_dict(), "box_to_frame": calibration.to_dict(),
                         "min_score": min_score},
              "training": {"checkpoint": checkpoint, "steps": int(state["step"]),
@@ -110,6 +114,12 @@ def export_finder(run: str | Path, name: str, package_dir: str | Path, manifest_
     manifest["face_finders"] = [f for f in manifest.get("face_finders", []) if f["name"] != name] + [entry]
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     return entry
+
+
+def write_finder_graph(model: FaceFinderNet, path: str | Path, force: bool = False) -> Path:
+    """The finder's ONNX graph (:func:`facekp.finder_onnx.finder_onnx_bytes`) written to ``path``, which
+    the package ships beside the weights so that ``FaceFinder`` runs it without the ``onnx`` extra."""
+    return fileio.write_bytes(path, finder_onnx_bytes(model), overwrite=force)
 
 
 def add_parser(sub) -> None:

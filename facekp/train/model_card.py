@@ -78,7 +78,7 @@ validation RMSE, so these figures are slightly optimistic for unseen data.
 
 With flip test-time augmentation: RMSE {flip['canonical']['rmse']:.3f} px canonical,
 {flip['perturbed']['rmse']:.3f} px perturbed (it doubles the network cost; the default does not use it).
-{_int8_line(entry)}
+{_onnx_lines(entry)}
 
 ![training curves]({curves_path(path).name})
 
@@ -110,15 +110,22 @@ def _notes_link(card: Path) -> str:
     return " Why the stages are as they are: [training-notes.md](training-notes.md)." if (Path(card).parent / "training-notes.md").exists() else ""
 
 
-def _int8_line(entry: dict) -> str:
-    int8 = entry.get("int8_onnx")
-    if not int8:
-        return ""
-    m = int8["metrics"]
-    return (f"\nThe int8 ONNX graph `facekp/weights/{int8['file']}` ({int8['size'] / 1e6:.2f} MB, "
-            f"`Detector(precision=\"int8\")`, calibrated on perturbed crops of {int8['calibration_faces']} training faces, "
-            "each activation range the mean of the faces' own ranges, 7-bit weights): RMSE "
-            f"{m['val_rmse']:.3f} px canonical, {m['val_rmse_perturbed']:.3f} px perturbed.")
+def _onnx_lines(entry: dict) -> str:
+    """The card's lines on the ONNX graphs bundled with the model (none without them)."""
+    lines = ""
+    fp32, int8 = entry.get("fp32_onnx"), entry.get("int8_onnx")
+    if fp32:
+        m = fp32["metrics"]
+        lines += (f"\nThe fp32 ONNX graph `facekp/weights/{fp32['file']}` ({fp32['size'] / 1e6:.2f} MB; what `Detector` "
+                  f"runs on the CPU, with onnxruntime): RMSE {m['val_rmse']:.3f} px canonical, "
+                  f"{m['val_rmse_perturbed']:.3f} px perturbed.")
+    if int8:
+        m = int8["metrics"]
+        lines += (f"\nThe int8 ONNX graph `facekp/weights/{int8['file']}` ({int8['size'] / 1e6:.2f} MB, "
+                  f"`Detector(precision=\"int8\")`, calibrated on perturbed crops of {int8['calibration_faces']} training "
+                  "faces, each activation range the mean of the faces' own ranges, 7-bit weights): RMSE "
+                  f"{m['val_rmse']:.3f} px canonical, {m['val_rmse_perturbed']:.3f} px perturbed.")
+    return lines
 
 
 def _stages(fit: FitConfig, run: Path) -> list[tuple[FitConfig, Path]]:
