@@ -157,12 +157,12 @@ class FaceFinder:
         ph, pw = -h % 32, -w % 32
         if ph or pw:
             gray = cv2.copyMakeBorder(gray, 0, ph, 0, pw, cv2.BORDER_REPLICATE)
-        x = normalize(torch.from_numpy(np.require(gray, requirements="W")))[None, None]  # torch wants a writable array
+        x = normalize(gray)[None, None]  # a new array: writable, as torch.from_numpy wants
         if self._onnx is not None:
-            out = self._onnx(x.numpy())
+            out = self._onnx(x)
         else:
             with torch.inference_mode():
-                out = [o.numpy() for o in self.model(x)]
+                out = [o.numpy() for o in self.model(torch.from_numpy(x))]
         return [o[0, :, : -(-h // s), : -(-w // s)] for o, s in zip(out, STRIDES)]
 
     def __repr__(self) -> str:

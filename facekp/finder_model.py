@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -112,9 +113,13 @@ class FaceFinderNet(nn.Module):
         return [self.head(smooth(p)) for smooth, p in zip(self.smooth, (p8, p16, p32))]
 
 
-def normalize(gray_u8: torch.Tensor) -> torch.Tensor:
-    """uint8 (or 0-255 float) gray pixels -> the network's input scale (about zero mean, unit spread)."""
-    return (gray_u8.float() - 128.0) / 64.0
+def normalize(gray_u8: np.ndarray) -> np.ndarray:
+    """uint8 (or 0-255 float) gray pixels -> float32 at the network's input scale (about zero mean, unit spread).
+
+    In numpy, on one thread: torch's thread pool made this 20 ms on a 640x360 photo when the other
+    core was busy (0.06 ms in numpy).
+    """
+    return (np.asarray(gray_u8, dtype=np.float32) - 128.0) / 64.0
 
 
 def count_parameters(model: nn.Module) -> int:

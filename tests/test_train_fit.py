@@ -158,6 +158,50 @@ def test_negative_crops_join_the_batch_with_flat_targets_and_their_peak_is_recor
     assert "| yes | - | 8 |" in text  # the stage's row: flips, no mirror offsets, 8 face-free crops per batch
 
 
+def test_border_cuts_end_the_photo_inside_the_face_and_reach_the_batch_and_the_card(kaggle_csv, tmp_path):
+    from facekp.train.augment import cut_at_border
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (120, 140), dtype=np.uint8)
+    points = rng.uniform(40, 90, size=(15, 2))
+    lo, hi = points.min(0), points.max(0)
+    lo, hi = lo - 0.5 * (hi - lo), hi + 0.5 * (hi - lo)
+    sides = set()
+    for _ in range(40):
+        cut = cut_at_border(image, points, rng)
+        assert cut.shape == image.shape and cut.dtype == image.dtype
+        changed = [axis for axis in (0, 1) if not np.array_equal(cut, image)
+                   and ((cut.T if axis == 0 else cut) != (image.T if axis == 0 else image)).all(axis=1).any()]
+        assert len(changed) == 1  # whole columns (axis 0: x) or whole rows (axis 1: y) replaced, never both
+        axis = changed[0]
+        lines, original = (cut.T, image.T) if axis == 0 else (cut, image)
+        replaced = np.nonzero((lines != original).any(axis=1))[0]
+        if replaced.min() == 0:  # the photo now starts at line k: before it, line k repeated
+            k = replaced.max() + 1
+            assert (lines[:k] == lines[k]).all() and np.array_equal(lines[k:], original[k:])
+            past, side = k - lo[axis], (axis, "start")
+        else:  # the photo now ends before line k: from it on, line k - 1 repeated
+            k = replaced.min()
+            assert replaced.max() == len(lines) - 1 and (lines[k:] == lines[k - 1]).all()
+            past, side = hi[axis] - k, (axis, "end")
+        assert 0.15 - 0.02 <= past / (hi - lo)[axis] <= 0.45 + 0.02  # that share of the face lies past the border
+        sides.add(side)
+    assert len(sides) == 4  # every side of the photo
+    trainer = Trainer(_config(kaggle_csv, tmp_path / "cut", border_cut_p=1.0, max_steps=2))
+    x_cut = make_batch(trainer.train, np.arange(4), trainer.augmenter, trainer.codec, 0, 0)[0]
+    plain = Trainer(_config(kaggle_csv, tmp_path / "plain", max_steps=2))
+    x_plain = make_batch(plain.train, np.arange(4), plain.augmenter, plain.codec, 0, 0)[0]
+    assert not torch.equal(x_cut, x_plain)
+    trainer.fit()
+    assert json.loads((tmp_path / "cut" / "fit_config.json").read_text())["border_cut_p"] == 1.0
+    card = tmp_path / "card.md"
+    assert train_main(["export", "--run", str(tmp_path / "cut"), "--name", "tiny", "--package", str(tmp_path / "pkg"),
+                       "--manifest", str(tmp_path / "manifest.json"), "--model-card", str(card), "--no-onnx"]) == 0
+    assert "--border-cut 1" in card.read_text()
+    with pytest.raises(ValueError, match="border_cut_p"):
+        _config(kaggle_csv, tmp_path / "bad", border_cut_p=1.5)
+
+
 def test_fine_tune_starts_from_saved_weights_without_flips(kaggle_csv, tmp_path):
     first = Trainer(_config(kaggle_csv, tmp_path / "first", max_steps=2))
     first.fit()

@@ -50,6 +50,7 @@ class Augmenter:
     blur_p: float = 0.25
     noise_p: float = 0.25
     occlusion_p: float = 0.3
+    border_cut_p: float = 0.0  # faces cut by their photo's border (cut_at_border)
 
     def transform(self, rng: np.random.Generator) -> np.ndarray:
         """Random 2x3 affine on canonical coordinates, mirrored half of the time when ``flip``."""
@@ -105,3 +106,28 @@ def make_crop(
         pts, mask = pts[list(FLIP_INDEX)], mask[list(FLIP_INDEX)]
     inside = ((pts >= -0.5) & (pts <= CANONICAL_SIZE - 0.5)).all(axis=1)
     return crop, pts, mask & inside
+
+
+def cut_at_border(image: np.ndarray, points: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A copy of ``image`` that ends along a random side so that 15-45% of the face's extent (its points'
+    box grown by half its size) lies beyond that border: the pixels past it repeat the border's, as
+    :func:`facekp.preprocess.warp` fills a crop that reaches past a photo's edge. Coordinates do not change.
+
+    The points keep their labels: the network learns to place the hidden ones from the rest of the
+    face, as it must on a face at the edge of a photo.
+    """
+    out = image.copy()
+    lo, hi = points.min(axis=0), points.max(axis=0)
+    lo, hi = lo - 0.5 * (hi - lo), hi + 0.5 * (hi - lo)
+    side = int(rng.integers(4))  # 0 left, 1 right, 2 top, 3 bottom
+    axis = side // 2
+    view = out if axis == 1 else out.T  # rows along axis 0 of the view
+    n = view.shape[0]
+    beyond = rng.uniform(0.15, 0.45) * (hi - lo)[axis]
+    if side % 2 == 0:  # the photo starts at row `cut`
+        cut = int(np.clip(np.ceil(lo[axis] + beyond), 1, n - 1))
+        view[:cut] = view[cut]
+    else:  # the photo ends before row `cut`
+        cut = int(np.clip(np.floor(hi[axis] - beyond), 1, n - 1))
+        view[cut:] = view[cut - 1]
+    return out

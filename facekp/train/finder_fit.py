@@ -139,7 +139,7 @@ def make_batch(composer: SceneComposer, seed: int, step: int, batch_size: int) -
         images.append(image)
         targets.append(encode_targets(list(pts), composer.config.size))
         faces.append(pts)
-    x = normalize(torch.from_numpy(np.stack(images)))[:, None]
+    x = torch.from_numpy(normalize(np.stack(images)))[:, None]
     levels = [torch.from_numpy(np.stack([t[k] for t in targets])) for k in range(len(STRIDES))]
     return x, levels, faces
 

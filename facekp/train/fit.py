@@ -16,7 +16,7 @@ from .. import fileio
 from ..codec import HeatmapCodec
 from ..model import StackedHourglass
 from ..preprocess import network_input
-from .augment import EVAL_PERTURBATION, Augmenter, make_crop
+from .augment import EVAL_PERTURBATION, Augmenter, cut_at_border, make_crop
 from .checkpoint import read_checkpoint
 from .data import Sample, load_dataset, split_by_identity
 from .distributed import World
@@ -55,7 +55,10 @@ def make_batch(
         rng = np.random.default_rng([seed, epoch, int(i)])
         s = samples[i]
         offset = augmenter.mirror_offsets.get(s.subset, 0.0)
-        crop, pts, mask = make_crop(s.image, s.points, s.mask, s.frame, augmenter.transform(rng), offset)
+        # (no draw without border cuts: the batches of runs from before the option stay as they were)
+        cut = augmenter.border_cut_p and rng.random() < augmenter.border_cut_p
+        image = cut_at_border(s.image, s.points, rng) if cut else s.image
+        crop, pts, mask = make_crop(image, s.points, s.mask, s.frame, augmenter.transform(rng), offset)
         crops.append(augmenter.photometric(crop, rng))
         points.append(pts)
         masks.append(mask)
@@ -110,7 +113,7 @@ class Trainer:
         if config.init is not None:
             self._load_init(config.init)
         self.net = world.wrap(self.model)  # what trains: DDP around self.model across ranks
-        self.augmenter = Augmenter(flip=config.flip, mirror_offsets=config.mirror_offsets)
+        self.augmenter = Augmenter(flip=config.flip, mirror_offsets=config.mirror_offsets, border_cut_p=config.border_cut_p)
         self.negative_photos: list[np.ndarray] = []
         self.val_negatives: torch.Tensor | None = None  # fixed crops of held-out photos and validation faces
         if config.negatives_per_batch:

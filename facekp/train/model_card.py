@@ -182,6 +182,8 @@ def _reproduce(stages: list[tuple[FitConfig, Path]], name: str) -> str:
         extra += [f"--mirror-offset {k}={v:g}" for k, v in fit.mirror_offsets.items()] if fit.flip else []
         if fit.negatives_per_batch:
             extra.append(f"--negatives ../shared/data/negatives --negatives-per-batch {fit.negatives_per_batch}")
+        if fit.border_cut_p:
+            extra.append(f"--border-cut {fit.border_cut_p:g}")
         if fit.init is not None:
             extra.append(f"--init runs/{Path(fit.init).name}" if is_run_folder(fit.init) else f"--init {Path(fit.init).name}")
         if extra:
