@@ -13,7 +13,7 @@ from . import validate
 from .calibration import CalibrationLike, reframe, resolve_calibration
 from .codec import HeatmapCodec
 from .errors import InvalidImageError, WeightsError
-from .face_detection import as_detections, run_face_detector, to_u8, usable_detections
+from .face_detection import as_detections, gray_u8, run_face_detector, usable_detections
 from .face_detectors import FaceDetectorLike, resolve_face_detector
 from .geometry import apply_affine, face_angle, invert_affine, turn_frame
 from .images import INTEGER_PEAKS, ImageInput, channels_first, check_color, load_gray, load_rgb, scale_integers
@@ -326,7 +326,7 @@ class Detector:
         if max_faces == 0:
             return []
         if boxes is None:
-            source = to_u8(gray) if getattr(fd, "wants_gray", False) else load_rgb(image, color)
+            source = gray_u8(image, gray) if getattr(fd, "wants_gray", False) else load_rgb(image, color)
             boxes, scores, angles = usable_detections(run_face_detector(fd, source), gray.shape, drop=True)
         else:
             boxes, scores, angles = usable_detections(as_detections(boxes), gray.shape, drop=False)

@@ -177,11 +177,14 @@ class HaarFaceDetector:
                 f"min_size={self.min_size}, max_side={self.max_side}{angles})")
 
 
-def gray_u8(image: ImageInput) -> np.ndarray:
-    """``image`` as (H, W) uint8 luma, with :func:`load_gray`'s checks (InvalidImageError)."""
+def gray_u8(image: ImageInput, gray: np.ndarray | None = None) -> np.ndarray:
+    """``image`` as (H, W) uint8 luma, with :func:`load_gray`'s checks (InvalidImageError).
+
+    ``gray``: ``load_gray(image)`` when the caller has it already (it is not loaded again).
+    """
     if isinstance(image, np.ndarray) and image.ndim == 2 and image.dtype == np.uint8:
         return np.ascontiguousarray(image)  # already gray uint8: skip a round trip
-    return to_u8(load_gray(image))
+    return to_u8(load_gray(image) if gray is None else gray)
 
 
 def to_u8(gray: np.ndarray) -> np.ndarray:
