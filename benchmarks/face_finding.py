@@ -2,7 +2,7 @@
 
     python benchmarks/face_finding.py [--data ../shared/data/faces68] [--negatives ../shared/data/negatives]
                                       [--detectors haar haar3 facekp dlib mediapipe] [--limit N] [--groups 60]
-                                      [--threads 2] [--weights W] [--precision auto|int8] [--dlib-python PY] [--mediapipe-python PY]
+                                      [--threads 2] [--weights W] [--precision auto|int8] [--min-presence P] [--dlib-python PY] [--mediapipe-python PY]
 
 Everything is measured on faces that never reached training: the validation identities of the
 keypoint model's split (``split_by_identity(samples, 0.15, seed=0)``) and the negatives held out
@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--detectors", nargs="+", default=["haar", "haar3", "facekp"], choices=[*DETECTORS, *PEERS])
     parser.add_argument("--finder", type=Path, help="a face finder .safetensors file (default: the bundled one)")
     parser.add_argument("--min-score", type=float, help="the finder's threshold (default: its weights' own)")
+    parser.add_argument("--min-presence", type=float, help="detect's presence threshold (default: detect's own)")
     parser.add_argument("--limit", type=int, help="only the first N validation photos (smoke runs)")
     parser.add_argument("--groups", type=int, default=60, help="composed group scenes")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
@@ -98,8 +99,11 @@ def main(argv: list[str] | None = None) -> int:
             predicted, ms = _run_peer(name, args, kinds, list(timing.values()), train)
         else:
             fd = DETECTORS[name](args)
-            ms = [_median_ms(detector, fd, timing[size]) for size in timing]
-            predicted = {} if args.timing_only else {kind: [_facekp_points(detector, fd, image) for image, _ in photos]
+            def detect(image, fd=fd):
+                return detector.detect(image, face_detector=fd, min_presence=args.min_presence)
+
+            ms = [_median_ms(detect, timing[size]) for size in timing]
+            predicted = {} if args.timing_only else {kind: [_facekp_points(detect, image) for image, _ in photos]
                                                      for kind, photos in kinds.items()}
         if args.timing_only:
             print(f"| {name} | " + " | ".join(["-"] * 10) + " | " + " | ".join(f"{v:.0f}" for v in ms) + " |", flush=True)
@@ -236,9 +240,9 @@ def _timing_photo(sample, background: np.ndarray, size: tuple[int, int]) -> np.n
     return photo
 
 
-def _facekp_points(detector, face_detector, image: np.ndarray) -> np.ndarray:
-    """``(N, 15, 2)``: the points of every face ``detect`` returns."""
-    return np.array([f.points for f in detector.detect(image, face_detector=face_detector)]).reshape(-1, 15, 2)
+def _facekp_points(detect, image: np.ndarray) -> np.ndarray:
+    """``(N, 15, 2)``: the points of every face ``detect(image)`` returns."""
+    return np.array([f.points for f in detect(image)]).reshape(-1, 15, 2)
 
 
 def _score(photos, predicted_points) -> dict:
@@ -268,12 +272,12 @@ def _score(photos, predicted_points) -> dict:
             float("nan"), "found_whole": whole, "found_small": small, "found_small_whole": small_whole, "false": false}
 
 
-def _median_ms(detector, face_detector, photo: np.ndarray, repeats: int = 15) -> float:
-    detector.detect(photo, face_detector=face_detector)  # warm-up
+def _median_ms(detect, photo: np.ndarray, repeats: int = 15) -> float:
+    detect(photo)  # warm-up
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
-        detector.detect(photo, face_detector=face_detector)
+        detect(photo)
         times.append(time.perf_counter() - t)
     return 1000 * float(np.median(times))
 
