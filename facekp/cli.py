@@ -80,7 +80,7 @@ def _add_detect_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-faces", type=int, default=None, help="keep only the N largest faces per photo (default: all)")
     p.add_argument("--min-presence", type=float, default=None, metavar="P",
                    help="drop faces whose presence score (0-1: does the keypoint network see a face?) is below P; "
-                        "0 keeps all (default: 0.5 with a model that has a presence score)")
+                        "0 keeps all (default: 0.9 with a model that has a presence score)")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:

@@ -19,7 +19,7 @@ from .geometry import apply_affine, face_angle, invert_affine, turn_frame
 from .images import INTEGER_PEAKS, ImageInput, channels_first, check_color, load_gray, load_rgb, scale_integers
 from .model import StackedHourglass
 from .preprocess import frame_crops, letterbox_transforms
-from .presence import DEFAULT_MIN_PRESENCE, PresenceModel
+from .presence import DEFAULT_MIN_PRESENCE, EVEN_ODDS, PresenceModel
 from .results import Face
 from .runtime import bundled_graph, make_runner, resolve_device, run_crops
 from .weights import ResolvedWeights, resolve_weights, save_model
@@ -310,7 +310,7 @@ class Detector:
             color: the channel order of a colour array or tensor, ``"rgb"`` or ``"bgr"``
                 (OpenCV's); files and PIL images ignore it.
             min_presence: drop the faces whose presence (:meth:`presence`) is below this (in [0, 1];
-                0 keeps all). None: :data:`facekp.presence.DEFAULT_MIN_PRESENCE` (0.5) when the model
+                0 keeps all). None: :data:`facekp.presence.DEFAULT_MIN_PRESENCE` (0.9) when the model
                 has a presence model, else no filtering; a number with a model without one raises
                 ``WeightsError``. See ``docs/detection.md`` for what it keeps and drops.
 
@@ -419,8 +419,8 @@ class Detector:
         ``gray``: the (H, W) float32 photo in [0, 1]; ``transforms`` ``(N, 2, 3)``, image -> crop.
         Each of the ``refine`` passes re-frames every face on its previous prediction (centroid,
         size and in-plane angle: :func:`facekp.calibration.reframe`) and predicts again. A face that a
-        pass saw turned by more than :data:`SETTLE_DEGREES` in its crop, and that presence then calls a
-        face, is re-framed once more.
+        pass saw turned by more than :data:`SETTLE_DEGREES` in its crop, and that presence then calls
+        more likely a face than not (:data:`facekp.presence.EVEN_ODDS`), is re-framed once more.
         """
         if refine < 0:
             raise ValueError(f"refine must be >= 0, got {refine}")
@@ -435,7 +435,7 @@ class Detector:
         # faces (false ones, whose scattered points give any angle, would only cost time; without a
         # presence model there is no telling, and no extra pass).
         if turned.any() and self.presence_model is not None:
-            turned &= self.presence(points, confidence) >= DEFAULT_MIN_PRESENCE
+            turned &= self.presence(points, confidence) >= EVEN_ODDS
             if turned.any():
                 again = np.stack([reframe(p, m) for p, m in zip(points[turned], transforms[turned])])
                 points[turned], confidence[turned] = self.predict_framed([gray] * len(again), again)
