@@ -2,7 +2,8 @@
 
     python benchmarks/face_finding.py [--data ../shared/data/faces68] [--negatives ../shared/data/negatives]
                                       [--detectors haar haar3 facekp dlib mediapipe] [--limit N] [--groups 60]
-                                      [--threads 2] [--weights W] [--precision auto|int8] [--min-presence P] [--dlib-python PY] [--mediapipe-python PY]
+                                      [--threads 2] [--weights W] [--precision auto|int8] [--min-presence P]
+                                      [--presence-sweep P [P ...]] [--dlib-python PY] [--mediapipe-python PY]
 
 Everything is measured on faces that never reached training: the validation identities of the
 keypoint model's split (``split_by_identity(samples, 0.15, seed=0)``) and the negatives held out
@@ -54,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--finder", type=Path, help="a face finder .safetensors file (default: the bundled one)")
     parser.add_argument("--min-score", type=float, help="the finder's threshold (default: its weights' own)")
     parser.add_argument("--min-presence", type=float, help="detect's presence threshold (default: detect's own)")
+    parser.add_argument("--presence-sweep", type=float, nargs="+", metavar="P",
+                        help="instead of the table: recall and false faces of the facekp finder at these presence "
+                             "thresholds (one detect pass with min_presence=0, so without the turns)")
     parser.add_argument("--limit", type=int, help="only the first N validation photos (smoke runs)")
     parser.add_argument("--groups", type=int, default=60, help="composed group scenes")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
@@ -89,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     detector = Detector(args.weights, device="cpu", precision=args.precision, threads=args.threads)
     print(f"{len(val)} validation photos, {args.groups} group scenes, {len(kinds['negatives'])} face-free photos; "
           f"torch threads {torch.get_num_threads()}; keypoints {detector.backend} {detector.precision}\n")
+    if args.presence_sweep:
+        _presence_sweep(detector, _facekp(args), kinds, args.presence_sweep)
+        return 0
     header = ["face detector", "photos", "turned 15-90°", "groups", "small (8-25 px)", "groups, whole faces",
               "small, whole faces", "NME photos", "NME turned", "NME groups", "false / face-free photo", "ms 640x480",
               "ms 1920x1080"]
@@ -117,6 +124,23 @@ def main(argv: list[str] | None = None) -> int:
                  f"{results['negatives']['false'] / len(kinds['negatives']):.2f}", *(f"{v:.0f}" for v in ms)]
         print("| " + " | ".join(cells) + " |", flush=True)
     return 0
+
+
+def _presence_sweep(detector, finder, kinds: dict, thresholds: list[float]) -> None:
+    """Prints, per presence threshold, what ``detect`` would keep of one pass with ``min_presence=0``."""
+    kinds = {k: kinds[k] for k in ("photos", "groups", "negatives")}
+    found = {kind: [detector.detect(image, face_detector=finder, min_presence=0.0) for image, _ in photos]
+             for kind, photos in kinds.items()}
+    print("| min_presence | photos | NME photos | groups | small (8-25 px) | groups, whole faces | false / face-free photo |")
+    print("|---|---|---|---|---|---|---|")
+    for t in thresholds:
+        kept = {kind: [np.array([f.points for f in faces if f.presence >= t]).reshape(-1, 15, 2) for faces in found[kind]]
+                for kind in kinds}
+        r = {kind: _score(photos, kept[kind]) for kind, photos in kinds.items()}
+        g = r["groups"]
+        print(f"| {t:g} | {100 * r['photos']['recall']:.1f}% | {100 * r['photos']['nme']:.2f}% | {100 * g['recall']:.1f}% | "
+              f"{100 * np.mean(g['found_small']):.1f}% | {100 * np.mean(g['found_whole']):.1f}% | "
+              f"{r['negatives']['false'] / len(kinds['negatives']):.2f} |", flush=True)
 
 
 def _haar(args):
