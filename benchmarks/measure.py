@@ -152,7 +152,7 @@ def model_flops(weights) -> float:
 
     from facekp import Detector
 
-    det = Detector(weights, device="cpu")
+    det = Detector(weights, device="cpu", backend="torch")  # the torch network: its ops are what is counted
     x = torch.zeros(1, 1, 96, 96)
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
         det.runner.net.predict_heatmaps(x)

@@ -174,7 +174,7 @@ def ablation(spec: dict) -> dict:
     from facekp import Detector
     from facekp.model import fuse_conv_bn
 
-    det = Detector(spec["weights"], device="cpu")
+    det = Detector(spec["weights"], device="cpu", backend="torch")  # the ablation is of the torch network's settings
     tmin = 0.3 if spec.get("quick") else 1.0
     rng = np.random.default_rng(0)
     out = {}
