@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from .errors import WeightsError
 from .calibration import BoxCalibration
 from .finder_model import FaceFinderNet, FinderConfig
-from .weights import bundled_path, read_manifest, verify_file
+from .weights import read_manifest, verified_bundled
 
 _METADATA_KEY = "facekp_finder"
 #: The bundled finder that :class:`facekp.finder.FaceFinder` loads by default.
@@ -90,13 +90,7 @@ def finder_entry(name: str = DEFAULT_FINDER, manifest: str | Path | None = None)
 def load_finder(name: str = DEFAULT_FINDER) -> FinderWeights:
     """A bundled finder, verified against the manifest's sha256, with its ONNX graph when the entry has one."""
     entry = finder_entry(name)
-    paths = {"weights": bundled_path(entry["file"])}
-    if entry.get("onnx"):
-        paths["ONNX graph"] = bundled_path(entry["onnx"]["file"])
-    for what, path in paths.items():
-        if not path.exists():
-            raise WeightsError(f"bundled face finder {what} {path} is missing from the installed package")
-    verify_file(paths["weights"], entry["sha256"], f"bundled face finder {paths['weights']}")
-    if "ONNX graph" in paths:
-        verify_file(paths["ONNX graph"], entry["onnx"]["sha256"], f"bundled face finder ONNX graph {paths['ONNX graph']}")
-    return load_finder_file(paths["weights"])._replace(onnx=paths.get("ONNX graph"))
+    weights = verified_bundled(entry["file"], entry["sha256"], "face finder")
+    graph = entry.get("onnx")
+    onnx = verified_bundled(graph["file"], graph["sha256"], "face finder ONNX graph") if graph else None
+    return load_finder_file(weights)._replace(onnx=onnx)

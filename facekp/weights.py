@@ -200,10 +200,7 @@ def load_bundled(entry: ManifestEntry) -> tuple[StackedHourglass, DetectorConfig
     """
     if not entry.bundled:
         raise WeightsError(f"model {entry.name!r} is not bundled; load it with Detector.from_pretrained({entry.repo_id!r})")
-    if not entry.path.exists():
-        raise WeightsError(f"bundled weights {entry.path} are missing from the installed package")
-    verify_file(entry.path, entry.sha256, f"bundled weights {entry.path}")
-    model, config = load_model(entry.path)
+    model, config = load_model(verified_bundled(entry.file, entry.sha256, "weights"))
     listed = _parse_config(json.dumps(entry.config), f"the manifest entry {entry.name!r}")
     if config.presence is None:
         config = replace(config, presence=listed.presence)
@@ -223,15 +220,21 @@ def bundled_onnx(entry: ManifestEntry, precision: str) -> Path:
             f"model {entry.name!r} ships no {precision} graph; make one with `facekp export-onnx OUT.onnx"
             f"{' --int8 CROPS_DIR' if precision == 'int8' else ''}` and pass Detector(..., backend='onnx', onnx_model='OUT.onnx')"
         )
-    path = bundled_path(graph["file"])
-    if not path.exists():
-        raise WeightsError(f"bundled {precision} graph {path} is missing from the installed package")
-    verify_file(path, graph["sha256"], f"bundled {precision} graph {path}")
-    return path
+    return verified_bundled(graph["file"], graph["sha256"], f"{precision} graph")
 
 
 def bundled_path(file: str) -> Path:
     return Path(str(resources.files("facekp") / "weights" / file))
+
+
+def verified_bundled(file: str, sha256: str, what: str) -> Path:
+    """The package's ``weights/file``, checked to be there (:class:`WeightsError`) and to have the
+    published ``sha256`` (:class:`ChecksumError`); ``what`` names it in the errors."""
+    path = bundled_path(file)
+    if not path.exists():
+        raise WeightsError(f"bundled {what} {path} is missing from the installed package")
+    verify_file(path, sha256, f"bundled {what} {path}")
+    return path
 
 
 # -- Hugging Face Hub ----------------------------------------------------------------------

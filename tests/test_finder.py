@@ -269,7 +269,7 @@ def test_bundled_finders_match_the_manifest_and_load():
 
 def test_the_bundled_finder_runs_its_own_graph_which_gives_the_torch_maps(tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
-    import facekp.finder_weights as finder_weights
+    import facekp.weights as weights_module
     from facekp.finder_weights import load_finder
 
     finder = FaceFinder()
@@ -283,8 +283,8 @@ def test_the_bundled_finder_runs_its_own_graph_which_gives_the_torch_maps(tmp_pa
     data = bytearray(bundled.onnx.read_bytes())
     data[-1] ^= 1
     tampered.write_bytes(bytes(data))
-    real_path = finder_weights.bundled_path
-    monkeypatch.setattr(finder_weights, "bundled_path", lambda f: tampered if f.endswith(".onnx") else real_path(f))
+    real_path = weights_module.bundled_path
+    monkeypatch.setattr(weights_module, "bundled_path", lambda f: tampered if f.endswith(".onnx") else real_path(f))
     with pytest.raises(ChecksumError, match="ONNX graph"):
         FaceFinder()
 

@@ -123,10 +123,10 @@ def export_graph(
     weights = Path(weights)
     model, config = load_model(weights)
     precision = "fp32" if calibration is None else "int8"
-    graph = weights.with_name(f"{name}.onnx" if calibration is None else f"{name}-int8.onnx")
+    graph = weights.with_name(f"{name}.onnx" if precision == "fp32" else f"{name}-int8.onnx")
     fileio.check_output(graph, inputs=[weights], overwrite=overwrite)
     data = onnx_bytes(model, config)
-    if calibration is not None:
+    if precision == "int8":
         data = quantize_int8(data, network_input(calibration, config.normalization))
     fileio.write_bytes(graph, data, inputs=[weights], overwrite=overwrite)
     det = Detector(weights, device="cpu", backend="onnx", onnx_model=graph)
@@ -138,7 +138,7 @@ def export_graph(
     manifest = read_manifest(manifest_path)
     entry = next(m for m in manifest["models"] if m["name"] == name)
     record = {"file": graph.name, "sha256": sha256_file(graph), "size": graph.stat().st_size, "metrics": metrics}
-    if calibration is not None:
+    if precision == "int8":
         record["calibration_faces"] = len(calibration)
     entry[f"{precision}_onnx"] = record
     write_manifest(manifest, manifest_path)
