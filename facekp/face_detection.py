@@ -19,7 +19,7 @@ import numpy as np
 
 from . import validate
 from .geometry import apply_affine, invert_affine, similarity_transform
-from .images import ImageInput, load_gray, load_rgb
+from .images import ImageInput, fit_within, load_gray, load_rgb
 
 #: Name of the default face detector; calibrations record the detector they were fitted for.
 HAAR_NAME = "haar_frontalface_default"
@@ -125,13 +125,9 @@ class HaarFaceDetector:
 
     def __call__(self, image: ImageInput) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(N, 4)`` boxes ``x0, y0, x1, y1``, ``(N,)`` votes and ``(N,)`` angles of the faces in ``image``."""
-        gray = gray_u8(image)
-        h, w = gray.shape
-        fx = fy = 1.0
-        if self.max_side is not None and max(h, w) > self.max_side:
-            f = self.max_side / max(h, w)
-            gray = cv2.resize(gray, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
-            fx, fy = gray.shape[1] / w, gray.shape[0] / h
+        photo = gray_u8(image)
+        gray = fit_within(photo, self.max_side)
+        fx, fy = gray.shape[1] / photo.shape[1], gray.shape[0] / photo.shape[0]
         side = int(np.ceil(self.min_size * min(fx, fy)))
         found = [self._detect_rotated(gray, a, side) for a in self.angles]
         boxes = np.concatenate([b for b, _, _ in found])
@@ -140,10 +136,7 @@ class HaarFaceDetector:
         if len(self.angles) > 1 and len(boxes):
             keep = nms(boxes, votes, 0.3)
             boxes, votes, angles = boxes[keep], votes[keep], angles[keep]
-        # Undo the shrink (pixel-centre convention).
-        boxes[:, 0::2] = (boxes[:, 0::2] + 0.5) / fx - 0.5
-        boxes[:, 1::2] = (boxes[:, 1::2] + 0.5) / fy - 0.5
-        return boxes, votes, angles
+        return unshrink_boxes(boxes, gray.shape, photo.shape), votes, angles
 
     def _detect_rotated(self, gray: np.ndarray, angle: float, min_side: int):
         h, w = gray.shape
@@ -185,6 +178,15 @@ def gray_u8(image: ImageInput, gray: np.ndarray | None = None) -> np.ndarray:
     if isinstance(image, np.ndarray) and image.ndim == 2 and image.dtype == np.uint8:
         return np.ascontiguousarray(image)  # already gray uint8: skip a round trip
     return to_u8(load_gray(image) if gray is None else gray)
+
+
+def unshrink_boxes(boxes: np.ndarray, shrunk: tuple[int, ...], photo: tuple[int, ...]) -> np.ndarray:
+    """``(N, 4)`` boxes found on a (H', W') resized copy of a (H, W) photo (the shapes ``shrunk`` and
+    ``photo``), in place, in the photo's pixels (pixel-centre convention)."""
+    fx, fy = shrunk[1] / photo[1], shrunk[0] / photo[0]
+    boxes[:, 0::2] = (boxes[:, 0::2] + 0.5) / fx - 0.5
+    boxes[:, 1::2] = (boxes[:, 1::2] + 0.5) / fy - 0.5
+    return boxes
 
 
 def to_u8(gray: np.ndarray) -> np.ndarray:

@@ -18,8 +18,9 @@ import numpy as np
 import torch
 
 from .calibration import BoxCalibration
-from .face_detection import gray_u8, nms
+from .face_detection import gray_u8, nms, unshrink_boxes
 from .finder_model import STRIDES, FaceFinderNet, normalize
+from .images import fit_within
 from .model import fuse_conv_bn
 from .onnx import onnx_export_available
 
@@ -134,18 +135,10 @@ class FaceFinder:
 
     def __call__(self, image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(N, 4)`` boxes ``x0, y0, x1, y1`` (image pixels), ``(N,)`` scores and ``(N,)`` angles (degrees)."""
-        gray = gray_u8(image)
-        h, w = gray.shape
-        f = 1.0
-        if self.max_side is not None and max(h, w) > self.max_side:
-            f = self.max_side / max(h, w)
-            gray = cv2.resize(gray, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
-        maps = self.maps(gray)
-        boxes, scores, angles = decode(maps, STRIDES, self.min_score, self.nms_iou)
-        fx, fy = gray.shape[1] / w, gray.shape[0] / h
-        boxes[:, 0::2] = (boxes[:, 0::2] + 0.5) / fx - 0.5
-        boxes[:, 1::2] = (boxes[:, 1::2] + 0.5) / fy - 0.5
-        return boxes, scores, angles
+        photo = gray_u8(image)
+        gray = fit_within(photo, self.max_side)
+        boxes, scores, angles = decode(self.maps(gray), STRIDES, self.min_score, self.nms_iou)
+        return unshrink_boxes(boxes, gray.shape, photo.shape), scores, angles
 
     def maps(self, gray: np.ndarray) -> list[np.ndarray]:
         """The network's output maps for a (H, W) uint8 photo: ``(6, ceil(H/s), ceil(W/s))`` per stride ``s``.

@@ -113,6 +113,16 @@ def _pil_rgb(im: Image.Image) -> np.ndarray:
     return np.asarray(_convert(im, "RGB"))
 
 
+def fit_within(image: np.ndarray, max_side: int | None) -> np.ndarray:
+    """``image`` shrunk (area averaging) so that its longer side is at most ``max_side`` px, sides
+    rounded; ``image`` itself when it fits already or ``max_side`` is None."""
+    h, w = image.shape[:2]
+    if max_side is None or max(h, w) <= max_side:
+        return image
+    f = max_side / max(h, w)
+    return cv2.resize(image, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+
+
 def upright_size(path: str | os.PathLike) -> tuple[int, int]:
     """``(width, height)`` of an image file as :func:`load_gray` returns it (EXIF orientation applied),
     read from the header without decoding the pixels."""

@@ -20,6 +20,7 @@ from facekp.train.data import Sample
 from facekp.train.finder_fit import (FinderFitConfig, FinderTrainer, encode_targets, face_geometry_targets, finder_loss,
                                      make_batch)
 from facekp.train.scenes import SceneComposer, SceneConfig, eye_distance
+from facekp.weights import sha256_file
 from conftest import randomize_batchnorm
 from synthetic import MEAN_FACE, blob_face
 
@@ -136,6 +137,43 @@ def test_composed_scenes_carry_their_faces_keypoints():
     assert all(eye_distance(p) >= 8.0 - 1e-3 for p in points)
 
 
+def test_photo_scenes_carry_the_photo_with_its_face_turned_and_labelled():
+    """A photo scene is one annotated photo warped into the scene: its left eye, marked by the
+    brightest pixel, lands on the left or (mirrored, the labels swapped) the right eye's label."""
+    rng = np.random.default_rng(0)
+    faces = []
+    for i in range(3):
+        img, pts = blob_face(rng)
+        img = (img // 2).astype(np.uint8)
+        x, y = np.rint(pts[0]).astype(int)
+        img[y - 1 : y + 2, x - 1 : x + 2] = 255
+        faces.append(Sample(img, pts, np.ones(15, bool), np.eye(2, 3), "s", f"id{i}", f"face{i}"))
+    config = SceneConfig(size=128, photo_p=1.0, occlusion_p=0.0, blur_p=0.0, noise_p=0.0, jpeg_p=0.0)
+    composer = SceneComposer(faces, _backgrounds(), config)
+    labels, angles = [], []
+    for seed in range(24):
+        image, points = composer(np.random.default_rng(seed))
+        assert image.shape == (128, 128) and points.shape == (1, 15, 2)
+        pts = points[0]
+        assert 8.0 - 1e-3 <= eye_distance(pts) <= 128 / 2.6 + 1e-3
+        assert ((pts.mean(axis=0) >= 0.15 * 127 - 1e-3) & (pts.mean(axis=0) <= 0.85 * 127 + 1e-3)).all()
+        marker = np.unravel_index(np.argmax(image), image.shape)[::-1]
+        d = np.linalg.norm(pts[:2] - marker, axis=1)
+        assert d.min() <= max(1.5, 0.15 * eye_distance(pts)), (seed, d)
+        labels.append(int(np.argmin(d)))
+        angles.append(face_geometry_targets(pts)[2])
+    assert set(labels) == {0, 1}  # mirrored about half the time, the labels following the face
+    assert np.ptp(angles) > 90  # turned over the circle
+
+
+def test_photo_scenes_are_off_by_default_and_leave_other_scenes_as_they_were():
+    config = SceneConfig(size=96, empty_p=0.0)
+    a = SceneComposer(_samples(4), _backgrounds(), config)(np.random.default_rng(5))
+    b = SceneComposer(_samples(4), _backgrounds(), SceneConfig(size=96, empty_p=0.0, photo_p=0.0))(np.random.default_rng(5))
+    np.testing.assert_array_equal(a[0], b[0])
+    assert config.photo_p == 0.0
+
+
 def _fit_config(tmp_path, **kw) -> FinderFitConfig:
     base = dict(data="unused", negatives="unused", out=str(tmp_path / "run"), model=TINY, scene_size=64,
                 batch_size=4, steps=3, lr=1e-2, warmup_steps=1, val_scenes=4, eval_every=2, checkpoint_minutes=60.0)
@@ -177,6 +215,26 @@ def test_training_checkpoints_resumes_and_refuses_changed_settings(tmp_path):
     history = resumed.fit(resume=True)
     assert resumed.step == 4 and [h["step"] for h in history] == [2, 3, 4]
     assert len((run / "log.jsonl").read_text().splitlines()) == 3
+
+
+def test_fine_tuning_starts_from_a_finder_file_or_run_and_records_it(tmp_path):
+    torch.manual_seed(3)
+    start = FaceFinderNet(TINY).eval()
+    randomize_batchnorm(start)
+    path = save_finder(start, BoxCalibration(0.27, (0.0, 0.0), "facekp_finder"), tmp_path / "start.safetensors")
+    tuned = _trainer(_fit_config(tmp_path, init=str(path), photo_scenes=0.5))
+    for k, v in start.state_dict().items():
+        torch.testing.assert_close(tuned.model.state_dict()[k], v)
+    assert tuned.config.init_sha256 == sha256_file(path)
+    tuned.fit()
+    saved = json.loads((tmp_path / "run" / "fit_config.json").read_text())
+    assert saved["init"] == str(path) and saved["init_sha256"] == sha256_file(path) and saved["photo_scenes"] == 0.5
+    from_run = _trainer(_fit_config(tmp_path, out=str(tmp_path / "run2"), init=str(tmp_path / "run")))
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    for k, v in best.items():
+        torch.testing.assert_close(from_run.model.state_dict()[k], v)
+    with pytest.raises(ValueError, match="widths"):
+        _trainer(_fit_config(tmp_path, out=str(tmp_path / "run3"), init=str(path), model=FinderConfig(4, (4, 4, 8, 16), 4)))
 
 
 def test_weights_file_round_trip_and_finder_callable(tmp_path):

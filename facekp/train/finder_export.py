@@ -22,22 +22,9 @@ from ..finder_onnx import finder_onnx_bytes
 from ..finder_weights import save_finder
 from ..weights import sha256_file
 from .data import load_dataset, split_by_identity
-from .finder_fit import FinderFitConfig, box_centres, match_centres
+from .finder_fit import box_centres, load_finder_run, match_centres
 from .negatives import negative_paths
-from .scenes import SceneComposer, SceneConfig, load_gray_u8
-
-
-def load_finder_run(run: str | Path, checkpoint: str = "best.pt") -> tuple[FaceFinderNet, FinderFitConfig]:
-    """The network of a finder run folder (``fit_config.json`` + ``best.pt`` or ``last.pt``)."""
-    run = Path(run)
-    for name in ("fit_config.json", checkpoint):
-        if not (run / name).exists():
-            raise FileNotFoundError(f"{run} is not a finder run folder: {name} is missing")
-    config = FinderFitConfig.from_dict(json.loads((run / "fit_config.json").read_text()))
-    model = FaceFinderNet(config.model)
-    state = torch.load(run / checkpoint, map_location="cpu", weights_only=True)
-    model.load_state_dict(state["model"] if "model" in state else state)
-    return model.eval(), config
+from .scenes import SceneComposer, load_gray_u8
 
 
 #: Thresholds :func:`choose_min_score` tries.
@@ -95,7 +82,7 @@ def export_finder(run: str | Path, name: str, package_dir: str | Path, manifest_
     calibration.stats["fitted_on"] = (f"faces68 training split: split_by_identity(samples, {config.val_fraction}, "
                                       f"seed={config.seed}), {len(train)} photos")
     calibration.stats["detector_settings"] = f"FaceFinder(): min_score {min(THRESHOLDS)}, max_side 640, nms_iou 0.4"
-    composer = SceneComposer(train, backgrounds, SceneConfig(size=config.scene_size))
+    composer = SceneComposer(train, backgrounds, config.scene_config())
     min_score, thresholds = choose_min_score(model, calibration, composer, Detector(device="cpu"))
     path = Path(package_dir) / "weights" / f"{name}.safetensors"
     save_finder(model, calibration, path, min_score=min_score, overwrite=force)

@@ -23,11 +23,13 @@ from tqdm import tqdm
 
 from ..finder import decode
 from ..finder_model import BOX_PER_RMS, LEVEL_SIDES, STRIDES, FaceFinderNet, FinderConfig, normalize
+from ..finder_weights import load_finder_file
 from ..geometry import face_angle, face_geometry
 from .data import Sample, load_dataset, split_by_identity
 from .negatives import negative_paths
 from .run import DEFAULT_DATA, run_log
 from .scenes import SceneComposer, SceneConfig, eye_distance, load_gray_u8
+from ..weights import sha256_file
 
 log = logging.getLogger("facekp.train")
 
@@ -55,6 +57,13 @@ class FinderFitConfig:
     val_scenes: int = 64
     eval_every: int = 200
     checkpoint_minutes: float = 4.0
+    photo_scenes: float = 0.0  # share of scenes that are one annotated photo, turned (SceneConfig.photo_p)
+    init: str | None = None  # fine-tune from these weights (a finder .safetensors file or run folder)
+    init_sha256: str | None = None  # of the file the weights came from
+
+    def scene_config(self) -> SceneConfig:
+        """The training scenes' settings."""
+        return SceneConfig(size=self.scene_size, photo_p=self.photo_scenes)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -70,6 +79,19 @@ class FinderFitConfig:
 
 #: Settings a resumed run may change.
 RESUMABLE = frozenset({"out", "steps", "minutes", "checkpoint_minutes", "eval_every"})
+
+
+def load_finder_run(run: str | Path, checkpoint: str = "best.pt") -> tuple[FaceFinderNet, FinderFitConfig]:
+    """The network of a finder run folder (``fit_config.json`` + ``best.pt`` or ``last.pt``)."""
+    run = Path(run)
+    for name in ("fit_config.json", checkpoint):
+        if not (run / name).exists():
+            raise FileNotFoundError(f"{run} is not a finder run folder: {name} is missing")
+    config = FinderFitConfig.from_dict(json.loads((run / "fit_config.json").read_text()))
+    model = FaceFinderNet(config.model)
+    state = torch.load(run / checkpoint, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"] if "model" in state else state)
+    return model.eval(), config
 
 
 def face_geometry_targets(points: np.ndarray) -> tuple[np.ndarray, float, float]:
@@ -172,17 +194,34 @@ class FinderTrainer:
         if backgrounds is None or val_backgrounds is None:
             backgrounds = [load_gray_u8(p) for p in negative_paths(config.negatives, held_out=False)]
             val_backgrounds = [load_gray_u8(p) for p in negative_paths(config.negatives, held_out=True)]
-        scene = SceneConfig(size=config.scene_size)
+        scene = config.scene_config()
         self.composer = SceneComposer(train, backgrounds, scene)
         self.val_composer = SceneComposer(val, val_backgrounds, scene)
         torch.manual_seed(config.seed)
         self.model = FaceFinderNet(config.model)
+        if config.init is not None:
+            self._load_init(config.init)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.step = 0
         self.train_seconds = 0.0
         self.history: list[dict] = []
         self.best = -float("inf")
         self._val = None
+
+    def _load_init(self, weights: str) -> None:
+        """Fine-tuning: the network's weights from a finder run folder (its best checkpoint) or a
+        finder ``.safetensors`` file (:func:`facekp.finder_weights.save_finder`)."""
+        path = Path(weights)
+        if path.is_dir():
+            model, _ = load_finder_run(path)
+            source = path / "best.pt"
+        else:
+            model = load_finder_file(path).model
+            source = path
+        if model.config != self.config.model:
+            raise ValueError(f"--init {weights} is a finder of widths {model.config}, but this run trains {self.config.model}")
+        self.model.load_state_dict(model.state_dict())
+        self.config.init_sha256 = sha256_file(source)  # a resumed run checks the file is still the one it started from
 
     # -- schedule ----------------------------------------------------------------------
     def progress(self) -> float:
@@ -214,7 +253,7 @@ class FinderTrainer:
 
     def load_checkpoint(self) -> None:
         state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
-        saved = json.loads(state["config"])
+        saved = FinderFitConfig.from_dict(json.loads(state["config"])).to_dict()  # settings added since: their defaults
         given = self.config.to_dict()
         changed = [f"{k}: {saved[k]!r} -> {given[k]!r}" for k in given
                    if k not in RESUMABLE and saved.get(k) != given[k] and k not in ("data", "negatives")]
@@ -358,6 +397,11 @@ def add_parser(sub) -> None:
     p.add_argument("--eval-every", type=int, default=FinderFitConfig.eval_every, help="steps between validations")
     p.add_argument("--checkpoint-minutes", type=float, default=FinderFitConfig.checkpoint_minutes, help="minutes between checkpoints")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--photo-scenes", type=float, default=FinderFitConfig.photo_scenes, metavar="P",
+                   help="share of scenes that are one annotated photo, cut near its face and turned (edge pixels "
+                        "repeated or a flat colour around it), instead of faces pasted on a background")
+    p.add_argument("--init", type=Path, help="fine-tune from a finder .safetensors file (such as the bundled "
+                   "facekp/weights/finder-s8.safetensors) or a finder run folder (default: random initial weights)")
     p.set_defaults(handler=_run)
 
 
@@ -366,10 +410,13 @@ def _run(args) -> None:
         torch.set_num_threads(args.threads)
     if not 0.0 < args.val_fraction < 1.0:
         raise SystemExit(f"--val-fraction must lie in (0, 1), got {args.val_fraction}")
+    if not 0.0 <= args.photo_scenes <= 1.0:
+        raise SystemExit(f"--photo-scenes must lie in [0, 1], got {args.photo_scenes}")
     config = FinderFitConfig(data=str(args.data), negatives=str(args.negatives), out=str(args.out),
                              scene_size=args.scene_size, batch_size=args.batch_size, steps=args.steps,
                              minutes=args.minutes, lr=args.lr, val_fraction=args.val_fraction, seed=args.seed,
-                             eval_every=args.eval_every, checkpoint_minutes=args.checkpoint_minutes)
+                             eval_every=args.eval_every, checkpoint_minutes=args.checkpoint_minutes,
+                             photo_scenes=args.photo_scenes, init=None if args.init is None else str(args.init.resolve()))
     history = FinderTrainer(config).fit(resume=args.resume)
     if history:
         print(json.dumps(history[-1]))

@@ -10,11 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from ..geometry import CANONICAL_CENTER, CANONICAL_SIZE, compose_affine, similarity_transform
-from ..images import load_gray
+from ..images import fit_within, load_gray
 from ..preprocess import warp
 from .data import Sample
 
@@ -24,12 +23,7 @@ NEGATIVE_MAX_SIDE = 1024
 
 def load_negatives(paths: Sequence[Path], max_side: int = NEGATIVE_MAX_SIDE) -> list[np.ndarray]:
     """The photos as (H, W) float32 gray in [0, 1], shrunk to ``max_side`` (area averaging)."""
-    out = []
-    for p in paths:
-        g = load_gray(p)
-        f = max_side / max(g.shape)
-        out.append(cv2.resize(g, None, fx=f, fy=f, interpolation=cv2.INTER_AREA) if f < 1 else g)
-    return out
+    return [fit_within(load_gray(p), max_side) for p in paths]
 
 
 def patch_crops(grays: Sequence[np.ndarray], n: int, rng: np.random.Generator) -> np.ndarray:

@@ -7,8 +7,11 @@ half of the time, cut out with a soft oval or with its photo's own surroundings,
 partly covered or cut by the scene's border. Backgrounds are crops of face-free photos
 (``../shared/data/negatives`` less :data:`facekp.train.negatives.HELD_OUT_NEGATIVES`) or the parts of faces68 photos
 outside their face. The whole scene is then relit, blurred, noised and JPEG-compressed at
-random. Every face's 15 keypoints travel with it, so the targets (centre, box, angle) come from
-the labels.
+random. A share of the scenes (``photo_p``) is instead one annotated photo as it is, scaled,
+turned and shifted, cut to the part near its face, the canvas around it filled as a rotated
+photo's would be (edge pixels repeated, or a flat colour): the finder then also learns faces in their own photos and
+the streaks a turned photo's border leaves. Every face's 15 keypoints travel with it, so the
+targets (centre, box, angle) come from the labels.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..images import fit_within
 from ..keypoints import FLIP_INDEX
-from ..geometry import apply_affine, similarity_transform
+from ..geometry import apply_affine, face_geometry, similarity_transform
 from .data import Sample
 
 def load_gray_u8(path: Path, max_side: int = 1280) -> np.ndarray:
@@ -28,10 +32,7 @@ def load_gray_u8(path: Path, max_side: int = 1280) -> np.ndarray:
     gray = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if gray is None:
         raise ValueError(f"cannot read {path} as an image")
-    f = max_side / max(gray.shape)
-    if f < 1:
-        gray = cv2.resize(gray, (round(gray.shape[1] * f), round(gray.shape[0] * f)), interpolation=cv2.INTER_AREA)
-    return gray
+    return fit_within(gray, max_side)
 
 
 def eye_distance(points: np.ndarray) -> float:
@@ -55,6 +56,7 @@ class SceneConfig:
     blur_p: float = 0.25
     noise_p: float = 0.3
     jpeg_p: float = 0.3
+    photo_p: float = 0.0  # scenes that are one annotated photo, turned, instead of faces pasted on a background
 
 
 class SceneComposer:
@@ -77,6 +79,9 @@ class SceneComposer:
 
     def __call__(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         cfg = self.config
+        if cfg.photo_p and rng.random() < cfg.photo_p:
+            canvas, pts = self._photo(rng)
+            return self._photometric(canvas, rng), pts[None].astype(np.float32)
         canvas = self._background(rng).astype(np.float32)
         u = rng.random()
         count = 0 if u < cfg.empty_p else int(rng.integers(3, cfg.max_faces + 1)) if u < cfg.empty_p + cfg.group_p \
@@ -123,16 +128,64 @@ class SceneComposer:
         return np.ascontiguousarray(best[y : y + side, x : x + side])
 
     # -- faces --------------------------------------------------------------------------
+    @staticmethod
+    def _placement(points: np.ndarray, target: float, angle: float, where: np.ndarray,
+                   rng: np.random.Generator) -> tuple[np.ndarray, bool]:
+        """The affine (photo -> scene) that gives the face with keypoints ``points`` ``target`` px eye
+        distance, turned by ``angle`` degrees, centred at ``where``; mirrored about that centre half
+        the time (returned)."""
+        m = similarity_transform(points.mean(axis=0), target / max(eye_distance(points), 1.0), angle, tuple(where))
+        mirrored = rng.random() < 0.5
+        if mirrored:
+            m = np.array([[-1.0, 0.0, 2 * where[0]], [0.0, 1.0, 0.0]]) @ np.vstack([m, [0, 0, 1]])
+        return m, mirrored
+
+    @staticmethod
+    def _points(points: np.ndarray, m: np.ndarray, mirrored: bool) -> np.ndarray:
+        """A face's keypoints in the scene (left and right swapped for a mirrored face)."""
+        pts = apply_affine(m, points.astype(np.float64))
+        return pts[list(FLIP_INDEX)] if mirrored else pts
+
+    def _angle(self, rng: np.random.Generator) -> float:
+        cfg = self.config
+        return rng.uniform(-180, 180) if rng.random() < cfg.full_turn_p else rng.uniform(-cfg.tilt, cfg.tilt)
+
+    def _photo(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """A scene that is one annotated photo, its face at a random size, turn and place, the rest of
+        the canvas filled as around a turned photo; the float canvas and that face's (15, 2) points."""
+        cfg = self.config
+        s = self.faces[int(rng.integers(len(self.faces)))]
+        target = float(np.exp(rng.uniform(np.log(cfg.min_eye_distance), np.log(cfg.size / 2.6))))
+        where = rng.uniform(0.15, 0.85, size=2) * (cfg.size - 1)
+        # The photo near the face only: faces68's photos hold other, unannotated people farther off.
+        centre, rms = face_geometry(s.points)
+        x0, y0 = np.maximum(np.floor(centre - rng.uniform(2.5, 5.0) * rms), 0).astype(int)
+        x1, y1 = np.ceil(centre + rng.uniform(2.5, 5.0) * rms).astype(int) + 1
+        image, points = s.image[y0:y1, x0:x1], s.points - [x0, y0]
+        shrink = target / max(eye_distance(points), 1.0)
+        if shrink < 0.5:  # shrink with area averaging first: the affine warp alone would alias
+            h, w = image.shape
+            small = cv2.resize(image, (max(1, round(w * 2 * shrink)), max(1, round(h * 2 * shrink))), interpolation=cv2.INTER_AREA)
+            points = (points + 0.5) * [small.shape[1] / w, small.shape[0] / h] - 0.5
+            image = small
+        m, mirrored = self._placement(points, target, self._angle(rng), where, rng)
+        # Repeated edge pixels (the streaks of a turned photo) or a flat colour; never mirrored, which would copy the face.
+        border = cv2.BORDER_REPLICATE if rng.random() < 0.5 else cv2.BORDER_CONSTANT
+        canvas = cv2.warpAffine(image.astype(np.float32), m, (cfg.size, cfg.size), flags=cv2.INTER_LINEAR,
+                                borderMode=border, borderValue=float(rng.uniform(0, 255)))
+        pts = self._points(points, m, mirrored)
+        if rng.random() < cfg.occlusion_p:
+            _occlude(canvas, pts, rng)
+        return canvas, pts
+
     def _paste(self, canvas: np.ndarray, rng: np.random.Generator, count: int, boxes: list[np.ndarray]) -> np.ndarray | None:
         """Paste one random face into ``canvas`` (in place) away from the ``boxes`` already there; its points."""
         cfg = self.config
         s = self.faces[int(rng.integers(len(self.faces)))]
-        iod = max(eye_distance(s.points), 1.0)
         # Eye distance in the scene: log-uniform, smaller in groups (a face's box is about 3x it).
         top = cfg.size / (3.2 * np.sqrt(count)) if count > 2 else cfg.size / 2.6
         target = float(np.exp(rng.uniform(np.log(cfg.min_eye_distance), np.log(max(top, cfg.min_eye_distance * 1.5)))))
-        angle = rng.uniform(-180, 180) if rng.random() < cfg.full_turn_p else rng.uniform(-cfg.tilt, cfg.tilt)
-        centre = s.points.mean(axis=0)
+        angle = self._angle(rng)
         for _ in range(10):
             half = 1.6 * target  # about half the face box
             where = rng.uniform(-0.3 * half, cfg.size - 1 + 0.3 * half, size=2)
@@ -141,18 +194,13 @@ class SceneComposer:
                 break
         else:
             return None
-        m = similarity_transform(centre, target / iod, angle, tuple(where))
-        mirrored = rng.random() < 0.5
-        if mirrored:  # mirror about the face centre in the scene
-            m = np.array([[-1.0, 0.0, 2 * where[0]], [0.0, 1.0, 0.0]]) @ np.vstack([m, [0, 0, 1]])
+        m, mirrored = self._placement(s.points, target, angle, where, rng)
         size = (cfg.size, cfg.size)
         face = cv2.warpAffine(s.image.astype(np.float32), m, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
         alpha = cv2.warpAffine(self._mask(s, rng), m, size, flags=cv2.INTER_LINEAR, borderValue=0)
         face = face * rng.uniform(0.7, 1.3) + rng.uniform(-30, 30)  # its own lighting, unlike the background's
         canvas += alpha * (face - canvas)
-        pts = apply_affine(m, s.points.astype(np.float64))
-        if mirrored:
-            pts = pts[list(FLIP_INDEX)]
+        pts = self._points(s.points, m, mirrored)
         if rng.random() < cfg.occlusion_p:
             _occlude(canvas, pts, rng)
         boxes.append(box)
