@@ -158,6 +158,17 @@ def test_negative_crops_join_the_batch_with_flat_targets_and_their_peak_is_recor
     assert "| yes | - | 8 |" in text  # the stage's row: flips, no mirror offsets, 8 face-free crops per batch
 
 
+def _fit_records_the_option(trainer: Trainer, tmp_path, key: str, flag: str) -> None:
+    """``trainer`` (an option set to 1.0) trains; its run records the option and the exported model card's command has ``flag``."""
+    trainer.fit()
+    run = trainer.out
+    assert json.loads((run / "fit_config.json").read_text())[key] == 1.0
+    card = tmp_path / f"card-{key}.md"
+    assert train_main(["export", "--run", str(run), "--name", "tiny", "--package", str(tmp_path / "pkg"), "--manifest",
+                       str(tmp_path / f"manifest-{key}.json"), "--model-card", str(card), "--no-onnx", "--force"]) == 0
+    assert flag in card.read_text()
+
+
 def test_border_cuts_end_the_photo_inside_the_face_and_reach_the_batch_and_the_card(kaggle_csv, tmp_path):
     from facekp.train.augment import cut_at_border
 
@@ -192,12 +203,7 @@ def test_border_cuts_end_the_photo_inside_the_face_and_reach_the_batch_and_the_c
     plain = Trainer(_config(kaggle_csv, tmp_path / "plain", max_steps=2))
     x_plain = make_batch(plain.train, np.arange(4), plain.augmenter, plain.codec, 0, 0)[0]
     assert not torch.equal(x_cut, x_plain)
-    trainer.fit()
-    assert json.loads((tmp_path / "cut" / "fit_config.json").read_text())["border_cut_p"] == 1.0
-    card = tmp_path / "card.md"
-    assert train_main(["export", "--run", str(tmp_path / "cut"), "--name", "tiny", "--package", str(tmp_path / "pkg"),
-                       "--manifest", str(tmp_path / "manifest.json"), "--model-card", str(card), "--no-onnx"]) == 0
-    assert "--border-cut 1" in card.read_text()
+    _fit_records_the_option(trainer, tmp_path, "border_cut_p", "--border-cut 1")
     with pytest.raises(ValueError, match="border_cut_p"):
         _config(kaggle_csv, tmp_path / "bad", border_cut_p=1.5)
 
@@ -228,12 +234,7 @@ def test_low_resolution_crops_look_like_small_faces_and_reach_the_batch_and_the_
                       for p in (1.0, 0.0))
     sharp = lambda x: float(np.mean([cv2.Laplacian(c[0].numpy(), cv2.CV_32F).var() for c in x]))
     assert sharp(x_low) < 0.5 * sharp(x_plain)
-    trainer.fit()
-    assert json.loads((tmp_path / "low" / "fit_config.json").read_text())["low_res_p"] == 1.0
-    card = tmp_path / "card.md"
-    assert train_main(["export", "--run", str(tmp_path / "low"), "--name", "tiny", "--package", str(tmp_path / "pkg"),
-                       "--manifest", str(tmp_path / "manifest.json"), "--model-card", str(card), "--no-onnx"]) == 0
-    assert "--low-res 1" in card.read_text()
+    _fit_records_the_option(trainer, tmp_path, "low_res_p", "--low-res 1")
     with pytest.raises(ValueError, match="low_res_p"):
         _config(kaggle_csv, tmp_path / "bad", low_res_p=-0.1)
 
