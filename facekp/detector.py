@@ -39,6 +39,9 @@ RETRY_TURNS = (90.0, 180.0, 270.0)
 #: of training identities and training negatives: at 0.9 the turns rescued 56 faces and 4 false ones
 #: (0.90-0.98), at 0.95 53 faces and 1 false one (a second box on a turned photo's face).
 RETRY_MIN_PRESENCE = 0.95
+#: The presence a weak face (a face detector's ``weak_score`` to ``min_score``, e.g.
+#: :data:`facekp.finder.WEAK_SCORE`) must reach at its first framing to be kept; weak faces get no turns.
+WEAK_MIN_PRESENCE = 0.95
 
 
 def _check_batch_size(batch_size: int) -> int:
@@ -300,7 +303,9 @@ class Detector:
                 or ``-> (boxes, scores, angles)`` (:class:`facekp.face_detection.FaceDetector`).
                 None: :data:`facekp.face_detectors.DEFAULT_FACE_DETECTOR`.
             min_score: the ``"facekp"`` finder's face-probability threshold, in (0, 1) (None: its
-                weights' own); refused with other face detectors.
+                weights' own, and the weak faces scored from :data:`facekp.finder.WEAK_SCORE` up to it
+                are kept when their presence reaches :data:`WEAK_MIN_PRESENCE`; a threshold given here
+                has no weak faces under it); refused with other face detectors.
             calibration: how boxes map to the network's frame (:class:`facekp.calibration.BoxCalibration`
                 or its dict); default: the model config's ``box_to_frame``, else the calibration
                 fitted for the Haar detector (which also applies to ``boxes`` passed in).
@@ -310,7 +315,7 @@ class Detector:
             color: the channel order of a colour array or tensor, ``"rgb"`` or ``"bgr"``
                 (OpenCV's); files and PIL images ignore it.
             min_presence: drop the faces whose presence (:meth:`presence`) is below this (in [0, 1];
-                0 keeps all). None: :data:`facekp.presence.DEFAULT_MIN_PRESENCE` (0.9) when the model
+                0 keeps all but weak faces, which always need :data:`WEAK_MIN_PRESENCE`). None: :data:`facekp.presence.DEFAULT_MIN_PRESENCE` (0.9) when the model
                 has a presence model, else no filtering; a number with a model without one raises
                 ``WeightsError``. See ``docs/detection.md`` for what it keeps and drops.
 
@@ -330,30 +335,36 @@ class Detector:
         gray = load_gray(image, color)
         if max_faces == 0:
             return []
+        weak_floor = None
         if boxes is None:
             source = gray_u8(image, gray) if getattr(fd, "wants_gray", False) else load_rgb(image, color)
-            boxes, scores, angles = usable_detections(run_face_detector(fd, source), gray.shape, drop=True)
+            # Weak faces need a presence model to vouch for them.
+            weak_floor = getattr(fd, "weak_score", None) if self.presence_model is not None else None
+            find = fd if weak_floor is None else (lambda photo: fd(photo, min_score=weak_floor))
+            boxes, scores, angles = usable_detections(run_face_detector(find, source), gray.shape, drop=True)
         else:
             boxes, scores, angles = usable_detections(as_detections(boxes), gray.shape, drop=False)
         if len(boxes) == 0:
             return []
+        weak = scores < fd.min_score if weak_floor is not None else np.zeros(len(boxes), bool)
         order = np.argsort(-(boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), kind="stable")
-        if max_faces is not None and min_presence == 0:  # else the largest faces are kept once the false ones are dropped
-            order = order[:max_faces]
-        boxes, scores, angles = boxes[order], scores[order], angles[order]
+        if max_faces is not None and min_presence == 0 and not weak.any():  # else the largest faces are kept
+            order = order[:max_faces]                                       # once the false ones are dropped
+        boxes, scores, angles, weak = boxes[order], scores[order], angles[order], weak[order]
         calib = resolve_calibration(self, fd, calibration)
         transforms = np.stack([calib.frame(b, a) for b, a in zip(boxes, angles)])
         points, confidence = self.predict_refined(gray, transforms, refine)
-        presence = [None] * len(points)
+        presence, bar = [None] * len(points), np.full(len(points), min_presence)
         if self.presence_model is not None:
             presence = self.presence(points, confidence)
             points, confidence, presence = self._retry_turned(gray, transforms, refine, min_presence,
-                                                              points, confidence, presence)
+                                                              points, confidence, presence, ~weak)
+            bar[weak] = max(min_presence, WEAK_MIN_PRESENCE)
         if refine:  # the face's own measure, finer than a face detector's guess (0 for Haar's upright search)
             angles = np.array([face_angle(p) for p in points])
         faces = [Face(tuple(float(v) for v in b), p, c, float(s), float(a), None if q is None else float(q))
-                 for b, p, c, s, a, q in zip(boxes, points, confidence, scores, angles, presence)
-                 if q is None or q >= min_presence]
+                 for b, p, c, s, a, q, least in zip(boxes, points, confidence, scores, angles, presence, bar)
+                 if q is None or q >= least]
         return faces[:max_faces]
 
     def detect_options(self, face_detector: FaceDetectorLike = None, refine: int | None = None,
@@ -384,11 +395,12 @@ class Detector:
         return float(min_presence)
 
     def _retry_turned(self, gray: np.ndarray, transforms: np.ndarray, refine: int, min_presence: float,
-                      points: np.ndarray, confidence: np.ndarray, presence: np.ndarray) -> tuple[np.ndarray, ...]:
-        """The faces whose presence is under ``min_presence`` framed again at each of :data:`RETRY_TURNS`
-        (:meth:`predict_turns`); a face takes the points and presence of its best turn when that reaches
-        :data:`RETRY_MIN_PRESENCE` (or ``min_presence``, if higher)."""
-        low = np.flatnonzero(presence < min_presence)
+                      points: np.ndarray, confidence: np.ndarray, presence: np.ndarray,
+                      eligible: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The ``eligible`` faces whose presence is under ``min_presence`` framed again at each of
+        :data:`RETRY_TURNS` (:meth:`predict_turns`); a face takes the points and presence of its best
+        turn when that reaches :data:`RETRY_MIN_PRESENCE` (or ``min_presence``, if higher)."""
+        low = np.flatnonzero((presence < min_presence) & eligible)
         if not len(low):
             return points, confidence, presence
         p, q = self.predict_turns(gray, transforms[low], refine)

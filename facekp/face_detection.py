@@ -52,6 +52,10 @@ class FaceDetector(Protocol):
         calibration: a :class:`facekp.calibration.BoxCalibration` (or its dict) for this
             detector's boxes, or None.
         wants_gray: True to be given gray images.
+        weak_score, min_score: optional, together (as :class:`facekp.finder.FaceFinder` has them): a
+            detector with a ``weak_score`` (not None) is called with ``min_score=weak_score`` as a
+            keyword, and the faces it then reports under its ``min_score`` are weak ones, which
+            ``detect`` keeps only at a high presence (:data:`facekp.detector.WEAK_MIN_PRESENCE`).
 
     Plain callables are accepted too; the attributes are then read as absent (no name, no own
     calibration, RGB input).

@@ -2,7 +2,8 @@
 
 - ``"facekp"``: facekp's own learned face finder (:class:`facekp.finder.FaceFinder`): faces at
   any in-plane rotation, each reported with the angle that turns it upright; ``min_score`` is its
-  face-probability threshold.
+  face-probability threshold (by default the weights' own, with the weak faces under it that
+  ``detect`` keeps when presence vouches for them; a ``min_score`` given keeps exactly the faces from it up).
 - ``"haar"``: OpenCV's frontal-face Haar cascade (:class:`facekp.face_detection.HaarFaceDetector`):
   upright faces (within about 10 degrees) only.
 
@@ -66,4 +67,7 @@ def check_face_detector(face_detector: FaceDetectorLike = None,
 
 @functools.lru_cache(maxsize=8)
 def _named(name: str, min_score: float | None) -> Callable[..., Any]:
-    return FaceFinder(min_score=min_score) if name == "facekp" else HaarFaceDetector()
+    if name == "haar":
+        return HaarFaceDetector()
+    # A threshold the caller chose is the threshold: no weak faces under it.
+    return FaceFinder() if min_score is None else FaceFinder(min_score=min_score, weak_score=None)

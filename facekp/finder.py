@@ -28,6 +28,10 @@ from .onnx import onnx_export_available
 FINDER_NAME = "facekp_finder"
 #: Score threshold of a finder network passed in without one.
 DEFAULT_MIN_SCORE = 0.5
+#: Faces scored from this up to ``min_score`` are "weak": :meth:`facekp.Detector.detect` keeps one
+#: only when the keypoint network's presence at its first framing is high
+#: (:data:`facekp.detector.WEAK_MIN_PRESENCE`), and tries no turns on it.
+WEAK_SCORE = 0.1
 
 
 def decode(maps: Sequence[np.ndarray], strides: Sequence[int] = STRIDES, min_score: float = 0.5,
@@ -85,6 +89,9 @@ class FaceFinder:
         max_side: photos whose longer side exceeds this are shrunk to it first (speed; the
             smallest faces found then have about ``8 * longer side / max_side`` px eye distance).
         nms_iou: overlap above which the weaker of two faces is dropped.
+        weak_score: faces scored in [weak_score, min_score) are the weak ones ``detect`` may keep on
+            the strength of their presence (:data:`WEAK_SCORE`); None, or a value not under
+            ``min_score``: none. Calling the finder reports only faces from ``min_score`` up.
         backend: ``"onnx"`` (onnxruntime; the bundled network ships its graph, another one is
             exported, which needs the ``onnx`` extra), ``"torch"``, or ``"auto"``: onnx for the
             bundled network or when the graph can be exported (:func:`facekp.onnx.onnx_export_available`),
@@ -96,9 +103,10 @@ class FaceFinder:
 
     def __init__(self, model: FaceFinderNet | None = None, calibration: BoxCalibration | dict | None = None,
                  min_score: float | None = None, max_side: int | None = 640, nms_iou: float = 0.4,
-                 backend: str = "auto") -> None:
-        if min_score is not None and not 0.0 < min_score < 1.0:
-            raise ValueError(f"min_score must lie in (0, 1), got {min_score}")
+                 backend: str = "auto", weak_score: float | None = WEAK_SCORE) -> None:
+        for name, value in (("min_score", min_score), ("weak_score", weak_score)):
+            if value is not None and not 0.0 < value < 1.0:
+                raise ValueError(f"{name} must lie in (0, 1), got {value}")
         if backend not in ("auto", "torch", "onnx"):
             raise ValueError(f"backend must be 'auto', 'torch' or 'onnx', got {backend!r}")
         if max_side is not None and max_side < 32:
@@ -115,6 +123,7 @@ class FaceFinder:
         self.model = fuse_conv_bn(copy.deepcopy(model).eval())  # BatchNorm folded: ~20% faster on CPU
         self.calibration = calibration if isinstance(calibration, BoxCalibration) else BoxCalibration.from_dict(calibration)
         self.min_score = DEFAULT_MIN_SCORE if min_score is None else min_score
+        self.weak_score = weak_score if weak_score is not None and weak_score < self.min_score else None
         self.max_side = max_side
         self.nms_iou = nms_iou
         self._onnx = None
@@ -133,11 +142,13 @@ class FaceFinder:
         kwargs.setdefault("min_score", weights.min_score)
         return cls(weights.model, weights.calibration, **kwargs)
 
-    def __call__(self, image) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(N, 4)`` boxes ``x0, y0, x1, y1`` (image pixels), ``(N,)`` scores and ``(N,)`` angles (degrees)."""
+    def __call__(self, image, min_score: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(N, 4)`` boxes ``x0, y0, x1, y1`` (image pixels), ``(N,)`` scores and ``(N,)`` angles
+        (degrees) of the faces scored from ``min_score`` (default: the finder's own) up."""
         photo = gray_u8(image)
         gray = fit_within(photo, self.max_side)
-        boxes, scores, angles = decode(self.maps(gray), STRIDES, self.min_score, self.nms_iou)
+        boxes, scores, angles = decode(self.maps(gray), STRIDES, self.min_score if min_score is None else min_score,
+                                       self.nms_iou)
         return unshrink_boxes(boxes, gray.shape, photo.shape), scores, angles
 
     def maps(self, gray: np.ndarray) -> list[np.ndarray]:
@@ -159,5 +170,5 @@ class FaceFinder:
         return [o[0, :, : -(-h // s), : -(-w // s)] for o, s in zip(out, STRIDES)]
 
     def __repr__(self) -> str:
-        return (f"FaceFinder(min_score={self.min_score}, max_side={self.max_side}, nms_iou={self.nms_iou}, "
-                f"backend={self.backend!r})")
+        return (f"FaceFinder(min_score={self.min_score}, weak_score={self.weak_score}, max_side={self.max_side}, "
+                f"nms_iou={self.nms_iou}, backend={self.backend!r})")

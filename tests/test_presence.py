@@ -202,6 +202,34 @@ def test_detect_turns_a_face_its_face_detector_framed_at_the_wrong_angle(bundled
     assert np.linalg.norm(face.points - upright.points, axis=1).mean() < 3.0
 
 
+def test_detect_keeps_a_weak_face_only_on_its_presence_and_tries_no_turns_on_it(bundled):
+    from facekp.detector import WEAK_MIN_PRESENCE
+    from facekp.finder import FaceFinder
+
+    photo = sample_photo_path()
+    score = FaceFinder()(photo)[1].max()  # the face's (the finder's other candidates are false faces)
+    strict = FaceFinder(min_score=0.999, weak_score=0.1)  # the sample face is only a weak one for it
+    assert score < strict.min_score and len(strict(photo)[0]) == 0 and score in strict(photo, min_score=0.1)[1]
+    (face,) = bundled.detect(photo, face_detector=strict)
+    assert face.score == pytest.approx(score) and face.presence >= WEAK_MIN_PRESENCE
+    assert bundled.detect(photo, face_detector="facekp", min_score=0.999) == []  # a chosen threshold: no weak faces
+    assert FaceFinder(min_score=0.2, weak_score=0.3).weak_score is None  # not under min_score: none
+
+    class UpsideDown:  # the right box, the angle 180 degrees off: only the turns can find the face
+        min_score, weak_score = 0.5, 0.1
+
+        def __init__(self, score: float) -> None:
+            self.score = score
+
+        def __call__(self, image, min_score=None):
+            keep = np.array([self.score >= (self.min_score if min_score is None else min_score)])
+            return np.array([HOPPER_BOX])[keep], np.array([self.score])[keep], np.array([180.0])[keep]
+
+    assert len(bundled.detect(photo, face_detector=UpsideDown(0.6))) == 1  # a confident face: turned upright
+    assert bundled.detect(photo, face_detector=UpsideDown(0.3)) == []  # a weak one: no turns, no face
+    assert len(bundled.detect(photo, face_detector=UpsideDown(0.3), min_presence=0)) == 0  # weak faces always need presence
+
+
 def test_both_runners_give_the_same_presence(bundled):
     pytest.importorskip("onnxruntime")
     images = [FACE_CROP, sample_photo_path(), np.full((64, 64), 0.3, np.float32)]

@@ -83,11 +83,18 @@ LOW_RES_EYE_DISTANCE = (8.0, 25.0)
 
 def low_resolution(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """The canonical crop as ``detect`` frames a face of 8-25 px eye distance (:data:`LOW_RES_EYE_DISTANCE`):
-    shrunk (area averaging) to the pixels such a face has, then stretched back bilinearly, as the
-    crop's warp stretches a small face. The canonical eye distance is about 34 px."""
+    shrunk (area averaging) to the pixels such a face has, half the time noised and half the time
+    JPEG-compressed at that size (a photo's noise and blocks are as large as its pixels), then
+    stretched back bilinearly, as the crop's warp stretches a small face. The canonical eye
+    distance is about 34 px."""
     iod = float(np.exp(rng.uniform(*np.log(LOW_RES_EYE_DISTANCE))))
     side = max(4, round(CANONICAL_SIZE * iod / CANONICAL_EYE_DISTANCE))
     small = cv2.resize(crop, (side, side), interpolation=cv2.INTER_AREA)
+    if rng.random() < 0.5:
+        small = np.clip(small + rng.normal(0.0, rng.uniform(0.01, 0.05), small.shape), 0.0, 1.0).astype(np.float32)
+    if rng.random() < 0.5:
+        _, buf = cv2.imencode(".jpg", np.rint(small * 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(30, 90))])
+        small = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255.0
     return cv2.resize(small, (CANONICAL_SIZE, CANONICAL_SIZE), interpolation=cv2.INTER_LINEAR)
 
 
