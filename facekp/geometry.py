@@ -22,8 +22,6 @@ _MOUTH = tuple(KEYPOINT_NAMES.index(n) for n in ("mouth_left_corner", "mouth_rig
 CANONICAL_SIZE = 96
 CANONICAL_CENTER = 48.0
 CANONICAL_RMS = 26.0
-#: Eye-centre distance of the training faces' mean shape in that frame (px; the presence model's mean shape).
-CANONICAL_EYE_DISTANCE = 34.0
 
 
 def letterbox_transform(width: int, height: int, size: int = CANONICAL_SIZE) -> np.ndarray:

@@ -158,17 +158,6 @@ def test_negative_crops_join_the_batch_with_flat_targets_and_their_peak_is_recor
     assert "| yes | - | 8 |" in text  # the stage's row: flips, no mirror offsets, 8 face-free crops per batch
 
 
-def _fit_records_the_option(trainer: Trainer, tmp_path, key: str, flag: str) -> None:
-    """``trainer`` (an option set to 1.0) trains; its run records the option and the exported model card's command has ``flag``."""
-    trainer.fit()
-    run = trainer.out
-    assert json.loads((run / "fit_config.json").read_text())[key] == 1.0
-    card = tmp_path / f"card-{key}.md"
-    assert train_main(["export", "--run", str(run), "--name", "tiny", "--package", str(tmp_path / "pkg"), "--manifest",
-                       str(tmp_path / f"manifest-{key}.json"), "--model-card", str(card), "--no-onnx", "--force"]) == 0
-    assert flag in card.read_text()
-
-
 def test_border_cuts_end_the_photo_inside_the_face_and_reach_the_batch_and_the_card(kaggle_csv, tmp_path):
     from facekp.train.augment import cut_at_border
 
@@ -203,40 +192,14 @@ def test_border_cuts_end_the_photo_inside_the_face_and_reach_the_batch_and_the_c
     plain = Trainer(_config(kaggle_csv, tmp_path / "plain", max_steps=2))
     x_plain = make_batch(plain.train, np.arange(4), plain.augmenter, plain.codec, 0, 0)[0]
     assert not torch.equal(x_cut, x_plain)
-    _fit_records_the_option(trainer, tmp_path, "border_cut_p", "--border-cut 1")
+    trainer.fit()
+    assert json.loads((tmp_path / "cut" / "fit_config.json").read_text())["border_cut_p"] == 1.0
+    card = tmp_path / "card.md"
+    assert train_main(["export", "--run", str(tmp_path / "cut"), "--name", "tiny", "--package", str(tmp_path / "pkg"),
+                       "--manifest", str(tmp_path / "manifest.json"), "--model-card", str(card), "--no-onnx"]) == 0
+    assert "--border-cut 1" in card.read_text()
     with pytest.raises(ValueError, match="border_cut_p"):
         _config(kaggle_csv, tmp_path / "bad", border_cut_p=1.5)
-
-
-def test_low_resolution_crops_look_like_small_faces_and_reach_the_batch_and_the_card(kaggle_csv, tmp_path):
-    import cv2
-
-    from facekp.train.augment import LOW_RES_EYE_DISTANCE, Augmenter, low_resolution
-
-    rng = np.random.default_rng(0)
-    crop = rng.uniform(0, 1, (96, 96)).astype(np.float32)  # detail at every scale
-    sharpness = lambda c: float(cv2.Laplacian(c, cv2.CV_32F).var())
-    for _ in range(20):
-        low = low_resolution(crop, rng)
-        assert low.shape == crop.shape and low.dtype == np.float32 and 0.0 <= low.min() and low.max() <= 1.0
-        assert sharpness(low) < 0.1 * sharpness(crop)
-        assert abs(float(low.mean()) - float(crop.mean())) < 0.02  # resolution, not brightness
-    # The smallest faces lose the most: a crop of a 25 px face keeps more detail than one of 8 px.
-    small, large = LOW_RES_EYE_DISTANCE
-    scale = lambda iod: round(96 * iod / 34.0)
-    blurred = {iod: cv2.resize(cv2.resize(crop, (scale(iod),) * 2, interpolation=cv2.INTER_AREA), (96, 96),
-                               interpolation=cv2.INTER_LINEAR) for iod in (small, large)}
-    assert sharpness(blurred[small]) < sharpness(blurred[large])
-    trainer = Trainer(_config(kaggle_csv, tmp_path / "low", low_res_p=1.0, max_steps=2))
-    assert trainer.augmenter.low_res_p == 1.0
-    quiet = dict(blur_p=0.0, noise_p=0.0, occlusion_p=0.0)  # nothing else that changes the crops' detail
-    x_low, x_plain = (make_batch(trainer.train, np.arange(4), Augmenter(low_res_p=p, **quiet), trainer.codec, 0, 0)[0]
-                      for p in (1.0, 0.0))
-    sharp = lambda x: float(np.mean([cv2.Laplacian(c[0].numpy(), cv2.CV_32F).var() for c in x]))
-    assert sharp(x_low) < 0.5 * sharp(x_plain)
-    _fit_records_the_option(trainer, tmp_path, "low_res_p", "--low-res 1")
-    with pytest.raises(ValueError, match="low_res_p"):
-        _config(kaggle_csv, tmp_path / "bad", low_res_p=-0.1)
 
 
 def test_fine_tune_starts_from_saved_weights_without_flips(kaggle_csv, tmp_path):

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 
 from ..keypoints import FLIP_INDEX
-from ..geometry import CANONICAL_CENTER, CANONICAL_EYE_DISTANCE, CANONICAL_SIZE, apply_affine, compose_affine, similarity_transform
+from ..geometry import CANONICAL_CENTER, CANONICAL_SIZE, apply_affine, compose_affine, similarity_transform
 from ..preprocess import warp
 
 #: Left-right mirror of the 96x96 crop, in pixel-centre coordinates.
@@ -51,7 +51,6 @@ class Augmenter:
     noise_p: float = 0.25
     occlusion_p: float = 0.3
     border_cut_p: float = 0.0  # faces cut by their photo's border (cut_at_border)
-    low_res_p: float = 0.0  # crops shown as a small face's would be (low_resolution)
 
     def transform(self, rng: np.random.Generator) -> np.ndarray:
         """Random 2x3 affine on canonical coordinates, mirrored half of the time when ``flip``."""
@@ -59,10 +58,7 @@ class Augmenter:
         return compose_affine(MIRROR, m) if self.flip and rng.random() < 0.5 else m
 
     def photometric(self, crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Random resolution, lighting, blur, noise and occlusion on a float crop in [0, 1]."""
-        # (no draw without low-resolution crops: the batches of runs from before the option stay as they were)
-        if self.low_res_p and rng.random() < self.low_res_p:
-            crop = low_resolution(crop, rng)
+        """Random lighting, blur, noise and occlusion on a float crop in [0, 1]."""
         gain = 1.0 + rng.uniform(-self.contrast, self.contrast)
         crop = (crop - crop.mean()) * gain + crop.mean() + rng.uniform(-self.brightness, self.brightness)
         crop = np.clip(crop, 0.0, 1.0) ** np.exp(rng.uniform(-0.4, 0.4))  # gamma
@@ -75,27 +71,6 @@ class Augmenter:
             x, y = rng.integers(0, CANONICAL_SIZE - w), rng.integers(0, CANONICAL_SIZE - h)
             crop[y : y + h, x : x + w] = rng.uniform(0.0, 1.0)
         return np.clip(crop, 0.0, 1.0).astype(np.float32)
-
-
-#: Eye distances (px in the photo) :func:`low_resolution` draws from, log-uniformly: the benchmark's small faces.
-LOW_RES_EYE_DISTANCE = (8.0, 25.0)
-
-
-def low_resolution(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """The canonical crop as ``detect`` frames a face of 8-25 px eye distance (:data:`LOW_RES_EYE_DISTANCE`):
-    shrunk (area averaging) to the pixels such a face has, half the time noised and half the time
-    JPEG-compressed at that size (a photo's noise and blocks are as large as its pixels), then
-    stretched back bilinearly, as the crop's warp stretches a small face. The canonical eye
-    distance is about 34 px."""
-    iod = float(np.exp(rng.uniform(*np.log(LOW_RES_EYE_DISTANCE))))
-    side = max(4, round(CANONICAL_SIZE * iod / CANONICAL_EYE_DISTANCE))
-    small = cv2.resize(crop, (side, side), interpolation=cv2.INTER_AREA)
-    if rng.random() < 0.5:
-        small = np.clip(small + rng.normal(0.0, rng.uniform(0.01, 0.05), small.shape), 0.0, 1.0).astype(np.float32)
-    if rng.random() < 0.5:
-        _, buf = cv2.imencode(".jpg", np.rint(small * 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(30, 90))])
-        small = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255.0
-    return cv2.resize(small, (CANONICAL_SIZE, CANONICAL_SIZE), interpolation=cv2.INTER_LINEAR)
 
 
 def make_crop(

@@ -57,9 +57,6 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--border-cut", type=_fraction, default=0.0, metavar="P",
                      help="share of training faces cut by their photo's border (15-45%% of the face past it, the "
                           "border's pixels repeated), as faces at the edge of a photo are (default: 0)")
-    fit.add_argument("--low-res", type=_fraction, default=0.0, metavar="P",
-                     help="share of crops (faces and face-free ones) shown at the resolution of a face of 8-25 px eye "
-                          "distance, as detect frames small faces in group photos (default: 0)")
     fit.set_defaults(handler=_fit)
 
     ev = sub.add_parser("eval", help="accuracy on the validation split (or all) of a dataset")
@@ -153,7 +150,7 @@ def _fit(args) -> None:
         mirror_offsets=dict(args.mirror_offset),
         init=None if args.init is None else str(Path(args.init).resolve()),
         negatives=None if args.negatives is None else str(args.negatives.resolve()),
-        negatives_per_batch=args.negatives_per_batch, border_cut_p=args.border_cut, low_res_p=args.low_res,
+        negatives_per_batch=args.negatives_per_batch, border_cut_p=args.border_cut,
     )
     with process_group(config.device) as world:  # a world of one unless started by torchrun
         Trainer(config, world=world).fit(resume=args.resume)  # rank 0 prints each epoch's record as it ends

@@ -113,8 +113,7 @@ class Trainer:
         if config.init is not None:
             self._load_init(config.init)
         self.net = world.wrap(self.model)  # what trains: DDP around self.model across ranks
-        self.augmenter = Augmenter(flip=config.flip, mirror_offsets=config.mirror_offsets, border_cut_p=config.border_cut_p,
-                                   low_res_p=config.low_res_p)
+        self.augmenter = Augmenter(flip=config.flip, mirror_offsets=config.mirror_offsets, border_cut_p=config.border_cut_p)
         self.negative_photos: list[np.ndarray] = []
         self.val_negatives: torch.Tensor | None = None  # fixed crops of held-out photos and validation faces
         if config.negatives_per_batch:

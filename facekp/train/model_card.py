@@ -184,8 +184,6 @@ def _reproduce(stages: list[tuple[FitConfig, Path]], name: str) -> str:
             extra.append(f"--negatives ../shared/data/negatives --negatives-per-batch {fit.negatives_per_batch}")
         if fit.border_cut_p:
             extra.append(f"--border-cut {fit.border_cut_p:g}")
-        if fit.low_res_p:
-            extra.append(f"--low-res {fit.low_res_p:g}")
         if fit.init is not None:
             extra.append(f"--init runs/{Path(fit.init).name}" if is_run_folder(fit.init) else f"--init {Path(fit.init).name}")
         if extra:

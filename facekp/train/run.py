@@ -48,7 +48,6 @@ class FitConfig:
     negatives: str | None = None  # face-free photos: negative crops come from its training ones
     negatives_per_batch: int = 0  # crops without a face added to each batch, taught all-zero heatmaps
     border_cut_p: float = 0.0  # share of training faces cut by their photo's border (augment.cut_at_border)
-    low_res_p: float = 0.0  # share of crops shown at a small face's resolution (augment.low_resolution)
 
     def __post_init__(self) -> None:
         """Settings checked before any data is read or network built (``--batch-size 0`` would divide by zero)."""
@@ -64,7 +63,6 @@ class FitConfig:
             validate.integer("max_steps", self.max_steps, 1)
         validate.integer("negatives_per_batch", self.negatives_per_batch, 0, 65536)
         validate.number("border_cut_p", self.border_cut_p, 0.0, 1.0)
-        validate.number("low_res_p", self.low_res_p, 0.0, 1.0)
         if self.negatives_per_batch and self.negatives is None:
             raise ValueError("negatives_per_batch needs a negatives folder (--negatives) to cut face-free crops from")
 
