@@ -42,6 +42,9 @@ RETRY_MIN_PRESENCE = 0.95
 #: The presence a weak face (a face detector's ``weak_score`` to ``min_score``, e.g.
 #: :data:`facekp.finder.WEAK_SCORE`) must reach at its first framing to be kept; weak faces get no turns.
 WEAK_MIN_PRESENCE = 0.95
+#: A weak face goes on to ``detect``'s refine passes only when its presence at the face detector's
+#: framing (one pass) reaches this.
+WEAK_SCREEN_PRESENCE = 0.5
 
 
 def _check_batch_size(batch_size: int) -> int:
@@ -353,6 +356,13 @@ class Detector:
         boxes, scores, angles, weak = boxes[order], scores[order], angles[order], weak[order]
         calib = resolve_calibration(self, fd, calibration)
         transforms = np.stack([calib.frame(b, a) for b, a in zip(boxes, angles)])
+        if weak.any():  # most weak faces are false: one pass each, and only the likely faces go on
+            p0, q0 = self.predict_framed([gray] * int(weak.sum()), transforms[weak])
+            keep = ~weak
+            keep[weak] = self.presence(p0, q0) >= WEAK_SCREEN_PRESENCE
+            boxes, scores, angles, weak, transforms = (v[keep] for v in (boxes, scores, angles, weak, transforms))
+            if len(boxes) == 0:
+                return []
         points, confidence = self.predict_refined(gray, transforms, refine)
         presence, bar = [None] * len(points), np.full(len(points), min_presence)
         if self.presence_model is not None:
