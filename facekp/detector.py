@@ -318,9 +318,10 @@ class Detector:
             color: the channel order of a colour array or tensor, ``"rgb"`` or ``"bgr"``
                 (OpenCV's); files and PIL images ignore it.
             min_presence: drop the faces whose presence (:meth:`presence`) is below this (in [0, 1];
-                0 keeps all but weak faces, which always need :data:`WEAK_MIN_PRESENCE`). None: :data:`facekp.presence.DEFAULT_MIN_PRESENCE` (0.9) when the model
-                has a presence model, else no filtering; a number with a model without one raises
-                ``WeightsError``. See ``docs/detection.md`` for what it keeps and drops.
+                0 keeps all but weak faces, which always need :data:`WEAK_MIN_PRESENCE`). None:
+                :data:`facekp.presence.DEFAULT_MIN_PRESENCE` (0.9) when the model has a presence model,
+                else no filtering; a number with a model without one raises ``WeightsError``. See
+                ``docs/detection.md`` for what it keeps and drops.
 
         Returns:
             A list of :class:`facekp.Face` (``box``, ``points`` (15, 2), ``confidence``

@@ -25,11 +25,11 @@ from ..finder import decode
 from ..finder_model import BOX_PER_RMS, LEVEL_SIDES, STRIDES, FaceFinderNet, FinderConfig, normalize
 from ..finder_weights import load_finder_file
 from ..geometry import face_angle, face_geometry
+from ..weights import sha256_file
 from .data import Sample, load_dataset, split_by_identity
 from .negatives import negative_paths
 from .run import DEFAULT_DATA, run_log
 from .scenes import SceneComposer, SceneConfig, eye_distance, load_gray_u8
-from ..weights import sha256_file
 
 log = logging.getLogger("facekp.train")
 

@@ -9,8 +9,8 @@ partly covered or cut by the scene's border. Backgrounds are crops of face-free 
 outside their face. The whole scene is then relit, blurred, noised and JPEG-compressed at
 random. A share of the scenes (``photo_p``) is instead one annotated photo as it is, scaled,
 turned and shifted, cut to the part near its face, the canvas around it filled as a rotated
-photo's would be (edge pixels repeated, or a flat colour): the finder then also learns faces in their own photos and
-the streaks a turned photo's border leaves. Every face's 15 keypoints travel with it, so the
+photo's would be (edge pixels repeated, or a flat colour): the finder then also learns faces in
+their own photos and the streaks a turned photo's border leaves. Every face's 15 keypoints travel with it, so the
 targets (centre, box, angle) come from the labels.
 """
 
@@ -146,6 +146,10 @@ class SceneComposer:
         pts = apply_affine(m, points.astype(np.float64))
         return pts[list(FLIP_INDEX)] if mirrored else pts
 
+    def _eye_distance(self, rng: np.random.Generator, top: float) -> float:
+        """A face's eye distance in the scene, px: log-uniform from ``min_eye_distance`` to ``top``."""
+        return float(np.exp(rng.uniform(np.log(self.config.min_eye_distance), np.log(top))))
+
     def _angle(self, rng: np.random.Generator) -> float:
         cfg = self.config
         return rng.uniform(-180, 180) if rng.random() < cfg.full_turn_p else rng.uniform(-cfg.tilt, cfg.tilt)
@@ -155,7 +159,7 @@ class SceneComposer:
         the canvas filled as around a turned photo; the float canvas and that face's (15, 2) points."""
         cfg = self.config
         s = self.faces[int(rng.integers(len(self.faces)))]
-        target = float(np.exp(rng.uniform(np.log(cfg.min_eye_distance), np.log(cfg.size / 2.6))))
+        target = self._eye_distance(rng, cfg.size / 2.6)
         where = rng.uniform(0.15, 0.85, size=2) * (cfg.size - 1)
         # The photo near the face only: faces68's photos hold other, unannotated people farther off.
         centre, rms = face_geometry(s.points)
@@ -184,7 +188,7 @@ class SceneComposer:
         s = self.faces[int(rng.integers(len(self.faces)))]
         # Eye distance in the scene: log-uniform, smaller in groups (a face's box is about 3x it).
         top = cfg.size / (3.2 * np.sqrt(count)) if count > 2 else cfg.size / 2.6
-        target = float(np.exp(rng.uniform(np.log(cfg.min_eye_distance), np.log(max(top, cfg.min_eye_distance * 1.5)))))
+        target = self._eye_distance(rng, max(top, cfg.min_eye_distance * 1.5))
         angle = self._angle(rng)
         for _ in range(10):
             half = 1.6 * target  # about half the face box
