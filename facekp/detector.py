@@ -30,20 +30,16 @@ DEFAULT_REFINE = 1
 #: +/-25) gets one re-framing pass more than ``refine`` (:meth:`Detector.predict_refined`): its first
 #: re-framing only turned it upright.
 SETTLE_DEGREES = 25.0
-#: The quarter turns (degrees) :meth:`Detector.detect` also tries on a face whose presence is under
-#: the threshold: a face detector's angle can be off by more than the +/-25 degrees of rotation the
-#: network was trained on, and an upside-down crop gives scattered points that presence rejects.
+#: The quarter turns (degrees) :meth:`Detector.detect` also tries on a face whose presence is under the
+#: threshold: a face detector's angle can be off by more than the network's +/-25 degrees of training.
 RETRY_TURNS = (90.0, 180.0, 270.0)
-#: The presence a turned framing must reach to replace the first one. Three more tries give a false
-#: face three more chances, so the bar is higher than detect's. Measured on the benchmark's kinds made
-#: of training identities and training negatives: at 0.9 the turns rescued 56 faces and 4 false ones
-#: (0.90-0.98), at 0.95 53 faces and 1 false one (a second box on a turned photo's face).
+#: The presence a turned framing must reach to replace the first one: three more tries give a false
+#: face three more chances, so the bar is higher than detect's (chosen in ``docs/detection.md``).
 RETRY_MIN_PRESENCE = 0.95
 #: The presence a weak face (a face detector's ``weak_score`` to ``min_score``, e.g.
 #: :data:`facekp.finder.WEAK_SCORE`) must reach at its first framing to be kept; weak faces get no turns.
 WEAK_MIN_PRESENCE = 0.95
-#: A weak face goes on to ``detect``'s refine passes only when its presence at the face detector's
-#: framing (one pass) reaches this.
+#: A weak face goes on to ``detect``'s re-framing passes only when its presence after one pass reaches this.
 WEAK_SCREEN_PRESENCE = 0.5
 
 
@@ -357,14 +353,15 @@ class Detector:
         boxes, scores, angles, weak = boxes[order], scores[order], angles[order], weak[order]
         calib = resolve_calibration(self, fd, calibration)
         transforms = np.stack([calib.frame(b, a) for b, a in zip(boxes, angles)])
-        if weak.any():  # most weak faces are false: one pass each, and only the likely faces go on
-            p0, q0 = self.predict_framed([gray] * int(weak.sum()), transforms[weak])
+        first = self.predict_framed([gray] * len(transforms), transforms)  # every face's first pass, one batch
+        if weak.any():  # most weak faces are false: only the likely faces go on
             keep = ~weak
-            keep[weak] = self.presence(p0, q0) >= WEAK_SCREEN_PRESENCE
+            keep[weak] = self.presence(first[0][weak], first[1][weak]) >= WEAK_SCREEN_PRESENCE
             boxes, scores, angles, weak, transforms = (v[keep] for v in (boxes, scores, angles, weak, transforms))
+            first = tuple(v[keep] for v in first)
             if len(boxes) == 0:
                 return []
-        points, confidence = self.predict_refined(gray, transforms, refine)
+        points, confidence = self.predict_refined(gray, transforms, refine, first)
         presence, bar = [None] * len(points), np.full(len(points), min_presence)
         if self.presence_model is not None:
             presence = self.presence(points, confidence)
@@ -410,7 +407,8 @@ class Detector:
                       eligible: np.ndarray) -> tuple[np.ndarray, ...]:
         """The ``eligible`` faces whose presence is under ``min_presence`` framed again at each of
         :data:`RETRY_TURNS` (:meth:`predict_turns`); a face takes the points and presence of its best
-        turn when that reaches :data:`RETRY_MIN_PRESENCE` (or ``min_presence``, if higher)."""
+        turn when that reaches :data:`RETRY_MIN_PRESENCE` (or ``min_presence``, if higher). Every turn
+        gets all the re-framing passes (why: ``docs/detection.md``, turning back faces)."""
         low = np.flatnonzero((presence < min_presence) & eligible)
         if not len(low):
             return points, confidence, presence
@@ -436,10 +434,12 @@ class Detector:
         n, t = len(transforms), len(RETRY_TURNS)
         return p.reshape(n, t, *p.shape[1:]), q.reshape(n, t, q.shape[-1])
 
-    def predict_refined(self, gray: np.ndarray, transforms: np.ndarray, refine: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    def predict_refined(self, gray: np.ndarray, transforms: np.ndarray, refine: int = 0,
+                        first: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Points and confidences of the faces framed by ``transforms`` in one photo, one batch per pass.
 
-        ``gray``: the (H, W) float32 photo in [0, 1]; ``transforms`` ``(N, 2, 3)``, image -> crop.
+        ``gray``: the (H, W) float32 photo in [0, 1]; ``transforms`` ``(N, 2, 3)``, image -> crop;
+        ``first``: the first pass's points and confidences, when :meth:`predict_framed` gave them already.
         Each of the ``refine`` passes re-frames every face on its previous prediction (centroid,
         size and in-plane angle: :func:`facekp.calibration.reframe`) and predicts again. A face that a
         pass saw turned by more than :data:`SETTLE_DEGREES` in its crop, and that presence then calls
@@ -448,7 +448,8 @@ class Detector:
         if refine < 0:
             raise ValueError(f"refine must be >= 0, got {refine}")
         transforms = np.array(transforms, dtype=np.float64)
-        points, confidence = self.predict_framed([gray] * len(transforms), transforms)
+        first = first or self.predict_framed([gray] * len(transforms), transforms)
+        points, confidence = first[0].copy(), first[1].copy()
         turned = np.zeros(len(transforms), bool)  # a pass saw the face turned past the network's training range
         for _ in range(refine):
             turned |= [abs(face_angle(apply_affine(m, p))) > SETTLE_DEGREES for p, m in zip(points, transforms)]

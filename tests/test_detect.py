@@ -259,3 +259,19 @@ def test_refine_turns_each_face_upright_on_its_own_points():
         assert np.linalg.norm(face.points - expected, axis=1).mean() < 0.08 * iod
     (unrefined,) = detector.detect(turned, face_detector=guessing(5.0), refine=0, min_presence=0)
     assert unrefined.angle == 5.0
+
+
+def test_refining_from_a_given_first_pass_skips_it_and_gives_the_same_points(detector, small_photo, monkeypatch):
+    gray = load_gray(small_photo)
+    frames = np.stack([default_calibration().frame(HOPPER_BOX), default_calibration().frame(HOPPER_BOX, 20.0)])
+    expected = detector.predict_refined(gray, frames, refine=2)
+    first = detector.predict_framed([gray] * 2, frames)
+    kept = tuple(v.copy() for v in first)
+    calls = []
+    original = detector.predict_framed
+    monkeypatch.setattr(detector, "predict_framed", lambda g, t, b=None: calls.append(len(g)) or original(g, t, b))
+    points, confidence = detector.predict_refined(gray, frames, refine=2, first=first)
+    assert calls == [2, 2]  # the two re-framing passes only
+    np.testing.assert_array_equal(points, expected[0])
+    np.testing.assert_array_equal(confidence, expected[1])
+    np.testing.assert_array_equal(first[0], kept[0])  # the given pass is not written over

@@ -23,6 +23,7 @@ from facekp.images import load_gray
 from facekp.presence import DEFAULT_MIN_PRESENCE, PresenceModel, shape_residual
 from facekp.train.cli import main as train_main
 from facekp.train.negatives import HELD_OUT_NEGATIVES, negative_paths
+from facekp.train.presence import low_resolution
 from facekp.video import VideoTracker
 from facekp.weights import load_model, save_model, sha256_file
 
@@ -269,13 +270,15 @@ def test_train_presence_on_tiny_data_writes_a_model_folder(tmp_path, tiny_model_
     negatives = write_negatives_folder(tmp_path / "negatives", (*HELD_OUT_NEGATIVES[:2], "wall-a.jpg", "wall-b.png"))
     out = tmp_path / "with-presence"
     argv = ["presence", "--weights", str(tiny_model_dir), "--data", str(data), "--negatives", str(negatives),
-            "--out", str(out), "--patches", "16", "--badly-framed", "8", "--json", str(tmp_path / "p.json")]
+            "--out", str(out), "--patches", "16", "--badly-framed", "8", "--json", str(tmp_path / "p.json"),
+            "--border-cut", "0.5", "--low-res", "0.5"]
     assert train_main(argv) == 0, capsys.readouterr().err
     captured = capsys.readouterr()
     assert "hard negatives" in captured.err and "faces kept" in captured.out  # progress and the held-out table
     det = Detector(out, device="cpu")
     stats = det.presence_model.stats
     assert stats["trained_on"]["patches"] == 16 and stats["trained_on"]["negative_photos"] == 2
+    assert stats["trained_on"]["border_cut"] == 0.5 and stats["trained_on"]["low_res"] == 0.5
     assert set(stats["held_out"]["negative_photos"]) == set(HELD_OUT_NEGATIVES[:2])
     # Hard negatives from both face detectors, each scored on the held-out photos too.
     assert set(stats["trained_on"]["hard_negatives"]) == {"haar_loose", "finder_loose"}
@@ -287,3 +290,15 @@ def test_train_presence_on_tiny_data_writes_a_model_folder(tmp_path, tiny_model_
     assert train_main(argv) == 2 and "already exist" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="no held-out negative photos"):
         negative_paths(tmp_path, held_out=True)
+
+
+def test_low_resolution_positives_look_like_a_small_face_enlarged():
+    crop = cv2.resize(cv2.imread(str(FACE_CROP), cv2.IMREAD_GRAYSCALE), (96, 96), interpolation=cv2.INTER_AREA)
+    crop = crop.astype(np.float32) / 255.0
+    rng = np.random.default_rng(0)
+    detail = lambda c: float(np.abs(cv2.Laplacian(c, cv2.CV_32F)).mean())
+    for _ in range(5):
+        low = low_resolution(crop, rng)
+        assert low.shape == crop.shape and low.dtype == np.float32 and 0.0 <= low.min() <= low.max() <= 1.0
+        assert abs(float(low.mean()) - float(crop.mean())) < 0.02  # the same face, its fine detail gone
+        assert detail(cv2.GaussianBlur(low, (0, 0), 1.0)) < detail(cv2.GaussianBlur(crop, (0, 0), 1.0))

@@ -110,6 +110,10 @@ def _parser() -> argparse.ArgumentParser:
                        "model of --weights; its weights file does not change (default: none)")
     pr.add_argument("--patches", type=int, default=3000, help="random face-free patches to train on")
     pr.add_argument("--badly-framed", type=int, default=1500, help="badly framed training faces to train on")
+    pr.add_argument("--border-cut", type=_fraction, default=0.0, metavar="P",
+                    help="share of the positive faces cut by their photo's border (default 0)")
+    pr.add_argument("--low-res", type=_fraction, default=0.0, metavar="P",
+                    help="share of the positive faces seen at the resolution of a face of 8-25 px eye distance (default 0)")
     pr.add_argument("--json", type=Path, help="also write the fitted presence entry (with its held-out figures) here (default: none)")
     pr.add_argument("--force", action="store_true", help="replace existing files / an existing presence entry")
     pr.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
@@ -353,7 +357,8 @@ def _presence(args) -> None:
     detector = Detector(resolved, device=args.device, backend="torch", precision="fp32")
     presence = fit_presence(detector, train, val, negative_paths(args.negatives, held_out=False),
                             negative_paths(args.negatives, held_out=True), patches=args.patches,
-                            badly_framed=args.badly_framed, seed=_given(args.seed, seed), progress=progress)
+                            badly_framed=args.badly_framed, seed=_given(args.seed, seed), border_cut=args.border_cut,
+                            low_res=args.low_res, progress=progress)
     print(format_held_out(presence.stats))
     if args.out is not None:
         save_model(resolved.model, replace(resolved.config, presence=presence.to_dict()), args.out, overwrite=True)

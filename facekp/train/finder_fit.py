@@ -13,7 +13,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +21,14 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from ..finder import decode
+from ..calibration import BoxCalibration
+from ..finder import FINDER_NAME, FaceFinder, decode
 from ..finder_model import BOX_PER_RMS, LEVEL_SIDES, STRIDES, FaceFinderNet, FinderConfig, normalize
 from ..finder_weights import load_finder_file
 from ..geometry import face_angle, face_geometry
 from ..weights import sha256_file
 from .data import Sample, load_dataset, split_by_identity
+from .hard_negatives import HardNegative, HardNegativeCrops, load_hard_negatives, mine, save_hard_negatives
 from .negatives import negative_paths
 from .run import DEFAULT_DATA, run_log
 from .scenes import SceneComposer, SceneConfig, eye_distance, load_gray_u8
@@ -58,12 +60,13 @@ class FinderFitConfig:
     eval_every: int = 200
     checkpoint_minutes: float = 4.0
     photo_scenes: float = 0.0  # share of scenes that are one annotated photo, turned (SceneConfig.photo_p)
+    hard_negatives: float = 0.0  # share of backgrounds cut around the init finder's false faces on training negatives
     init: str | None = None  # fine-tune from these weights (a finder .safetensors file or run folder)
     init_sha256: str | None = None  # of the file the weights came from
 
     def scene_config(self) -> SceneConfig:
         """The training scenes' settings."""
-        return SceneConfig(size=self.scene_size, photo_p=self.photo_scenes)
+        return SceneConfig(size=self.scene_size, photo_p=self.photo_scenes, hard_negative_p=self.hard_negatives)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -194,13 +197,16 @@ class FinderTrainer:
         if backgrounds is None or val_backgrounds is None:
             backgrounds = [load_gray_u8(p) for p in negative_paths(config.negatives, held_out=False)]
             val_backgrounds = [load_gray_u8(p) for p in negative_paths(config.negatives, held_out=True)]
-        scene = config.scene_config()
-        self.composer = SceneComposer(train, backgrounds, scene)
-        self.val_composer = SceneComposer(val, val_backgrounds, scene)
         torch.manual_seed(config.seed)
         self.model = FaceFinderNet(config.model)
         if config.init is not None:
             self._load_init(config.init)
+        self.hard_negatives = self._hard_negatives(backgrounds) if config.hard_negatives else None
+        scene = config.scene_config()
+        crops = HardNegativeCrops(backgrounds, self.hard_negatives) if self.hard_negatives else None
+        self.composer = SceneComposer(train, backgrounds, scene, crops)
+        # Validation scenes keep plain held-out backgrounds: their false faces measure what mining taught.
+        self.val_composer = SceneComposer(val, val_backgrounds, replace(scene, hard_negative_p=0.0))
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.step = 0
         self.train_seconds = 0.0
@@ -222,6 +228,21 @@ class FinderTrainer:
             raise ValueError(f"--init {weights} is a finder of widths {model.config}, but this run trains {self.config.model}")
         self.model.load_state_dict(model.state_dict())
         self.config.init_sha256 = sha256_file(source)  # a resumed run checks the file is still the one it started from
+
+    @property
+    def hard_negatives_path(self) -> Path:
+        return self.out / "hard_negatives.json"
+
+    def _hard_negatives(self, backgrounds: list[np.ndarray]) -> list[HardNegative]:
+        """The false faces the initial network reports on the training negatives: mined now, or those
+        of the run being resumed (its ``hard_negatives.json``)."""
+        if self.config.init is None:
+            raise ValueError("hard negatives are the false faces of the network a run starts from: give --init")
+        if self.hard_negatives_path.exists():
+            return load_hard_negatives(self.hard_negatives_path)
+        calibration = BoxCalibration(1.0, (0.0, 0.0), FINDER_NAME)  # mining uses the boxes only
+        finder = FaceFinder(self.model, calibration, max_side=None, weak_score=None)
+        return mine(finder, backgrounds)
 
     # -- schedule ----------------------------------------------------------------------
     def progress(self) -> float:
@@ -283,6 +304,12 @@ class FinderTrainer:
         elif self.checkpoint_path.exists() or (self.out / "fit_config.json").exists():
             raise FileExistsError(f"{self.out} holds a finder run: pass --resume to continue it, or choose another --out")
         (self.out / "fit_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        if self.hard_negatives:
+            if not self.hard_negatives_path.exists():
+                save_hard_negatives(self.hard_negatives, self.hard_negatives_path)
+            log.info("hard negatives: %d false faces of the initial finder on %d training negatives (scores %s: "
+                     "min, median, 90th percentile, max)", len(self.hard_negatives), len(self.composer.backgrounds),
+                     np.round(np.percentile([h.score for h in self.hard_negatives], [0, 50, 90, 100]), 2).tolist())
         log.info("finder: %d training faces, %d validation faces, %d parameters, config %s", len(self.composer.faces),
                  len(self.val_composer.faces), sum(p.numel() for p in self.model.parameters()), json.dumps(cfg.to_dict()))
         last_save = time.monotonic()
@@ -400,6 +427,9 @@ def add_parser(sub) -> None:
     p.add_argument("--photo-scenes", type=float, default=FinderFitConfig.photo_scenes, metavar="P",
                    help="share of scenes that are one annotated photo, cut near its face and turned (edge pixels "
                         "repeated or a flat colour around it), instead of faces pasted on a background")
+    p.add_argument("--hard-negatives", type=float, default=FinderFitConfig.hard_negatives, metavar="P",
+                   help="share of backgrounds cut around the false faces the --init finder reports on the training "
+                        "negatives (mined at the start, kept in the run folder's hard_negatives.json)")
     p.add_argument("--init", type=Path, help="fine-tune from a finder .safetensors file (such as the bundled "
                    "facekp/weights/finder-s8.safetensors) or a finder run folder (default: random initial weights)")
     p.set_defaults(handler=_run)
@@ -410,13 +440,16 @@ def _run(args) -> None:
         torch.set_num_threads(args.threads)
     if not 0.0 < args.val_fraction < 1.0:
         raise SystemExit(f"--val-fraction must lie in (0, 1), got {args.val_fraction}")
-    if not 0.0 <= args.photo_scenes <= 1.0:
-        raise SystemExit(f"--photo-scenes must lie in [0, 1], got {args.photo_scenes}")
+    for flag, value in (("--photo-scenes", args.photo_scenes), ("--hard-negatives", args.hard_negatives)):
+        if not 0.0 <= value <= 1.0:
+            raise SystemExit(f"{flag} must lie in [0, 1], got {value}")
+    if args.hard_negatives and args.init is None:
+        raise SystemExit("--hard-negatives mines the false faces of the finder a run starts from: give --init")
     config = FinderFitConfig(data=str(args.data), negatives=str(args.negatives), out=str(args.out),
                              scene_size=args.scene_size, batch_size=args.batch_size, steps=args.steps,
                              minutes=args.minutes, lr=args.lr, val_fraction=args.val_fraction, seed=args.seed,
                              eval_every=args.eval_every, checkpoint_minutes=args.checkpoint_minutes,
-                             photo_scenes=args.photo_scenes, init=None if args.init is None else str(args.init.resolve()))
+                             photo_scenes=args.photo_scenes, hard_negatives=args.hard_negatives, init=None if args.init is None else str(args.init.resolve()))
     history = FinderTrainer(config).fit(resume=args.resume)
     if history:
         print(json.dumps(history[-1]))

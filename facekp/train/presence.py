@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
@@ -21,7 +22,7 @@ from ..detector import DEFAULT_REFINE, RETRY_TURNS, Detector
 from ..face_detection import HaarFaceDetector, to_u8
 from ..geometry import apply_affine
 from ..presence import DEFAULT_MIN_PRESENCE, PresenceModel
-from .augment import Augmenter, make_crop
+from .augment import Augmenter, cut_at_border, make_crop
 from .data import Sample
 from .negative_crops import badly_framed_crops, load_negatives, patch_crops
 
@@ -49,11 +50,29 @@ def hard_detectors() -> dict[str, Callable]:
 KEEP_SHARES = (0.99, 0.995)
 
 
-def positive_crops(samples: Sequence[Sample], rng: np.random.Generator, per_face: int = 1) -> np.ndarray:
-    """``(len * per_face, 96, 96)`` crops of the faces framed with the training augmentation's geometry."""
+def positive_crops(samples: Sequence[Sample], rng: np.random.Generator, per_face: int = 1, border_cut: float = 0.0,
+                   low_res: float = 0.0) -> np.ndarray:
+    """``(len * per_face, 96, 96)`` crops of the faces framed with the training augmentation's geometry;
+    a ``border_cut`` share of them cut by their photo's border (:func:`~facekp.train.augment.cut_at_border`),
+    a ``low_res`` share seen at a small face's resolution (:func:`low_resolution`)."""
     geometry = Augmenter().geometry
-    return np.stack([make_crop(s.image, s.points, s.mask, s.frame, geometry.sample(rng))[0]
-                     for s in samples for _ in range(per_face)])
+    crops = []
+    for s in samples:
+        for _ in range(per_face):
+            image = cut_at_border(s.image, s.points, rng) if border_cut and rng.random() < border_cut else s.image
+            crop = make_crop(image, s.points, s.mask, s.frame, geometry.sample(rng))[0]
+            crops.append(low_resolution(crop, rng) if low_res and rng.random() < low_res else crop)
+    return np.stack(crops)
+
+
+def low_resolution(crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A float crop in [0, 1] as a face of 8-25 px eye distance fills it: shrunk 2-5x (area averaging),
+    enlarged back (bilinear, as :func:`facekp.preprocess.warp` does) and noised."""
+    size = crop.shape[0]
+    small = max(8, round(size / np.exp(rng.uniform(np.log(2.0), np.log(5.0)))))
+    crop = cv2.resize(cv2.resize(crop, (small, small), interpolation=cv2.INTER_AREA), (size, size),
+                      interpolation=cv2.INTER_LINEAR)
+    return np.clip(crop + rng.normal(0.0, rng.uniform(0.0, 0.04), crop.shape), 0.0, 1.0).astype(np.float32)
 
 
 def detect_features(detector: Detector, model: PresenceModel, grays: Sequence[np.ndarray],
@@ -128,6 +147,8 @@ def fit_presence(
     patches: int = 3000,
     badly_framed: int = 1500,
     seed: int = 0,
+    border_cut: float = 0.0,
+    low_res: float = 0.0,
     hard: dict[str, Callable] | None = None,
     progress: Callable[[str], None] = print,
 ) -> PresenceModel:
@@ -136,7 +157,9 @@ def fit_presence(
     ``train``/``val``: the model's own split (never pass validation faces as ``train``);
     ``train_negatives``/``held_negatives``: face-free photos (:func:`~facekp.train.negatives.negative_paths`).
     ``hard``: the face detectors (by name) whose false faces on ``train_negatives`` are hard negatives,
-    each framed with its own calibration (default :func:`hard_detectors`). ``stats`` of the result
+    each framed with its own calibration (default :func:`hard_detectors`). ``border_cut``/``low_res``:
+    the shares of positives cut by their photo's border / seen at a small face's resolution
+    (:func:`positive_crops`). ``stats`` of the result
     records the held-out figures.
     """
     rng = np.random.default_rng(seed)
@@ -147,7 +170,7 @@ def fit_presence(
     neg_train, neg_held = load_negatives(train_negatives), load_negatives(held_negatives)
 
     progress(f"positives: {len(train)} training faces")
-    pos = crop_features(detector, blank, positive_crops(train, rng))
+    pos = crop_features(detector, blank, positive_crops(train, rng, border_cut=border_cut, low_res=low_res))
     progress(f"negatives: {patches} patches of {len(neg_train)} photos, {badly_framed} badly framed faces")
     neg = [crop_features(detector, blank, patch_crops(neg_train, patches, rng)),
            crop_features(detector, blank, badly_framed_crops(train, badly_framed, rng))]
@@ -159,7 +182,8 @@ def fit_presence(
         hard_counts[name] = len(feats)
     mean, scale, weights, bias = fit_logistic(pos, np.concatenate(neg))
     stats = {"trained_on": {"faces": len(train), "patches": patches, "badly_framed": badly_framed,
-                            "hard_negatives": hard_counts, "negative_photos": len(neg_train), "seed": seed}}
+                            "hard_negatives": hard_counts, "negative_photos": len(neg_train), "seed": seed,
+                            "border_cut": border_cut, "low_res": low_res}}
     model = PresenceModel(blank.mean_shape, mean, scale, weights, bias, stats)
 
     progress(f"held out: {len(val)} validation faces, {len(neg_held)} face-free photos")

@@ -6,7 +6,8 @@ turned (half the faces anywhere on the full circle, the rest within +/-30 degree
 half of the time, cut out with a soft oval or with its photo's own surroundings, and possibly
 partly covered or cut by the scene's border. Backgrounds are crops of face-free photos
 (``../shared/data/negatives`` less :data:`facekp.train.negatives.HELD_OUT_NEGATIVES`) or the parts of faces68 photos
-outside their face. The whole scene is then relit, blurred, noised and JPEG-compressed at
+outside their face, or (``hard_negative_p``) cut around a false face a finder reported on a training
+negative (:mod:`facekp.train.hard_negatives`). The whole scene is then relit, blurred, noised and JPEG-compressed at
 random. A share of the scenes (``photo_p``) is instead one annotated photo as it is, scaled,
 turned and shifted, cut to the part near its face, the canvas around it filled as a rotated
 photo's would be (edge pixels repeated, or a flat colour): the finder then also learns faces in
@@ -16,6 +17,7 @@ targets (centre, box, angle) come from the labels.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +59,7 @@ class SceneConfig:
     noise_p: float = 0.3
     jpeg_p: float = 0.3
     photo_p: float = 0.0  # scenes that are one annotated photo, turned, instead of faces pasted on a background
+    hard_negative_p: float = 0.0  # backgrounds cut around a false face a finder reported (needs hard_negatives)
 
 
 class SceneComposer:
@@ -66,16 +69,22 @@ class SceneComposer:
     Args:
         faces: annotated faces (training identities only); their ``image`` and ``points``.
         backgrounds: face-free gray photos (uint8).
+        hard_negatives: where ``config.hard_negative_p`` of the backgrounds come from
+            (:class:`facekp.train.hard_negatives.HardNegativeCrops`).
     """
 
-    def __init__(self, faces: list[Sample], backgrounds: list[np.ndarray], config: SceneConfig = SceneConfig()) -> None:
+    def __init__(self, faces: list[Sample], backgrounds: list[np.ndarray], config: SceneConfig = SceneConfig(),
+                 hard_negatives: Callable[[np.random.Generator, int], np.ndarray] | None = None) -> None:
         if not faces:
             raise ValueError("the scene composer needs at least one annotated face")
         if not backgrounds:
             raise ValueError("the scene composer needs at least one face-free background")
+        if config.hard_negative_p and hard_negatives is None:
+            raise ValueError("hard_negative_p needs hard negatives to cut backgrounds from")
         self.faces = faces
         self.backgrounds = backgrounds
         self.config = config
+        self.hard_negatives = hard_negatives
 
     def __call__(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         cfg = self.config
@@ -99,6 +108,8 @@ class SceneComposer:
     # -- backgrounds ------------------------------------------------------------------
     def _background(self, rng: np.random.Generator) -> np.ndarray:
         side = self.config.size
+        if self.config.hard_negative_p and rng.random() < self.config.hard_negative_p:
+            return self.hard_negatives(rng, side)
         if rng.random() < 0.25:
             patch = self._outside_face(rng)
             if patch is not None:
