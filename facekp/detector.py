@@ -405,17 +405,17 @@ class Detector:
     def _retry_turned(self, gray: np.ndarray, transforms: np.ndarray, refine: int, min_presence: float,
                       points: np.ndarray, confidence: np.ndarray, presence: np.ndarray,
                       eligible: np.ndarray) -> tuple[np.ndarray, ...]:
-        """The ``eligible`` faces whose presence is under ``min_presence`` framed again at each of
-        :data:`RETRY_TURNS` (:meth:`predict_turns`); a face takes the points and presence of its best
-        turn when that reaches :data:`RETRY_MIN_PRESENCE` (or ``min_presence``, if higher). Every turn
-        gets all the re-framing passes (why: ``docs/detection.md``, turning back faces)."""
-        low = np.flatnonzero((presence < min_presence) & eligible)
+        """The ``eligible`` faces whose presence is under ``min_presence`` or :data:`RETRY_MIN_PRESENCE`
+        (none when ``min_presence`` is 0) framed again at each of :data:`RETRY_TURNS` (:meth:`predict_turns`);
+        a face takes the points and presence of its best turn when that reaches the higher of the two. Every
+        turn gets all the re-framing passes (why these bars and passes: ``docs/detection.md``, turning back faces)."""
+        bar = max(min_presence, RETRY_MIN_PRESENCE)
+        low = np.flatnonzero((presence < bar) & eligible & (min_presence > 0))
         if not len(low):
             return points, confidence, presence
         p, q = self.predict_turns(gray, transforms[low], refine)
         scores = self.presence(p.reshape(-1, *p.shape[2:]), q.reshape(-1, q.shape[-1])).reshape(q.shape[:2])
         points, confidence, presence = points.copy(), confidence.copy(), presence.copy()
-        bar = max(min_presence, RETRY_MIN_PRESENCE)
         for k, (i, best) in enumerate(zip(low, scores.argmax(axis=1))):
             if scores[k, best] >= bar:
                 points[i], confidence[i], presence[i] = p[k, best], q[k, best], scores[k, best]

@@ -302,3 +302,26 @@ def test_low_resolution_positives_look_like_a_small_face_enlarged():
         assert low.shape == crop.shape and low.dtype == np.float32 and 0.0 <= low.min() <= low.max() <= 1.0
         assert abs(float(low.mean()) - float(crop.mean())) < 0.02  # the same face, its fine detail gone
         assert detail(cv2.GaussianBlur(low, (0, 0), 1.0)) < detail(cv2.GaussianBlur(crop, (0, 0), 1.0))
+
+
+def test_upside_down_negatives_show_the_face_turned_over():
+    """The eyes, marked by the brightest pixels, land 120-240 degrees from where an upright crop has them."""
+    from facekp.train.data import Sample
+    from facekp.train.negative_crops import upside_down_crops
+    from facekp.geometry import canonical_transform
+    from synthetic import MEAN_FACE
+
+    image = np.zeros((120, 120), np.uint8)
+    pts = MEAN_FACE + 12.0
+    for k in (0, 1):
+        x, y = np.rint(pts[k]).astype(int)
+        image[y - 1 : y + 2, x - 1 : x + 2] = 255
+    sample = Sample(image, pts, np.ones(15, bool), canonical_transform(pts), "s", "id", "face")
+    crops = upside_down_crops([sample], 12, np.random.default_rng(0))
+    assert crops.shape == (12, 96, 96)
+    upright = apply_affine(canonical_transform(pts), pts[:2]).mean(axis=0) - 48.0
+    for crop in crops:
+        ys, xs = np.nonzero(crop > 0.8 * crop.max())
+        eyes = np.array([xs.mean(), ys.mean()]) - 48.0
+        cos = eyes @ upright / (np.linalg.norm(eyes) * np.linalg.norm(upright))
+        assert cos < np.cos(np.radians(105)), cos  # 120 at least, less a few degrees of marker rounding

@@ -110,6 +110,7 @@ def _parser() -> argparse.ArgumentParser:
                        "model of --weights; its weights file does not change (default: none)")
     pr.add_argument("--patches", type=int, default=3000, help="random face-free patches to train on")
     pr.add_argument("--badly-framed", type=int, default=1500, help="badly framed training faces to train on")
+    pr.add_argument("--upside-down", type=int, default=1500, help="training faces turned 120-240 degrees to train on")
     pr.add_argument("--border-cut", type=_fraction, default=0.0, metavar="P",
                     help="share of the positive faces cut by their photo's border (default 0)")
     pr.add_argument("--low-res", type=_fraction, default=0.0, metavar="P",
@@ -323,7 +324,7 @@ def _presence(args) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    for flag in ("patches", "badly_framed"):
+    for flag in ("patches", "badly_framed", "upside_down"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if args.json is not None and args.json.exists() and not args.force:
@@ -357,7 +358,7 @@ def _presence(args) -> None:
     detector = Detector(resolved, device=args.device, backend="torch", precision="fp32")
     presence = fit_presence(detector, train, val, negative_paths(args.negatives, held_out=False),
                             negative_paths(args.negatives, held_out=True), patches=args.patches,
-                            badly_framed=args.badly_framed, seed=_given(args.seed, seed), border_cut=args.border_cut,
+                            badly_framed=args.badly_framed, upside_down=args.upside_down, seed=_given(args.seed, seed), border_cut=args.border_cut,
                             low_res=args.low_res, progress=progress)
     print(format_held_out(presence.stats))
     if args.out is not None:

@@ -1,8 +1,9 @@
 """Crops without a face at their centre, for teaching the network (and the presence model) "no face here".
 
-Two kinds, both 96x96 float32 in [0, 1]: random rotated patches of face-free photos, and training faces
-framed so badly that the frame misses the face (zoomed far out, zoomed in on a part, shifted away).
-Used by ``facekp-train fit --negatives`` (zero heatmaps as targets) and ``facekp-train presence``.
+96x96 float32 in [0, 1]: random rotated patches of face-free photos, training faces framed so badly
+that the frame misses the face (zoomed far out, zoomed in on a part, shifted away), and (for the
+presence model only) faces turned upside down. Used by ``facekp-train fit --negatives`` (zero heatmaps
+as targets) and ``facekp-train presence``.
 """
 
 from __future__ import annotations
@@ -54,6 +55,18 @@ def badly_framed_crops(samples: Sequence[Sample], n: int, rng: np.random.Generat
             a, d = rng.uniform(0, 2 * np.pi), rng.uniform(45, 70)
             pert = similarity_transform((c + d * np.cos(a), c + d * np.sin(a)), rng.uniform(0.8, 1.2))
         crops.append(warp(s.image.astype(np.float32) / 255, compose_affine(pert, s.frame), CANONICAL_SIZE))
+    return np.array(crops, dtype=np.float32).reshape(n, CANONICAL_SIZE, CANONICAL_SIZE)  # (0, 96, 96) for n = 0
+
+
+def upside_down_crops(samples: Sequence[Sample], n: int, rng: np.random.Generator) -> np.ndarray:
+    """``(n, 96, 96)`` crops of faces framed well but turned 120-240 degrees: what a face detector's wrong
+    angle gives, and what re-framing on the points cannot undo (the network, trained on +/-25 degrees,
+    places an upright-looking face on an upside-down one)."""
+    crops = []
+    for _ in range(n):
+        s = samples[rng.integers(len(samples))]
+        turn = similarity_transform((CANONICAL_CENTER, CANONICAL_CENTER), rng.uniform(0.9, 1.1), rng.uniform(120, 240))
+        crops.append(warp(s.image.astype(np.float32) / 255, compose_affine(turn, s.frame), CANONICAL_SIZE))
     return np.array(crops, dtype=np.float32).reshape(n, CANONICAL_SIZE, CANONICAL_SIZE)  # (0, 96, 96) for n = 0
 
 

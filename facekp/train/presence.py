@@ -2,7 +2,8 @@
 
 Positives are training faces framed as in training (:class:`~facekp.train.augment.Augmenter`'s
 geometry). Negatives are what ``detect`` must reject: random rotated patches of face-free photos,
-badly framed training faces (zoomed out, zoomed in on a part, shifted far) and the false faces a loose
+badly framed training faces (zoomed out, zoomed in on a part, shifted far), training faces turned
+upside down, and the false faces a loose
 Haar cascade and the face finder at a low threshold find on face-free photos, run through ``detect``'s
 own framing and refinement. Held out:
 the validation faces and :data:`~facekp.train.negatives.HELD_OUT_NEGATIVES`, never trained on.
@@ -24,7 +25,7 @@ from ..geometry import apply_affine
 from ..presence import DEFAULT_MIN_PRESENCE, PresenceModel
 from .augment import Augmenter, cut_at_border, make_crop
 from .data import Sample
-from .negative_crops import badly_framed_crops, load_negatives, patch_crops
+from .negative_crops import badly_framed_crops, load_negatives, patch_crops, upside_down_crops
 
 
 def loose_haar() -> HaarFaceDetector:
@@ -146,6 +147,7 @@ def fit_presence(
     *,
     patches: int = 3000,
     badly_framed: int = 1500,
+    upside_down: int = 1500,
     seed: int = 0,
     border_cut: float = 0.0,
     low_res: float = 0.0,
@@ -171,9 +173,11 @@ def fit_presence(
 
     progress(f"positives: {len(train)} training faces")
     pos = crop_features(detector, blank, positive_crops(train, rng, border_cut=border_cut, low_res=low_res))
-    progress(f"negatives: {patches} patches of {len(neg_train)} photos, {badly_framed} badly framed faces")
+    progress(f"negatives: {patches} patches of {len(neg_train)} photos, {badly_framed} badly framed faces, "
+             f"{upside_down} faces upside down")
     neg = [crop_features(detector, blank, patch_crops(neg_train, patches, rng)),
-           crop_features(detector, blank, badly_framed_crops(train, badly_framed, rng))]
+           crop_features(detector, blank, badly_framed_crops(train, badly_framed, rng)),
+           crop_features(detector, blank, upside_down_crops(train, upside_down, rng))]
     hard_counts = {}
     for name, fd in hard.items():
         progress(f"hard negatives: {fd!r} on {len(neg_train)} face-free photos")
@@ -181,7 +185,7 @@ def fit_presence(
         neg.append(feats.reshape(-1, feats.shape[-1]))  # every framing detect may try is a negative
         hard_counts[name] = len(feats)
     mean, scale, weights, bias = fit_logistic(pos, np.concatenate(neg))
-    stats = {"trained_on": {"faces": len(train), "patches": patches, "badly_framed": badly_framed,
+    stats = {"trained_on": {"faces": len(train), "patches": patches, "badly_framed": badly_framed, "upside_down": upside_down,
                             "hard_negatives": hard_counts, "negative_photos": len(neg_train), "seed": seed,
                             "border_cut": border_cut, "low_res": low_res}}
     model = PresenceModel(blank.mean_shape, mean, scale, weights, bias, stats)
@@ -189,7 +193,8 @@ def fit_presence(
     progress(f"held out: {len(val)} validation faces, {len(neg_held)} face-free photos")
     faces = model.probability(crop_features(detector, blank, positive_crops(val, rng, per_face=2)))
     false = {"random_patches": model.probability(crop_features(detector, blank, patch_crops(neg_held, 2000, rng))),
-             "badly_framed_val_faces": model.probability(crop_features(detector, blank, badly_framed_crops(val, 1000, rng)))}
+             "badly_framed_val_faces": model.probability(crop_features(detector, blank, badly_framed_crops(val, 1000, rng))),
+             "upside_down_val_faces": model.probability(crop_features(detector, blank, upside_down_crops(val, 1000, rng)))}
     per_photo = {}
     for name, fd in {"haar_default": HaarFaceDetector(), "haar_angles_30": HaarFaceDetector(angles=(-30, 0, 30)),
                      **hard}.items():
