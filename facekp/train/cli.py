@@ -358,8 +358,8 @@ def _presence(args) -> None:
     detector = Detector(resolved, device=args.device, backend="torch", precision="fp32")
     presence = fit_presence(detector, train, val, negative_paths(args.negatives, held_out=False),
                             negative_paths(args.negatives, held_out=True), patches=args.patches,
-                            badly_framed=args.badly_framed, upside_down=args.upside_down, seed=_given(args.seed, seed), border_cut=args.border_cut,
-                            low_res=args.low_res, progress=progress)
+                            badly_framed=args.badly_framed, upside_down=args.upside_down, seed=_given(args.seed, seed),
+                            border_cut=args.border_cut, low_res=args.low_res, progress=progress)
     print(format_held_out(presence.stats))
     if args.out is not None:
         save_model(resolved.model, replace(resolved.config, presence=presence.to_dict()), args.out, overwrite=True)

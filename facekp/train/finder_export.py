@@ -8,7 +8,6 @@ validation photos the benchmark uses stay unseen.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -83,8 +82,7 @@ def export_finder(run: str | Path, name: str, package_dir: str | Path, manifest_
     calibration.stats["fitted_on"] = (f"faces68 training split: split_by_identity(samples, {config.val_fraction}, "
                                       f"seed={config.seed}), {len(train)} photos")
     calibration.stats["detector_settings"] = f"FaceFinder(): min_score {min(THRESHOLDS)}, max_side 640, nms_iou 0.4"
-    # The threshold is chosen on the run's scenes less its hard negatives: they are the finder's own mistakes.
-    composer = SceneComposer(train, backgrounds, replace(config.scene_config(), hard_negative_p=0.0))
+    composer = SceneComposer(train, backgrounds, config.scene_config(hard_negatives=False))
     min_score, thresholds = choose_min_score(model, calibration, composer, Detector(device="cpu"))
     path = Path(package_dir) / "weights" / f"{name}.safetensors"
     save_finder(model, calibration, path, min_score=min_score, overwrite=force)

@@ -13,7 +13,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -64,9 +64,11 @@ class FinderFitConfig:
     init: str | None = None  # fine-tune from these weights (a finder .safetensors file or run folder)
     init_sha256: str | None = None  # of the file the weights came from
 
-    def scene_config(self) -> SceneConfig:
-        """The training scenes' settings."""
-        return SceneConfig(size=self.scene_size, photo_p=self.photo_scenes, hard_negative_p=self.hard_negatives)
+    def scene_config(self, hard_negatives: bool = True) -> SceneConfig:
+        """The training scenes' settings (without their hard-negative backgrounds: the scenes that
+        measure the finder, validation and threshold choice, whose false faces show what mining taught)."""
+        return SceneConfig(size=self.scene_size, photo_p=self.photo_scenes,
+                           hard_negative_p=self.hard_negatives if hard_negatives else 0.0)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -190,6 +192,8 @@ class FinderTrainer:
 
     def __init__(self, config: FinderFitConfig, train: list[Sample] | None = None, val: list[Sample] | None = None,
                  backgrounds: list[np.ndarray] | None = None, val_backgrounds: list[np.ndarray] | None = None) -> None:
+        if config.hard_negatives and config.init is None:
+            raise ValueError("hard negatives are the false faces of the finder a run starts from: give --init")
         self.config = config
         self.out = Path(config.out)
         if train is None or val is None:
@@ -202,11 +206,9 @@ class FinderTrainer:
         if config.init is not None:
             self._load_init(config.init)
         self.hard_negatives = self._hard_negatives(backgrounds) if config.hard_negatives else None
-        scene = config.scene_config()
         crops = HardNegativeCrops(backgrounds, self.hard_negatives) if self.hard_negatives else None
-        self.composer = SceneComposer(train, backgrounds, scene, crops)
-        # Validation scenes keep plain held-out backgrounds: their false faces measure what mining taught.
-        self.val_composer = SceneComposer(val, val_backgrounds, replace(scene, hard_negative_p=0.0))
+        self.composer = SceneComposer(train, backgrounds, config.scene_config(), crops)
+        self.val_composer = SceneComposer(val, val_backgrounds, config.scene_config(hard_negatives=False))
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.step = 0
         self.train_seconds = 0.0
@@ -236,8 +238,6 @@ class FinderTrainer:
     def _hard_negatives(self, backgrounds: list[np.ndarray]) -> list[HardNegative]:
         """The false faces the initial network reports on the training negatives: mined now, or those
         of the run being resumed (its ``hard_negatives.json``)."""
-        if self.config.init is None:
-            raise ValueError("hard negatives are the false faces of the network a run starts from: give --init")
         if self.hard_negatives_path.exists():
             return load_hard_negatives(self.hard_negatives_path)
         calibration = BoxCalibration(1.0, (0.0, 0.0), FINDER_NAME)  # mining uses the boxes only
@@ -443,13 +443,12 @@ def _run(args) -> None:
     for flag, value in (("--photo-scenes", args.photo_scenes), ("--hard-negatives", args.hard_negatives)):
         if not 0.0 <= value <= 1.0:
             raise SystemExit(f"{flag} must lie in [0, 1], got {value}")
-    if args.hard_negatives and args.init is None:
-        raise SystemExit("--hard-negatives mines the false faces of the finder a run starts from: give --init")
     config = FinderFitConfig(data=str(args.data), negatives=str(args.negatives), out=str(args.out),
                              scene_size=args.scene_size, batch_size=args.batch_size, steps=args.steps,
                              minutes=args.minutes, lr=args.lr, val_fraction=args.val_fraction, seed=args.seed,
                              eval_every=args.eval_every, checkpoint_minutes=args.checkpoint_minutes,
-                             photo_scenes=args.photo_scenes, hard_negatives=args.hard_negatives, init=None if args.init is None else str(args.init.resolve()))
+                             photo_scenes=args.photo_scenes, hard_negatives=args.hard_negatives,
+                             init=None if args.init is None else str(args.init.resolve()))
     history = FinderTrainer(config).fit(resume=args.resume)
     if history:
         print(json.dumps(history[-1]))

@@ -8,7 +8,7 @@ as targets) and ``facekp-train presence``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -43,30 +43,34 @@ def badly_framed_crops(samples: Sequence[Sample], n: int, rng: np.random.Generat
     """``(n, 96, 96)`` crops of faces that miss the face: zoomed out 0.2-0.35x, zoomed in 2.5-4x on a
     part, or shifted 45-70 px (canonical frame), a third each."""
     c = CANONICAL_CENTER
-    crops = []
-    for _ in range(n):
-        s = samples[rng.integers(len(samples))]
+
+    def miss() -> np.ndarray:
         kind = rng.integers(3)
         if kind == 0:
-            pert = similarity_transform((c, c), rng.uniform(0.2, 0.35), rng.uniform(-30, 30))
-        elif kind == 1:
-            pert = similarity_transform(c + rng.uniform(-30, 30, size=2), rng.uniform(2.5, 4.0))
-        else:
-            a, d = rng.uniform(0, 2 * np.pi), rng.uniform(45, 70)
-            pert = similarity_transform((c + d * np.cos(a), c + d * np.sin(a)), rng.uniform(0.8, 1.2))
-        crops.append(warp(s.image.astype(np.float32) / 255, compose_affine(pert, s.frame), CANONICAL_SIZE))
-    return np.array(crops, dtype=np.float32).reshape(n, CANONICAL_SIZE, CANONICAL_SIZE)  # (0, 96, 96) for n = 0
+            return similarity_transform((c, c), rng.uniform(0.2, 0.35), rng.uniform(-30, 30))
+        if kind == 1:
+            return similarity_transform(c + rng.uniform(-30, 30, size=2), rng.uniform(2.5, 4.0))
+        a, d = rng.uniform(0, 2 * np.pi), rng.uniform(45, 70)
+        return similarity_transform((c + d * np.cos(a), c + d * np.sin(a)), rng.uniform(0.8, 1.2))
+
+    return _reframed_faces(samples, n, rng, miss)
 
 
 def upside_down_crops(samples: Sequence[Sample], n: int, rng: np.random.Generator) -> np.ndarray:
     """``(n, 96, 96)`` crops of faces framed well but turned 120-240 degrees: what a face detector's wrong
     angle gives, and what re-framing on the points cannot undo (the network, trained on +/-25 degrees,
     places an upright-looking face on an upside-down one)."""
+    c = (CANONICAL_CENTER, CANONICAL_CENTER)
+    return _reframed_faces(samples, n, rng, lambda: similarity_transform(c, rng.uniform(0.9, 1.1), rng.uniform(120, 240)))
+
+
+def _reframed_faces(samples: Sequence[Sample], n: int, rng: np.random.Generator,
+                    perturbation: Callable[[], np.ndarray]) -> np.ndarray:
+    """``(n, 96, 96)`` crops of random ``samples`` through ``perturbation()`` (canonical -> crop) of their frame."""
     crops = []
     for _ in range(n):
         s = samples[rng.integers(len(samples))]
-        turn = similarity_transform((CANONICAL_CENTER, CANONICAL_CENTER), rng.uniform(0.9, 1.1), rng.uniform(120, 240))
-        crops.append(warp(s.image.astype(np.float32) / 255, compose_affine(turn, s.frame), CANONICAL_SIZE))
+        crops.append(warp(s.image.astype(np.float32) / 255, compose_affine(perturbation(), s.frame), CANONICAL_SIZE))
     return np.array(crops, dtype=np.float32).reshape(n, CANONICAL_SIZE, CANONICAL_SIZE)  # (0, 96, 96) for n = 0
 
 

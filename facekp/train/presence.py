@@ -185,8 +185,8 @@ def fit_presence(
         neg.append(feats.reshape(-1, feats.shape[-1]))  # every framing detect may try is a negative
         hard_counts[name] = len(feats)
     mean, scale, weights, bias = fit_logistic(pos, np.concatenate(neg))
-    stats = {"trained_on": {"faces": len(train), "patches": patches, "badly_framed": badly_framed, "upside_down": upside_down,
-                            "hard_negatives": hard_counts, "negative_photos": len(neg_train), "seed": seed,
+    stats = {"trained_on": {"faces": len(train), "patches": patches, "badly_framed": badly_framed,
+                            "upside_down": upside_down, "hard_negatives": hard_counts, "negative_photos": len(neg_train), "seed": seed,
                             "border_cut": border_cut, "low_res": low_res}}
     model = PresenceModel(blank.mean_shape, mean, scale, weights, bias, stats)
 
