@@ -271,14 +271,16 @@ def test_train_presence_on_tiny_data_writes_a_model_folder(tmp_path, tiny_model_
     out = tmp_path / "with-presence"
     argv = ["presence", "--weights", str(tiny_model_dir), "--data", str(data), "--negatives", str(negatives),
             "--out", str(out), "--patches", "16", "--badly-framed", "8", "--json", str(tmp_path / "p.json"),
-            "--border-cut", "0.5", "--low-res", "0.5"]
+            "--border-cut", "0.5", "--low-res", "0.5", "--finder-views"]
     assert train_main(argv) == 0, capsys.readouterr().err
     captured = capsys.readouterr()
     assert "hard negatives" in captured.err and "faces kept" in captured.out  # progress and the held-out table
+    assert "on 24 views of 2 face-free photos" in captured.err  # the finder: 3 sides x 4 turns of each
     det = Detector(out, device="cpu")
     stats = det.presence_model.stats
     assert stats["trained_on"]["patches"] == 16 and stats["trained_on"]["negative_photos"] == 2
     assert stats["trained_on"]["border_cut"] == 0.5 and stats["trained_on"]["low_res"] == 0.5
+    assert stats["trained_on"]["hard_views"] == ["finder_loose"]
     assert set(stats["held_out"]["negative_photos"]) == set(HELD_OUT_NEGATIVES[:2])
     # Hard negatives from both face detectors, each scored on the held-out photos too.
     assert set(stats["trained_on"]["hard_negatives"]) == {"haar_loose", "finder_loose"}
@@ -290,6 +292,22 @@ def test_train_presence_on_tiny_data_writes_a_model_folder(tmp_path, tiny_model_
     assert train_main(argv) == 2 and "already exist" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="no held-out negative photos"):
         negative_paths(tmp_path, held_out=True)
+
+
+def test_negative_views_show_each_photo_shrunk_and_turned_as_the_finder_mines_it():
+    from facekp.train.hard_negatives import MINING_SIDES
+    from facekp.train.presence import negative_views
+
+    photo = np.random.default_rng(0).random((500, 900)).astype(np.float32)  # a longer side between the sides
+    views = negative_views([photo, photo[:100, :200]])
+    assert len(views) == 2 * len(MINING_SIDES) * 4
+    for k, side in enumerate(MINING_SIDES):
+        upright, quarter, half, three_quarters = views[4 * k : 4 * k + 4]
+        assert max(upright.shape) == min(side, 900)  # shrunk, never enlarged
+        assert quarter.shape == upright.shape[::-1] and half.shape == upright.shape
+        np.testing.assert_array_equal(half, upright[::-1, ::-1])
+        np.testing.assert_array_equal(three_quarters, np.rot90(upright, 3))
+    assert all(v.shape in ((100, 200), (200, 100)) for v in views[12:])
 
 
 def test_low_resolution_positives_look_like_a_small_face_enlarged():

@@ -115,6 +115,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="share of the positive faces cut by their photo's border (default 0)")
     pr.add_argument("--low-res", type=_fraction, default=0.0, metavar="P",
                     help="share of the positive faces seen at the resolution of a face of 8-25 px eye distance (default 0)")
+    pr.add_argument("--finder-views", action="store_true",
+                    help="find the loose finder's false faces on each negative at longer sides 320, 640 and 1280 px and "
+                         "the four quarter turns (as `finder --hard-negatives` mines them), not once at its own size")
     pr.add_argument("--json", type=Path, help="also write the fitted presence entry (with its held-out figures) here (default: none)")
     pr.add_argument("--force", action="store_true", help="replace existing files / an existing presence entry")
     pr.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
@@ -317,7 +320,7 @@ def _presence(args) -> None:
     from ..weights import CONFIG_NAME, WEIGHTS_NAME, ResolvedWeights, read_manifest, resolve_weights, save_model
     from .data import load_dataset, split_by_identity
     from .negatives import negative_paths
-    from .presence import fit_presence, format_held_out, manifest_with_presence
+    from .presence import LOOSE_FINDER, fit_presence, format_held_out, manifest_with_presence
     from .run import is_run_folder, load_run
 
     if args.threads:
@@ -359,7 +362,8 @@ def _presence(args) -> None:
     presence = fit_presence(detector, train, val, negative_paths(args.negatives, held_out=False),
                             negative_paths(args.negatives, held_out=True), patches=args.patches,
                             badly_framed=args.badly_framed, upside_down=args.upside_down, seed=_given(args.seed, seed),
-                            border_cut=args.border_cut, low_res=args.low_res, progress=progress)
+                            border_cut=args.border_cut, low_res=args.low_res,
+                            hard_views=(LOOSE_FINDER,) if args.finder_views else (), progress=progress)
     print(format_held_out(presence.stats))
     if args.out is not None:
         save_model(resolved.model, replace(resolved.config, presence=presence.to_dict()), args.out, overwrite=True)

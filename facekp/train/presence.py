@@ -5,7 +5,8 @@ geometry). Negatives are what ``detect`` must reject: random rotated patches of 
 badly framed training faces (zoomed out, zoomed in on a part, shifted far), training faces turned
 upside down, and the false faces a loose
 Haar cascade and the face finder at a low threshold find on face-free photos, run through ``detect``'s
-own framing and refinement. Held out:
+own framing and refinement (the finder optionally on every view of each photo the finder's own hard
+negatives are mined on: :func:`negative_views`). Held out:
 the validation faces and :data:`~facekp.train.negatives.HELD_OUT_NEGATIVES`, never trained on.
 """
 
@@ -25,6 +26,7 @@ from ..geometry import apply_affine
 from ..presence import DEFAULT_MIN_PRESENCE, PresenceModel
 from .augment import Augmenter, cut_at_border, make_crop
 from .data import Sample
+from .hard_negatives import MINING_SIDES, view
 from .negative_crops import badly_framed_crops, load_negatives, patch_crops, upside_down_crops
 
 
@@ -37,6 +39,8 @@ def loose_haar() -> HaarFaceDetector:
 #: The bundled face finder's threshold for hard negatives: far below its own, so that its false faces
 #: on the training negatives (any angle, any size) are many.
 LOOSE_FINDER_SCORE = 0.05
+#: The name of the loose finder among :func:`hard_detectors`.
+LOOSE_FINDER = "finder_loose"
 
 
 def hard_detectors() -> dict[str, Callable]:
@@ -44,7 +48,14 @@ def hard_detectors() -> dict[str, Callable]:
     :func:`loose_haar` and the bundled face finder at :data:`LOOSE_FINDER_SCORE`."""
     from ..finder import FaceFinder
 
-    return {"haar_loose": loose_haar(), "finder_loose": FaceFinder(min_score=LOOSE_FINDER_SCORE)}
+    return {"haar_loose": loose_haar(), LOOSE_FINDER: FaceFinder(min_score=LOOSE_FINDER_SCORE)}
+
+
+def negative_views(photos: Sequence[np.ndarray], sides: Sequence[int] = MINING_SIDES) -> list[np.ndarray]:
+    """Each face-free photo shrunk to each longer side of ``sides`` (not enlarged) and turned by each
+    quarter turn, as the finder's hard negatives are mined (:func:`facekp.train.hard_negatives.mine`):
+    a finder's false faces depend on the scale and the turn it sees a photo at."""
+    return [view(photo, side, turn) for photo in photos for side in sides for turn in range(4)]
 
 
 #: Figures reported on held-out data: at the default threshold and at the ones keeping these shares of faces.
@@ -152,6 +163,7 @@ def fit_presence(
     border_cut: float = 0.0,
     low_res: float = 0.0,
     hard: dict[str, Callable] | None = None,
+    hard_views: Sequence[str] = (),
     progress: Callable[[str], None] = print,
 ) -> PresenceModel:
     """Fit a :class:`PresenceModel` for ``detector``'s network and score it on the held-out data.
@@ -159,13 +171,18 @@ def fit_presence(
     ``train``/``val``: the model's own split (never pass validation faces as ``train``);
     ``train_negatives``/``held_negatives``: face-free photos (:func:`~facekp.train.negatives.negative_paths`).
     ``hard``: the face detectors (by name) whose false faces on ``train_negatives`` are hard negatives,
-    each framed with its own calibration (default :func:`hard_detectors`). ``border_cut``/``low_res``:
+    each framed with its own calibration (default :func:`hard_detectors`); those named in ``hard_views``
+    search every :func:`negative_views` view of each photo (training and held-out) instead of the photo
+    once. ``border_cut``/``low_res``:
     the shares of positives cut by their photo's border / seen at a small face's resolution
     (:func:`positive_crops`). ``stats`` of the result
     records the held-out figures.
     """
     rng = np.random.default_rng(seed)
     hard = hard_detectors() if hard is None else hard
+    unknown = set(hard_views) - set(hard)
+    if unknown:
+        raise ValueError(f"hard_views names {sorted(unknown)}, which are not hard detectors (those are {sorted(hard)})")
     # The features need only the mean shape; standardisation and weights come from the fit below.
     k = detector.config.hourglass.num_keypoints
     blank = PresenceModel(mean_shape(train), np.zeros(k + 1), np.ones(k + 1), np.zeros(k + 1), 0.0)
@@ -179,15 +196,17 @@ def fit_presence(
            crop_features(detector, blank, badly_framed_crops(train, badly_framed, rng)),
            crop_features(detector, blank, upside_down_crops(train, upside_down, rng))]
     hard_counts = {}
+    searched = lambda name, photos: negative_views(photos) if name in hard_views else photos
     for name, fd in hard.items():
-        progress(f"hard negatives: {fd!r} on {len(neg_train)} face-free photos")
-        feats, _ = detect_features(detector, blank, neg_train, fd, resolve_calibration(detector, fd))
+        photos = searched(name, neg_train)
+        progress(f"hard negatives: {fd!r} on {len(photos)} views of {len(neg_train)} face-free photos")
+        feats, _ = detect_features(detector, blank, photos, fd, resolve_calibration(detector, fd))
         neg.append(feats.reshape(-1, feats.shape[-1]))  # every framing detect may try is a negative
         hard_counts[name] = len(feats)
     mean, scale, weights, bias = fit_logistic(pos, np.concatenate(neg))
     stats = {"trained_on": {"faces": len(train), "patches": patches, "badly_framed": badly_framed,
                             "upside_down": upside_down, "hard_negatives": hard_counts, "negative_photos": len(neg_train), "seed": seed,
-                            "border_cut": border_cut, "low_res": low_res}}
+                            "border_cut": border_cut, "low_res": low_res, "hard_views": sorted(hard_views)}}
     model = PresenceModel(blank.mean_shape, mean, scale, weights, bias, stats)
 
     progress(f"held out: {len(val)} validation faces, {len(neg_held)} face-free photos")
@@ -198,7 +217,7 @@ def fit_presence(
     per_photo = {}
     for name, fd in {"haar_default": HaarFaceDetector(), "haar_angles_30": HaarFaceDetector(angles=(-30, 0, 30)),
                      **hard}.items():
-        feats, counts = detect_features(detector, blank, neg_held, fd, resolve_calibration(detector, fd))
+        feats, counts = detect_features(detector, blank, searched(name, neg_held), fd, resolve_calibration(detector, fd))
         # detect keeps a false face when any of its framings clears the threshold
         false[name] = model.probability(feats.reshape(-1, feats.shape[-1])).reshape(feats.shape[:2]).max(axis=1, initial=0.0)
         per_photo[name] = counts
