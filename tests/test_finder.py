@@ -360,3 +360,16 @@ def test_a_read_only_photo_runs_on_torch_without_a_warning():
         warnings.simplefilter("error")
         boxes, scores, _ = FaceFinder(backend="torch")(gray)
     assert len(boxes) >= 1 and scores.max() > 0.5
+
+
+@pytest.mark.parametrize("min_score", ["0", "1", "1.5", "-0.2"])
+def test_finder_export_refuses_a_threshold_outside_zero_one_before_any_work(tmp_path, capsys, min_score):
+    from facekp.train.cli import main as train_main
+
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text("{}")
+    argv = ["finder-export", "--run", str(tmp_path / "no-run"), "--package", str(tmp_path), "--manifest", str(manifest),
+            "--min-score", min_score]
+    assert train_main(argv) == 2
+    assert f"min_score must be in (0, 1), got {float(min_score)}" in capsys.readouterr().err
+    assert manifest.read_text() == "{}" and not (tmp_path / "weights").exists()

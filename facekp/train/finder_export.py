@@ -67,13 +67,16 @@ def choose_min_score(model: FaceFinderNet, calibration: BoxCalibration, composer
 
 
 def export_finder(run: str | Path, name: str, package_dir: str | Path, manifest_path: str | Path,
-                  checkpoint: str = "best.pt", force: bool = False) -> dict:
+                  checkpoint: str = "best.pt", force: bool = False, min_score: float | None = None) -> dict:
     """Write ``package_dir/weights/NAME.safetensors`` and the manifest's ``face_finders`` entry; returns it.
 
     The calibration is fitted on the training photos (at the lowest threshold tried), then the
     threshold is chosen on scenes of training identities on training negatives
-    (:func:`choose_min_score`, which also records what ``detect`` keeps with the bundled keypoint model).
+    (:func:`choose_min_score`, which also records what ``detect`` keeps with the bundled keypoint model);
+    a ``min_score`` given, in (0, 1), is shipped instead (the table is measured and recorded all the same).
     """
+    if min_score is not None and not 0.0 < min_score < 1.0:
+        raise ValueError(f"min_score must be in (0, 1), got {min_score}")
     model, config = load_finder_run(run, checkpoint)
     train, _ = split_by_identity(load_dataset(config.data), config.val_fraction, config.seed)
     backgrounds = [load_gray_u8(p) for p in negative_paths(config.negatives, held_out=False)]
@@ -83,7 +86,8 @@ def export_finder(run: str | Path, name: str, package_dir: str | Path, manifest_
                                       f"seed={config.seed}), {len(train)} photos")
     calibration.stats["detector_settings"] = f"FaceFinder(): min_score {min(THRESHOLDS)}, max_side 640, nms_iou 0.4"
     composer = SceneComposer(train, backgrounds, config.scene_config(hard_negatives=False))
-    min_score, thresholds = choose_min_score(model, calibration, composer, Detector(device="cpu"))
+    best, thresholds = choose_min_score(model, calibration, composer, Detector(device="cpu"))
+    min_score = best if min_score is None else float(min_score)
     path = Path(package_dir) / "weights" / f"{name}.safetensors"
     save_finder(model, calibration, path, min_score=min_score, overwrite=force)
     graph = write_finder_graph(model, path.with_suffix(".onnx"), force)
@@ -95,7 +99,7 @@ def export_finder(run: str | Path, name: str, package_dir: str | Path, manifest_
              "training": {"checkpoint": checkpoint, "steps": int(state["step"]),
                           "minutes": round(float(state["train_seconds"]) / 60, 1),
                           "run_config": {k: v for k, v in config.to_dict().items() if k != "out"},
-                          "thresholds_on_training_scenes": thresholds}}
+                          "thresholds_on_training_scenes": thresholds, "best_f1_min_score": best}}
     manifest_path = Path(manifest_path)
     manifest = json.loads(manifest_path.read_text())
     manifest["face_finders"] = [f for f in manifest.get("face_finders", []) if f["name"] != name] + [entry]
@@ -119,10 +123,12 @@ def add_parser(sub) -> None:
                    help="facekp package folder to write weights/NAME.safetensors into (default: ./facekp)")
     p.add_argument("--manifest", type=Path, default=Path("weights_manifest.json"),
                    help="the manifest to record the finder in (default: ./weights_manifest.json)")
+    p.add_argument("--min-score", type=float, help="ship this threshold, in (0, 1), instead of the one with the best F1 "
+                   "on the training scenes (default: that one)")
     p.add_argument("--force", action="store_true", help="replace an existing weights file of that name")
     p.set_defaults(handler=_run)
 
 
 def _run(args) -> None:
-    entry = export_finder(args.run, args.name, args.package, args.manifest, args.checkpoint, args.force)
+    entry = export_finder(args.run, args.name, args.package, args.manifest, args.checkpoint, args.force, args.min_score)
     print(json.dumps({k: entry[k] for k in ("name", "file", "sha256", "size")} | {"config": entry["config"]}, indent=2))
