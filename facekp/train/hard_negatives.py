@@ -13,6 +13,7 @@ Only training negatives are mined: the held-out ones stay the measure of false f
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -47,17 +48,24 @@ def view(photo: np.ndarray, side: int, turn: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(fit_within(photo, side), turn))
 
 
+def views(photo: np.ndarray, sides: Sequence[int] = MINING_SIDES) -> Iterator[tuple[int, int, np.ndarray]]:
+    """``(side, turn, view)`` for each longer side of ``sides`` (shrunk, never enlarged) and each quarter turn:
+    the views of a photo a finder is mined on."""
+    for side in sides:
+        for turn in range(4):
+            yield side, turn, view(photo, side, turn)
+
+
 def mine(finder: FaceFinder, photos: list[np.ndarray], sides: tuple[int, ...] = MINING_SIDES,
          min_score: float = MINING_SCORE) -> list[HardNegative]:
     """Every face ``finder`` reports from ``min_score`` up on the face-free ``photos`` (uint8 gray),
-    each at the longer ``sides`` and the four quarter turns (the finder should have ``max_side=None``,
-    so that each view is searched at its own size)."""
+    on each of their :func:`views` (the finder should have ``max_side=None``, so that each view is
+    searched at its own size)."""
     found = []
     for k, photo in enumerate(photos):
-        for side in sides:
-            for turn in range(4):
-                boxes, scores, _ = finder(view(photo, side, turn), min_score=min_score)
-                found += [HardNegative(k, side, turn, tuple(float(v) for v in b), float(s)) for b, s in zip(boxes, scores)]
+        for side, turn, image in views(photo, sides):
+            boxes, scores, _ = finder(image, min_score=min_score)
+            found += [HardNegative(k, side, turn, tuple(float(v) for v in b), float(s)) for b, s in zip(boxes, scores)]
     return found
 
 

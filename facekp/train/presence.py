@@ -26,7 +26,7 @@ from ..geometry import apply_affine
 from ..presence import DEFAULT_MIN_PRESENCE, PresenceModel
 from .augment import Augmenter, cut_at_border, make_crop
 from .data import Sample
-from .hard_negatives import MINING_SIDES, view
+from .hard_negatives import MINING_SIDES, views
 from .negative_crops import badly_framed_crops, load_negatives, patch_crops, upside_down_crops
 
 
@@ -55,7 +55,7 @@ def negative_views(photos: Sequence[np.ndarray], sides: Sequence[int] = MINING_S
     """Each face-free photo shrunk to each longer side of ``sides`` (not enlarged) and turned by each
     quarter turn, as the finder's hard negatives are mined (:func:`facekp.train.hard_negatives.mine`):
     a finder's false faces depend on the scale and the turn it sees a photo at."""
-    return [view(photo, side, turn) for photo in photos for side in sides for turn in range(4)]
+    return [image for photo in photos for _, _, image in views(photo, sides)]
 
 
 #: Figures reported on held-out data: at the default threshold and at the ones keeping these shares of faces.
