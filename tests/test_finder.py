@@ -4,7 +4,10 @@ and resume on tiny generated scenes, the weights file, and the FaceFinder callab
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -172,6 +175,31 @@ def test_photo_scenes_are_off_by_default_and_leave_other_scenes_as_they_were():
     b = SceneComposer(_samples(4), _backgrounds(), SceneConfig(size=96, empty_p=0.0, photo_p=0.0))(np.random.default_rng(5))
     np.testing.assert_array_equal(a[0], b[0])
     assert config.photo_p == 0.0
+
+
+def test_smooth_backgrounds_are_out_of_focus_and_off_by_default():
+    """``smooth_p`` scenes stand on a background without fine detail (a portrait's, out of focus): on
+    backgrounds of pixel noise, their mean absolute Laplacian is a small part of a plain scene's."""
+    def detail(config: SceneConfig, seed: int) -> float:
+        image = SceneComposer(_samples(2), _backgrounds(), config)(np.random.default_rng(seed))[0]
+        return float(np.abs(cv2.Laplacian(image.astype(np.float32), cv2.CV_32F)).mean())
+
+    still = dict(size=256, empty_p=1.0, blur_p=0.0, noise_p=0.0, jpeg_p=0.0)  # the training scenes' side
+    smooth = [detail(SceneConfig(**still, smooth_p=1.0), seed) for seed in range(12)]
+    plain = [detail(SceneConfig(**still), seed) for seed in range(12)]
+    assert max(smooth) < 0.1 * min(plain), (smooth, plain)
+    a = SceneComposer(_samples(4), _backgrounds(), SceneConfig(size=96))(np.random.default_rng(5))
+    b = SceneComposer(_samples(4), _backgrounds(), SceneConfig(size=96, smooth_p=0.0))(np.random.default_rng(5))
+    np.testing.assert_array_equal(a[0], b[0])
+
+
+@pytest.mark.parametrize("flag", ["--photo-scenes", "--hard-negatives", "--smooth-backgrounds"])
+def test_finder_cli_refuses_shares_outside_0_1_before_any_work(tmp_path, flag):
+    out = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "facekp.train.cli", "finder", "--out", str(out), flag, "1.5"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and f"{flag} must lie in [0, 1], got 1.5" in result.stderr
+    assert not out.exists()
 
 
 def _fit_config(tmp_path, **kw) -> FinderFitConfig:

@@ -61,13 +61,14 @@ class FinderFitConfig:
     checkpoint_minutes: float = 4.0
     photo_scenes: float = 0.0  # share of scenes that are one annotated photo, turned (SceneConfig.photo_p)
     hard_negatives: float = 0.0  # share of backgrounds cut around the init finder's false faces on training negatives
+    smooth_backgrounds: float = 0.0  # share of backgrounds out of focus (SceneConfig.smooth_p)
     init: str | None = None  # fine-tune from these weights (a finder .safetensors file or run folder)
     init_sha256: str | None = None  # of the file the weights came from
 
     def scene_config(self, hard_negatives: bool = True) -> SceneConfig:
         """The training scenes' settings (without their hard-negative backgrounds: the scenes that
         measure the finder, validation and threshold choice, whose false faces show what mining taught)."""
-        return SceneConfig(size=self.scene_size, photo_p=self.photo_scenes,
+        return SceneConfig(size=self.scene_size, photo_p=self.photo_scenes, smooth_p=self.smooth_backgrounds,
                            hard_negative_p=self.hard_negatives if hard_negatives else 0.0)
 
     def to_dict(self) -> dict:
@@ -430,6 +431,9 @@ def add_parser(sub) -> None:
     p.add_argument("--hard-negatives", type=float, default=FinderFitConfig.hard_negatives, metavar="P",
                    help="share of backgrounds cut around the false faces the --init finder reports on the training "
                         "negatives (mined at the start, kept in the run folder's hard_negatives.json)")
+    p.add_argument("--smooth-backgrounds", type=float, default=FinderFitConfig.smooth_backgrounds, metavar="P",
+                   help="share of backgrounds out of focus, as behind a portrait: a wallpaper blurred hard, or "
+                        "smooth random tones")
     p.add_argument("--init", type=Path, help="fine-tune from a finder .safetensors file (such as the bundled "
                    "facekp/weights/finder-s8.safetensors) or a finder run folder (default: random initial weights)")
     p.set_defaults(handler=_run)
@@ -440,7 +444,8 @@ def _run(args) -> None:
         torch.set_num_threads(args.threads)
     if not 0.0 < args.val_fraction < 1.0:
         raise SystemExit(f"--val-fraction must lie in (0, 1), got {args.val_fraction}")
-    for flag, value in (("--photo-scenes", args.photo_scenes), ("--hard-negatives", args.hard_negatives)):
+    for flag, value in (("--photo-scenes", args.photo_scenes), ("--hard-negatives", args.hard_negatives),
+                        ("--smooth-backgrounds", args.smooth_backgrounds)):
         if not 0.0 <= value <= 1.0:
             raise SystemExit(f"{flag} must lie in [0, 1], got {value}")
     config = FinderFitConfig(data=str(args.data), negatives=str(args.negatives), out=str(args.out),
@@ -448,6 +453,7 @@ def _run(args) -> None:
                              minutes=args.minutes, lr=args.lr, val_fraction=args.val_fraction, seed=args.seed,
                              eval_every=args.eval_every, checkpoint_minutes=args.checkpoint_minutes,
                              photo_scenes=args.photo_scenes, hard_negatives=args.hard_negatives,
+                             smooth_backgrounds=args.smooth_backgrounds,
                              init=None if args.init is None else str(args.init.resolve()))
     history = FinderTrainer(config).fit(resume=args.resume)
     if history:

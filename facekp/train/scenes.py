@@ -60,6 +60,7 @@ class SceneConfig:
     jpeg_p: float = 0.3
     photo_p: float = 0.0  # scenes that are one annotated photo, turned, instead of faces pasted on a background
     hard_negative_p: float = 0.0  # backgrounds cut around a false face a finder reported (needs hard_negatives)
+    smooth_p: float = 0.0  # out-of-focus backgrounds (a portrait's): a wallpaper blurred hard, or smooth random tones
 
 
 class SceneComposer:
@@ -110,10 +111,25 @@ class SceneComposer:
         side = self.config.size
         if self.config.hard_negative_p and rng.random() < self.config.hard_negative_p:
             return self.hard_negatives(rng, side)
+        if self.config.smooth_p and rng.random() < self.config.smooth_p:
+            return self._smooth(rng, side)
         if rng.random() < 0.25:
             patch = self._outside_face(rng)
             if patch is not None:
                 return cv2.resize(patch, (side, side), interpolation=cv2.INTER_LINEAR)
+        return self._wallpaper(rng, side)
+
+    def _smooth(self, rng: np.random.Generator, side: int) -> np.ndarray:
+        """An out-of-focus background: half of them a wallpaper patch blurred by 1.5-6% of the side,
+        half a grid of 2-24 cells of random tones upsampled smoothly (as behind a synthetic group photo)."""
+        if rng.random() < 0.5:
+            return cv2.GaussianBlur(self._wallpaper(rng, side).astype(np.float32), (0, 0), rng.uniform(0.015, 0.06) * side)
+        cells = int(rng.integers(2, 25))
+        tones = rng.uniform(40, 215) + rng.uniform(-1, 1, (cells, cells)) * rng.uniform(10, 60)
+        return cv2.resize(tones.astype(np.float32), (side, side), interpolation=cv2.INTER_CUBIC)
+
+    def _wallpaper(self, rng: np.random.Generator, side: int) -> np.ndarray:
+        """A square patch of 15-100% of a background's shorter side, resized to ``side``, quarter-turned, maybe mirrored."""
         photo = self.backgrounds[int(rng.integers(len(self.backgrounds)))]
         h, w = photo.shape
         crop = int(rng.uniform(0.15, 1.0) * min(h, w))
