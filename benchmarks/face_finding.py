@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--detectors", nargs="+", default=["haar", "haar3", "facekp"], choices=[*DETECTORS, *PEERS])
     parser.add_argument("--finder", type=Path, help="a face finder .safetensors file (default: the bundled one)")
     parser.add_argument("--min-score", type=float, help="the finder's threshold (default: its weights' own)")
+    parser.add_argument("--face-check", default="bundled",
+                        help="detect's face check: 'bundled' (default), 'none', or a .safetensors file from "
+                             "'facekp-train face-check'")
     parser.add_argument("--min-presence", type=float, help="detect's presence threshold (default: detect's own)")
     parser.add_argument("--presence-sweep", type=float, nargs="+", metavar="P",
                         help="instead of the table: recall and false faces of the facekp finder at these presence "
@@ -95,10 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     background = negatives[[p.name for p in held_out].index(TIMING_BACKGROUND)]
     timing = {size: _timing_photo(val[0], background, size) for size in ((640, 480), (1920, 1080))}
-    detector = Detector(args.weights, device="cpu", precision=args.precision, threads=args.threads)
+    face_check = {"bundled": True, "none": False}.get(args.face_check, args.face_check)
+    detector = Detector(args.weights, device="cpu", precision=args.precision, threads=args.threads, face_check=face_check)
     print(f"{len(val)} validation photos, {args.groups} group scenes, {len(kinds['negatives'])} face-free photos, "
           f"{len(kinds['views'])} face-free views; "
-          f"torch threads {torch.get_num_threads()}; keypoints {detector.backend} {detector.precision}\n")
+          f"torch threads {torch.get_num_threads()}; keypoints {detector.backend} {detector.precision}; "
+          f"face check {detector.face_check!r}\n")
     if args.presence_sweep:
         _presence_sweep(detector, _facekp(args), kinds, args.presence_sweep)
         return 0

@@ -72,7 +72,7 @@ class FaceKeypoints:
         weights, sha256: from :func:`weights_reference` (None: the bundled default model).
         device: the :class:`~facekp.Detector` device; ``"auto"`` takes the actor's GPU if Ray gave it one.
         threads: CPU threads of this actor's network (default: the backend's choice).
-        face_detector, min_score, refine, max_faces, min_presence, backend, precision: as for
+        face_detector, min_score, refine, max_faces, min_presence, backend, precision, face_check: as for
             :meth:`Detector.detect` / :class:`Detector` (the face detector by name: it is built in the actor).
 
     A photo that cannot be read gives a row with its ``error``; the job never fails on one.
@@ -94,11 +94,13 @@ class FaceKeypoints:
         min_presence: float | None = None,
         backend: str | None = None,
         precision: str = "auto",
+        face_check: bool = True,
     ) -> None:
         if sha256 is not None:
             path = Path(weights)
             verify_file(path / WEIGHTS_NAME if path.is_dir() else path, sha256, f"weights {weights}")
-        self.detector = Detector(weights, device=device, backend=backend, precision=precision, threads=threads)
+        self.detector = Detector(weights, device=device, backend=backend, precision=precision, threads=threads,
+                                 face_check=face_check)
         self.column, self.path_column = column, path_column
         # Checked and built once, not per photo.
         self.options = self.detector.detect_options(face_detector, refine, max_faces, min_presence, min_score)._asdict()
@@ -177,7 +179,7 @@ def detect_dataset(
     Each actor reserves ``cpus_per_worker`` CPUs (its network threads) and ``gpus_per_worker``
     GPUs, and takes ``batch_size`` photos at a time. ``detect`` holds :class:`FaceKeypoints`'
     keyword arguments (``face_detector``, ``min_score``, ``refine``, ``max_faces``, ``min_presence``,
-    ``backend``, ``precision``).
+    ``backend``, ``precision``, ``face_check``).
     """
     import ray.data
 
@@ -276,7 +278,7 @@ def run_batch(args: argparse.Namespace, check_output: Callable[[Path, list[Path]
                             batch_size=args.batch_size, device=args.device, face_detector=args.face_detector,
                             min_score=args.min_score, refine=args.refine,
                             max_faces=args.max_faces, min_presence=args.min_presence, backend=args.backend,
-                            precision=args.precision)
+                            precision=args.precision, face_check=not args.no_face_check)
         faces = faceless = failed = 0  # rows: a face, a photo without faces, an unreadable photo
         # The whole file or none: a stopped run leaves no half-written OUT, and the write rule holds at the end too.
         with fileio.atomic_path(args.out, inputs=photos, overwrite=args.force) as tmp:

@@ -81,6 +81,9 @@ def _add_detect_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-presence", type=float, default=None, metavar="P",
                    help="drop faces whose presence score (0-1: does the keypoint network see a face?) is below P; "
                         "0 keeps all (default: 0.9 with a model that has a presence score)")
+    p.add_argument("--no-face-check", action="store_true",
+                   help="send every face detector candidate to the keypoint network, without the face check that "
+                        "drops those it sees no face in (slower; more false faces)")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -97,7 +100,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 def _detector(args):
     from .detector import Detector
 
-    return Detector(args.weights, device=args.device, backend=args.backend, precision=args.precision)
+    return Detector(args.weights, device=args.device, backend=args.backend, precision=args.precision,
+                    face_check=not getattr(args, "no_face_check", False))
 
 
 def output_path(requested: Path, source: Path, several: bool, inputs: list[Path], force: bool) -> Path:

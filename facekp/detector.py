@@ -14,6 +14,7 @@ from .calibration import CalibrationLike, reframe, resolve_calibration
 from .codec import HeatmapCodec
 from .errors import InvalidImageError, WeightsError
 from .face_detection import as_detections, gray_u8, run_face_detector, usable_detections
+from .face_check import FaceCheck
 from .face_detectors import FaceDetectorLike, resolve_face_detector
 from .geometry import apply_affine, face_angle, invert_affine, turn_frame
 from .images import INTEGER_PEAKS, ImageInput, channels_first, check_color, load_gray, load_rgb, scale_integers
@@ -60,6 +61,16 @@ class DetectOptions(NamedTuple):
     min_presence: float
 
 
+def _face_check(face_check: bool | str | Path | FaceCheck) -> FaceCheck | None:
+    if isinstance(face_check, FaceCheck) or face_check is False:
+        return face_check or None
+    if face_check is True:
+        return FaceCheck()
+    if isinstance(face_check, (str, Path)):
+        return FaceCheck(face_check)
+    raise TypeError(f"face_check must be True, False, a .safetensors path or a FaceCheck, got {type(face_check).__name__}")
+
+
 def _check_max_faces(max_faces: int | None) -> None:
     if max_faces is None:
         return
@@ -99,6 +110,10 @@ class Detector:
             provide the config (and ``.model``). ``precision="auto"`` follows the graph; an
             explicit precision must match it.
         threads: intra-op CPU threads of the backend (None: its default; see :mod:`facekp.threads`).
+        face_check: what :meth:`detect` asks, before the keypoint network runs, whether a face
+            detector's candidate holds a face (:mod:`facekp.face_check`): ``True`` (default) the
+            bundled face check, ``False`` none, a ``.safetensors`` file from ``facekp-train face-check``
+            or a :class:`facekp.face_check.FaceCheck` (e.g. with another threshold).
         compile: wrap the network in ``torch.compile`` (``True``, or a mode such as
             ``"max-autotune"``). Pays off for long runs on CUDA; the first call compiles.
 
@@ -118,6 +133,7 @@ class Detector:
         compile: bool | str = False,
         onnx_model: str | Path | None = None,
         threads: int | None = None,
+        face_check: bool | str | Path | FaceCheck = True,
     ) -> None:
         resolved = weights if isinstance(weights, ResolvedWeights) else resolve_weights(weights)
         self.batch_size = _check_batch_size(batch_size)
@@ -129,6 +145,8 @@ class Detector:
         #: the face-presence model of the config (:mod:`facekp.presence`), or None when it has none
         self.presence_model: PresenceModel | None = self.config.presence_model()
         self._model = resolved.model.eval()
+        #: the candidates' face check of :meth:`detect` (:class:`facekp.face_check.FaceCheck`), or None
+        self.face_check: FaceCheck | None = _face_check(face_check)
         #: what runs the network (:class:`facekp.runtime.TorchRunner` or :class:`~facekp.runtime.OnnxRunner`)
         self.runner = make_runner(self._model, self.config, self.device, backend=backend, precision=precision,
                                   compile=compile, onnx_model=onnx_model, threads=threads)
@@ -290,6 +308,11 @@ class Detector:
     ) -> list[Face]:
         """Find the faces of a whole photo and their keypoints, largest face first.
 
+        A face detector's candidates are framed into the network's crop, and those the detector's
+        :attr:`face_check` scores under its threshold are dropped before the keypoint network runs
+        (boxes passed in are not checked); the rest are refined and filtered by presence
+        (``docs/detection.md``).
+
         Args:
             image: anything :meth:`predict` accepts.
             boxes: face boxes to use instead of running a face detector: ``(N, 4)``
@@ -324,7 +347,8 @@ class Detector:
             (15,), ``score``, ``angle``, ``presence``), in the image's pixel coordinates; empty when
             no face is found. All faces go through the network in one batch.
         """
-        if boxes is None:
+        given = boxes is not None  # the caller's boxes: trusted, not checked
+        if not given:
             fd, refine, max_faces, min_presence = self.detect_options(face_detector, refine, max_faces, min_presence,
                                                                       min_score)
         else:  # the boxes are framed with the given face detector's calibration, or Haar's
@@ -336,7 +360,7 @@ class Detector:
         if max_faces == 0:
             return []
         weak_floor = None
-        if boxes is None:
+        if not given:
             source = gray_u8(image, gray) if getattr(fd, "wants_gray", False) else load_rgb(image, color)
             # Weak faces need a presence model to vouch for them.
             weak_floor = getattr(fd, "weak_score", None) if self.presence_model is not None else None
@@ -352,8 +376,14 @@ class Detector:
             order = order[:max_faces]                                       # once the false ones are dropped
         boxes, scores, angles, weak = boxes[order], scores[order], angles[order], weak[order]
         calib = resolve_calibration(self, fd, calibration)
-        transforms = np.stack([calib.frame(b, a) for b, a in zip(boxes, angles)])
-        first = self.predict_framed([gray] * len(transforms), transforms)  # every face's first pass, one batch
+        transforms = validate.transforms(np.stack([calib.frame(b, a) for b, a in zip(boxes, angles)]))
+        crops = frame_crops([gray] * len(transforms), transforms, self.config.hourglass.input_size)
+        if self.face_check is not None and not given:  # candidates the face check says hold no face go no further
+            keep = self.face_check(crops) >= self.face_check.threshold
+            boxes, scores, angles, weak, transforms, crops = (v[keep] for v in (boxes, scores, angles, weak, transforms, crops))
+            if len(boxes) == 0:
+                return []
+        first = self.points_of_crops(crops, transforms)  # every face's first pass, one batch
         if weak.any():  # most weak faces are false: only the likely faces go on
             keep = ~weak
             keep[weak] = self.presence(first[0][weak], first[1][weak]) >= WEAK_SCREEN_PRESENCE
@@ -476,9 +506,13 @@ class Detector:
         """
         if len(grays) != len(transforms):
             raise ValueError(f"predict_framed got {len(grays)} images but {len(transforms)} transforms; expected one per image")
-        batch_size = self._batch_size(batch_size)
         transforms = validate.transforms(transforms)
-        crops = frame_crops(grays, transforms, self.config.hourglass.input_size)
+        return self.points_of_crops(frame_crops(grays, transforms, self.config.hourglass.input_size), transforms, batch_size)
+
+    def points_of_crops(self, crops: np.ndarray, transforms: np.ndarray,
+                        batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Points ``(N, 15, 2)`` in image pixels and confidences ``(N, 15)`` of the ``(N, S, S)`` crops that
+        :func:`facekp.preprocess.frame_crops` cut through ``transforms`` ``(N, 2, 3)`` (image -> crop)."""
         points, confidence = self.predict_crops(crops, batch_size)
         points = apply_affine(invert_affine(transforms), points)
         validate.finite_points(points, confidence)

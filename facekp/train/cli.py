@@ -132,10 +132,11 @@ def _parser() -> argparse.ArgumentParser:
     sm.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     sm.set_defaults(handler=_submit)
 
-    from . import finder_export, finder_fit
+    from . import face_check, finder_export, finder_fit
 
     finder_fit.add_parser(sub)
     finder_export.add_parser(sub)
+    face_check.add_parser(sub)
     return parser
 
 

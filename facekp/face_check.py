@@ -1,0 +1,176 @@
+"""The face check: a small network that tells whether a framed 96x96 crop holds a face.
+
+:meth:`facekp.Detector.detect` frames each face a face detector reports into the keypoint network's
+96x96 crop. Most of a face-free photo's candidates are false, and each costs the keypoint network
+its passes (re-framing, and the turns when presence says no); presence, computed from the keypoint
+network's own 15 confidences and the shape of its points, cannot tell the hardest of them from real
+faces. :class:`FaceCheck` looks at the crop itself, before the keypoint network runs: a candidate it
+scores under its threshold goes no further (a second stage, as a cascade's later stages or MTCNN's
+R-Net verify the proposals of the first).
+
+:class:`FaceCheckNet`: the crop, standardized per crop as the keypoint network's input, average-pooled
+to 48x48, four stride-2 stages of two 3x3 convolutions, global average pooling, one logit. It is
+trained (``facekp-train face-check``, :mod:`facekp.train.face_check`) on faces at any in-plane angle
+(the finder's angle can be far off; turning them upright is ``detect``'s job), so it answers "is there
+a face" and not "is it upright". Weights: one ``.safetensors`` file whose metadata holds the widths
+and the threshold, listed in the manifest's ``face_checks`` with its sha256.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .errors import WeightsError
+from .geometry import CANONICAL_SIZE
+from .preprocess import standardize
+from .weights import read_manifest, verified_bundled
+
+_METADATA_KEY = "facekp_face_check"
+#: The bundled face check :class:`FaceCheck` loads by default.
+DEFAULT_FACE_CHECK = "check-c64"
+
+
+@dataclass(frozen=True)
+class FaceCheckConfig:
+    """Channels of the four stride-2 stages of a :class:`FaceCheckNet`."""
+
+    widths: tuple[int, int, int, int] = (16, 32, 64, 64)
+
+    def to_dict(self) -> dict:
+        return {"widths": list(self.widths)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "FaceCheckConfig":
+        try:
+            config = cls(tuple(int(c) for c in data["widths"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"invalid face check config {data!r}: {exc}") from exc
+        if len(config.widths) != 4 or min(config.widths) < 1:
+            raise ValueError(f"invalid face check config {data!r}: four positive stage widths expected")
+        return config
+
+
+def _stage(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                         nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class FaceCheckNet(nn.Module):
+    """Standardized crops ``(B, 1, 96, 96)`` -> ``(B,)`` logits of "a face is framed here"."""
+
+    def __init__(self, config: FaceCheckConfig = FaceCheckConfig()) -> None:
+        super().__init__()
+        self.config = config
+        widths = (1, *config.widths)
+        self.features = nn.Sequential(nn.AvgPool2d(2), *(_stage(a, b) for a, b in zip(widths, widths[1:])))
+        self.head = nn.Linear(widths[-1], 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean(dim=(2, 3)))[:, 0]
+
+
+def network_input(crops: np.ndarray) -> torch.Tensor:
+    """``(N, 96, 96)`` float crops in [0, 1] -> the network's ``(N, 1, 96, 96)`` input (standardized per crop)."""
+    crops = np.asarray(crops, dtype=np.float32)
+    if crops.ndim != 3 or crops.shape[1:] != (CANONICAL_SIZE, CANONICAL_SIZE):
+        raise ValueError(f"the face check takes (N, {CANONICAL_SIZE}, {CANONICAL_SIZE}) crops, got shape {crops.shape}")
+    return torch.from_numpy(np.ascontiguousarray(standardize(crops)[:, None]))
+
+
+class FaceCheckWeights(NamedTuple):
+    """A loaded face check: the network (eval mode), its threshold and how it was trained (free-form)."""
+
+    model: FaceCheckNet
+    threshold: float
+    stats: dict
+
+
+def save_face_check(model: FaceCheckNet, threshold: float, path: str | Path, stats: dict | None = None,
+                    overwrite: bool = False) -> Path:
+    """Write the network's weights, widths, threshold and ``stats`` to one ``.safetensors`` file."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass --force (overwrite=True) to replace it")
+    if not 0.0 <= threshold < 1.0:
+        raise ValueError(f"the face check threshold must lie in [0, 1), got {threshold}")
+    meta = {"architecture": "face_check", "model": model.config.to_dict(), "threshold": float(threshold),
+            "stats": stats or {}}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(path), metadata={_METADATA_KEY: json.dumps(meta)})
+    return path
+
+
+def load_face_check_file(path: str | Path) -> FaceCheckWeights:
+    """The network (eval mode), threshold and stats of a file written by :func:`save_face_check`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"face check weights not found: {path}")
+    try:
+        state = load_file(str(path))
+        with safe_open(str(path), "pt") as f:
+            meta = (f.metadata() or {}).get(_METADATA_KEY)
+    except (SafetensorError, OSError) as exc:
+        raise WeightsError(f"{path} is not a readable safetensors file (truncated or corrupt?): {exc}") from exc
+    if meta is None:
+        raise WeightsError(f"{path} carries no face check description in its metadata; is it another facekp model?")
+    try:
+        meta = json.loads(meta)
+        model = FaceCheckNet(FaceCheckConfig.from_dict(meta["model"]))
+        threshold = float(meta["threshold"])
+        if not 0.0 <= threshold < 1.0:
+            raise ValueError(f"threshold {threshold} outside [0, 1)")
+        model.load_state_dict(state, strict=True)
+    except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise WeightsError(f"{path} does not hold a face check this facekp can build: {str(exc).splitlines()[0]}") from exc
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise WeightsError(f"{path} holds NaN or infinite values in {bad[:3]}; the file is corrupt")
+    return FaceCheckWeights(model.eval(), threshold, dict(meta.get("stats") or {}))
+
+
+def load_face_check(name: str = DEFAULT_FACE_CHECK, manifest: str | Path | None = None) -> FaceCheckWeights:
+    """A bundled face check, verified against the manifest's sha256."""
+    entries = {e["name"]: e for e in read_manifest(manifest).get("face_checks", [])}
+    if name not in entries:
+        raise WeightsError(f"no face check named {name!r} in weights_manifest.json; known: {sorted(entries)}")
+    return load_face_check_file(verified_bundled(entries[name]["file"], entries[name]["sha256"], "face check"))
+
+
+class FaceCheck:
+    """Scores framed crops: the probability that each holds a face (any in-plane angle).
+
+    Args:
+        weights: ``None`` for the bundled face check, or a ``.safetensors`` file from
+            ``facekp-train face-check``.
+        threshold: the score under which :meth:`facekp.Detector.detect` drops a candidate before the
+            keypoint network runs, in [0, 1) (None: the weights' own).
+    """
+
+    def __init__(self, weights: str | Path | None = None, threshold: float | None = None) -> None:
+        loaded = load_face_check() if weights is None else load_face_check_file(weights)
+        self.model = loaded.model
+        self.threshold = loaded.threshold if threshold is None else float(threshold)
+        if not 0.0 <= self.threshold < 1.0:
+            raise ValueError(f"the face check threshold must lie in [0, 1), got {threshold}")
+        self.stats = loaded.stats
+
+    def __call__(self, crops: np.ndarray) -> np.ndarray:
+        """``(N,)`` float32 probabilities in [0, 1] for ``(N, 96, 96)`` float crops in [0, 1] (image -> crop
+        framing as :meth:`facekp.calibration.BoxCalibration.frame` gives it)."""
+        x = network_input(crops)
+        if not len(x):
+            return np.empty(0, np.float32)
+        with torch.inference_mode():
+            return torch.sigmoid(self.model(x)).numpy().astype(np.float32)
+
+    def __repr__(self) -> str:
+        return f"FaceCheck(widths={self.model.config.widths}, threshold={self.threshold})"
