@@ -14,10 +14,10 @@ from .calibration import CalibrationLike, reframe, resolve_calibration
 from .codec import HeatmapCodec
 from .errors import InvalidImageError, WeightsError
 from .face_detection import as_detections, gray_u8, run_face_detector, usable_detections
-from .face_check import FaceCheck
+from .face_check import FaceCheck, resolve_face_check
 from .face_detectors import FaceDetectorLike, resolve_face_detector
 from .geometry import apply_affine, face_angle, invert_affine, turn_frame
-from .images import INTEGER_PEAKS, ImageInput, channels_first, check_color, load_gray, load_rgb, scale_integers
+from .images import ImageInput, channels_first, check_color, load_gray, load_rgb, network_sized_stack
 from .model import StackedHourglass
 from .preprocess import frame_crops, letterbox_transforms
 from .presence import DEFAULT_MIN_PRESENCE, EVEN_ODDS, PresenceModel
@@ -61,16 +61,6 @@ class DetectOptions(NamedTuple):
     min_presence: float
 
 
-def _face_check(face_check: bool | str | Path | FaceCheck) -> FaceCheck | None:
-    if isinstance(face_check, FaceCheck) or face_check is False:
-        return face_check or None
-    if face_check is True:
-        return FaceCheck()
-    if isinstance(face_check, (str, Path)):
-        return FaceCheck(face_check)
-    raise TypeError(f"face_check must be True, False, a .safetensors path or a FaceCheck, got {type(face_check).__name__}")
-
-
 def _check_max_faces(max_faces: int | None) -> None:
     if max_faces is None:
         return
@@ -110,10 +100,9 @@ class Detector:
             provide the config (and ``.model``). ``precision="auto"`` follows the graph; an
             explicit precision must match it.
         threads: intra-op CPU threads of the backend (None: its default; see :mod:`facekp.threads`).
-        face_check: what :meth:`detect` asks, before the keypoint network runs, whether a face
-            detector's candidate holds a face (:mod:`facekp.face_check`): ``True`` (default) the
-            bundled face check, ``False`` none, a ``.safetensors`` file from ``facekp-train face-check``
-            or a :class:`facekp.face_check.FaceCheck` (e.g. with another threshold).
+        face_check: what asks of each face detector candidate in :meth:`detect` whether it holds a face,
+            before the keypoint network runs (:mod:`facekp.face_check`): ``True`` the bundled check, ``False``
+            none, a ``.safetensors`` file or a :class:`facekp.face_check.FaceCheck` (another threshold).
         compile: wrap the network in ``torch.compile`` (``True``, or a mode such as
             ``"max-autotune"``). Pays off for long runs on CUDA; the first call compiles.
 
@@ -145,8 +134,7 @@ class Detector:
         #: the face-presence model of the config (:mod:`facekp.presence`), or None when it has none
         self.presence_model: PresenceModel | None = self.config.presence_model()
         self._model = resolved.model.eval()
-        #: the candidates' face check of :meth:`detect` (:class:`facekp.face_check.FaceCheck`), or None
-        self.face_check: FaceCheck | None = _face_check(face_check)
+        self.face_check: FaceCheck | None = resolve_face_check(face_check)  #: detect's candidates' check, or None
         #: what runs the network (:class:`facekp.runtime.TorchRunner` or :class:`~facekp.runtime.OnnxRunner`)
         self.runner = make_runner(self._model, self.config, self.device, backend=backend, precision=precision,
                                   compile=compile, onnx_model=onnx_model, threads=threads)
@@ -236,7 +224,7 @@ class Detector:
         """
         batch_size = self._batch_size(batch_size)
         check_color(color)
-        stack = self._input_sized_stack(images)
+        stack = network_sized_stack(images, self.config.hourglass.input_size)
         if stack is not None:
             # Already network-sized gray crops: the letterbox is the identity, so the per-image
             # load/warp loop is skipped (same points; much cheaper for big batches).
@@ -273,26 +261,6 @@ class Detector:
         """A ``batch_size`` argument, checked; None: the detector's."""
         return self.batch_size if batch_size is None else _check_batch_size(batch_size)
 
-    def _input_sized_stack(self, images) -> np.ndarray | None:
-        """``images`` as (N, S, S) float32 in [0, 1] when it is one uint8/uint16/float array or tensor
-        of N gray S x S crops (S = network input side) with valid values; else None (general path)."""
-        size = self.config.hourglass.input_size
-        if not isinstance(images, (np.ndarray, torch.Tensor)) or tuple(images.shape[1:]) != (size, size) or len(images) == 0:
-            return None
-        arr = images.detach().cpu() if isinstance(images, torch.Tensor) else images
-        if isinstance(arr, torch.Tensor):
-            if arr.dtype in (torch.float16, torch.bfloat16):
-                arr = arr.float()
-            arr = arr.numpy()
-        if arr.dtype in INTEGER_PEAKS:
-            return scale_integers(arr)
-        if arr.dtype.kind == "f":
-            arr = arr.astype(np.float32, copy=False)
-            lo, hi = float(arr.min()), float(arr.max())  # NaN fails both tests
-            if lo >= 0.0 and hi <= 1.0:
-                return arr
-        return None
-
     def detect(
         self,
         image: ImageInput,
@@ -308,10 +276,8 @@ class Detector:
     ) -> list[Face]:
         """Find the faces of a whole photo and their keypoints, largest face first.
 
-        A face detector's candidates are framed into the network's crop, and those the detector's
-        :attr:`face_check` scores under its threshold are dropped before the keypoint network runs
-        (boxes passed in are not checked); the rest are refined and filtered by presence
-        (``docs/detection.md``).
+        A face detector's candidates that the :attr:`face_check` scores under its threshold are dropped before
+        the keypoint network runs (boxes passed in are not checked); see ``docs/detection.md``.
 
         Args:
             image: anything :meth:`predict` accepts.
@@ -511,8 +477,8 @@ class Detector:
 
     def points_of_crops(self, crops: np.ndarray, transforms: np.ndarray,
                         batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Points ``(N, 15, 2)`` in image pixels and confidences ``(N, 15)`` of the ``(N, S, S)`` crops that
-        :func:`facekp.preprocess.frame_crops` cut through ``transforms`` ``(N, 2, 3)`` (image -> crop)."""
+        """Points ``(N, 15, 2)`` in image pixels and confidences ``(N, 15)`` of ``(N, S, S)`` crops cut through
+        ``transforms`` ``(N, 2, 3)`` (image -> crop; :func:`facekp.preprocess.frame_crops`)."""
         points, confidence = self.predict_crops(crops, batch_size)
         points = apply_affine(invert_affine(transforms), points)
         validate.finite_points(points, confidence)

@@ -174,3 +174,15 @@ class FaceCheck:
 
     def __repr__(self) -> str:
         return f"FaceCheck(widths={self.model.config.widths}, threshold={self.threshold})"
+
+
+def resolve_face_check(face_check: "bool | str | Path | FaceCheck") -> FaceCheck | None:
+    """:class:`facekp.Detector`'s ``face_check`` argument: ``True`` the bundled check, ``False`` none, a
+    ``.safetensors`` file, or a :class:`FaceCheck` as it is."""
+    if isinstance(face_check, FaceCheck) or face_check is False:
+        return face_check or None
+    if face_check is True:
+        return FaceCheck()
+    if isinstance(face_check, (str, Path)):
+        return FaceCheck(face_check)
+    raise TypeError(f"face_check must be True, False, a .safetensors path or a FaceCheck, got {type(face_check).__name__}")

@@ -319,3 +319,24 @@ def _check(gray: np.ndarray, what: str) -> np.ndarray:
     if min(h, w) < MIN_SIDE:
         raise InvalidImageError(f"{what} is {w}x{h} pixels; faces need at least {MIN_SIDE}x{MIN_SIDE}")
     return gray
+
+
+def network_sized_stack(images, size: int) -> np.ndarray | None:
+    """``images`` as (N, size, size) float32 in [0, 1] when it is one uint8/uint16/float array or tensor
+    of N gray crops of the network's input side with valid values; else None (the general path of loading
+    and letterboxing each image)."""
+    if not isinstance(images, (np.ndarray, torch.Tensor)) or tuple(images.shape[1:]) != (size, size) or len(images) == 0:
+        return None
+    arr = images.detach().cpu() if isinstance(images, torch.Tensor) else images
+    if isinstance(arr, torch.Tensor):
+        if arr.dtype in (torch.float16, torch.bfloat16):
+            arr = arr.float()
+        arr = arr.numpy()
+    if arr.dtype in INTEGER_PEAKS:
+        return scale_integers(arr)
+    if arr.dtype.kind == "f":
+        arr = arr.astype(np.float32, copy=False)
+        lo, hi = float(arr.min()), float(arr.max())  # NaN fails both tests
+        if lo >= 0.0 and hi <= 1.0:
+            return arr
+    return None

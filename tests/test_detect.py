@@ -77,13 +77,13 @@ def test_detect_several_faces_largest_first(group, group_faces):
 
 def test_all_faces_go_through_the_network_in_one_batch(detector, group, monkeypatch):
     calls = []
-    original = detector.predict_framed
+    original = detector.points_of_crops
 
-    def spy(grays, transforms, batch_size=None):
-        calls.append(len(grays))
-        return original(grays, transforms, batch_size)
+    def spy(crops, transforms, batch_size=None):
+        calls.append(len(crops))
+        return original(crops, transforms, batch_size)
 
-    monkeypatch.setattr(detector, "predict_framed", spy)
+    monkeypatch.setattr(detector, "points_of_crops", spy)
     faces = detector.detect(group[0], refine=1, face_detector="haar")
     assert calls == [3, 3] and len(faces) == 3
     calls.clear()
@@ -93,14 +93,14 @@ def test_all_faces_go_through_the_network_in_one_batch(detector, group, monkeypa
 
 def test_refine_reframes_on_the_first_prediction(detector, small_photo, monkeypatch):
     seen = []
-    original = detector.predict_framed
+    original = detector.points_of_crops
 
-    def spy(grays, transforms, batch_size=None):
-        points, confidence = original(grays, transforms, batch_size)
+    def spy(crops, transforms, batch_size=None):
+        points, confidence = original(crops, transforms, batch_size)
         seen.append((np.array(transforms), points))
         return points, confidence
 
-    monkeypatch.setattr(detector, "predict_framed", spy)
+    monkeypatch.setattr(detector, "points_of_crops", spy)
     detector.detect(small_photo, refine=2, face_detector="haar")
     assert len(seen) == 3
     for (_, points), (transforms, _) in zip(seen[:-1], seen[1:]):
