@@ -25,14 +25,13 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from .errors import WeightsError
 from .geometry import CANONICAL_SIZE
 from .preprocess import standardize
-from .weights import read_manifest, verified_bundled
+from .weights import read_described, read_manifest, verified_bundled
 
 _METADATA_KEY = "facekp_face_check"
 #: The bundled face check :class:`FaceCheck` loads by default.
@@ -111,19 +110,8 @@ def save_face_check(model: FaceCheckNet, threshold: float, path: str | Path, sta
 
 def load_face_check_file(path: str | Path) -> FaceCheckWeights:
     """The network (eval mode), threshold and stats of a file written by :func:`save_face_check`."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"face check weights not found: {path}")
+    state, meta = read_described(path, _METADATA_KEY, "face check")
     try:
-        state = load_file(str(path))
-        with safe_open(str(path), "pt") as f:
-            meta = (f.metadata() or {}).get(_METADATA_KEY)
-    except (SafetensorError, OSError) as exc:
-        raise WeightsError(f"{path} is not a readable safetensors file (truncated or corrupt?): {exc}") from exc
-    if meta is None:
-        raise WeightsError(f"{path} carries no face check description in its metadata; is it another facekp model?")
-    try:
-        meta = json.loads(meta)
         model = FaceCheckNet(FaceCheckConfig.from_dict(meta["model"]))
         threshold = float(meta["threshold"])
         if not 0.0 <= threshold < 1.0:
@@ -131,9 +119,6 @@ def load_face_check_file(path: str | Path) -> FaceCheckWeights:
         model.load_state_dict(state, strict=True)
     except (ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise WeightsError(f"{path} does not hold a face check this facekp can build: {str(exc).splitlines()[0]}") from exc
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise WeightsError(f"{path} holds NaN or infinite values in {bad[:3]}; the file is corrupt")
     return FaceCheckWeights(model.eval(), threshold, dict(meta.get("stats") or {}))
 
 

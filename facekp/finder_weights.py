@@ -11,14 +11,12 @@ import json
 from pathlib import Path
 from typing import NamedTuple
 
-import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .errors import WeightsError
 from .calibration import BoxCalibration
 from .finder_model import FaceFinderNet, FinderConfig
-from .weights import read_manifest, verified_bundled
+from .weights import read_described, read_manifest, verified_bundled
 
 _METADATA_KEY = "facekp_finder"
 #: The bundled finder that :class:`facekp.finder.FaceFinder` loads by default.
@@ -52,19 +50,8 @@ def save_finder(model: FaceFinderNet, calibration: BoxCalibration, path: str | P
 
 def load_finder_file(path: str | Path) -> FinderWeights:
     """The finder network (eval mode), calibration and threshold from a file written by :func:`save_finder`."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"face finder weights not found: {path}")
+    state, meta = read_described(path, _METADATA_KEY, "face finder")
     try:
-        state = load_file(str(path))
-        with safe_open(str(path), "pt") as f:
-            meta = (f.metadata() or {}).get(_METADATA_KEY)
-    except (SafetensorError, OSError) as exc:
-        raise WeightsError(f"{path} is not a readable safetensors file (truncated or corrupt?): {exc}") from exc
-    if meta is None:
-        raise WeightsError(f"{path} carries no face finder description in its metadata; is it a keypoint model?")
-    try:
-        meta = json.loads(meta)
         model = FaceFinderNet(FinderConfig.from_dict(meta["model"]))
         calibration = BoxCalibration.from_dict(meta["box_to_frame"])
         min_score = float(meta["min_score"])
@@ -73,9 +60,6 @@ def load_finder_file(path: str | Path) -> FinderWeights:
         model.load_state_dict(state, strict=True)
     except (ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise WeightsError(f"{path} does not hold a face finder this facekp can build: {str(exc).splitlines()[0]}") from exc
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise WeightsError(f"{path} holds NaN or infinite values in {bad[:3]}; the file is corrupt")
     return FinderWeights(model.eval(), calibration, min_score)
 
 

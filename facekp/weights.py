@@ -87,9 +87,7 @@ def load_model(path: str | Path) -> tuple[StackedHourglass, DetectorConfig]:
             config = _parse_config(meta[_METADATA_KEY], f"{weights_path} metadata")
     except (SafetensorError, OSError) as exc:
         raise WeightsError(f"{weights_path} is not a readable safetensors file (truncated or corrupt?): {exc}") from exc
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise WeightsError(f"{weights_path} holds NaN or infinite values in {bad[:3]}; the file is corrupt")
+    check_finite(state, weights_path)
     model = StackedHourglass(config.hourglass)
     _check_dtypes(state, model.state_dict(), weights_path)
     try:
@@ -101,6 +99,35 @@ def load_model(path: str | Path) -> tuple[StackedHourglass, DetectorConfig]:
             "is it a model of another architecture?"
         ) from exc
     return model.eval(), config
+
+
+def check_finite(state: dict[str, torch.Tensor], path: Path) -> None:
+    """``WeightsError`` when a floating-point tensor of ``state`` (read from ``path``) holds NaN or infinity."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise WeightsError(f"{path} holds NaN or infinite values in {bad[:3]}; the file is corrupt")
+
+
+def read_described(path: str | Path, metadata_key: str, what: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors of a ``.safetensors`` file that describes itself (JSON) in its metadata under ``metadata_key``,
+    and that description, as the face finder's and the face check's files do; ``what`` names the kind of file
+    in the errors (missing, unreadable, without the description, NaN)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} weights not found: {path}")
+    try:
+        state = load_file(str(path))
+        with safe_open(str(path), "pt") as f:
+            meta = (f.metadata() or {}).get(metadata_key)
+    except (SafetensorError, OSError) as exc:
+        raise WeightsError(f"{path} is not a readable safetensors file (truncated or corrupt?): {exc}") from exc
+    if meta is None:
+        raise WeightsError(f"{path} carries no {what} description in its metadata; is it another facekp model?")
+    check_finite(state, path)
+    try:
+        return state, json.loads(meta)
+    except json.JSONDecodeError as exc:
+        raise WeightsError(f"{path} has an unreadable {what} description: {exc}") from exc
 
 
 def _parse_config(text: str | bytes, where: str) -> DetectorConfig:
