@@ -266,24 +266,10 @@ def _quarters(photo: np.ndarray) -> list[np.ndarray]:
 
 
 def _views(negatives: list[np.ndarray], per_photo: int) -> list[np.ndarray]:
-    """``per_photo`` random views of each photo: a crop of 25-100% of its side, scaled to a longer side of
-    320, 640 or 1280 px, turned by a random quarter turn and mirrored half of the time (seeded)."""
-    import cv2
+    """``per_photo`` random views of each photo (:func:`facekp.train.hard_negatives.random_views`, seeded)."""
+    from facekp.train.hard_negatives import random_views
 
-    views = []
-    for i, photo in enumerate(negatives):
-        rng = np.random.default_rng([13, i])
-        h, w = photo.shape
-        for _ in range(per_photo):
-            s = rng.uniform(0.25, 1.0)
-            ch, cw = int(h * s), int(w * s)
-            y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-            f = float(rng.choice([320, 640, 1280])) / max(ch, cw)
-            view = cv2.resize(photo[y : y + ch, x : x + cw], None, fx=f, fy=f,
-                              interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR)
-            view = np.rot90(view, int(rng.integers(4)))
-            views.append(np.ascontiguousarray(view[:, ::-1] if rng.random() < 0.5 else view))
-    return views
+    return [v for i, photo in enumerate(negatives) for v in random_views(photo, per_photo, np.random.default_rng([13, i]))]
 
 
 def _timing_photo(sample, background: np.ndarray, size: tuple[int, int]) -> np.ndarray:

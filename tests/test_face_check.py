@@ -141,6 +141,12 @@ def test_a_few_epochs_on_tiny_data_learn_faces_from_plain_crops():
     figures = held_out_figures(held, Examples(np.zeros((32, 1, 1)), np.r_[np.ones(16), np.zeros(16)],
                                               np.array(["scenes"] * 32)), keep_share=1.0)
     assert figures["at"]["shipped"]["faces_detect_keeps_kept"] == 1.0 and figures["at"]["shipped"]["false_kept_scenes"] == 0.0
+    # With the finder's scores, only the candidates detect sees (from the weak faces' 0.15) count.
+    low = Examples(np.zeros((4, 1, 1)), np.array([1.0, 1.0, 0.0, 0.0]), np.array(["scenes"] * 4),
+                   scores=np.array([0.5, 0.12, 0.5, 0.12]))
+    figures = held_out_figures(np.array([0.9, 0.0, 0.1, 0.95]), low, keep_share=1.0)
+    assert figures["faces"] == 1 and figures["threshold"] == pytest.approx(0.9)
+    assert figures["at"]["shipped"]["false_kept_scenes"] == 0.0
     with pytest.raises(ValueError, match="faces and non-faces"):
         train_face_check(Examples(faces, np.ones(len(faces), np.float32), np.array(["scenes"] * len(faces))))
 

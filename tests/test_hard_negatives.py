@@ -11,7 +11,7 @@ from facekp.calibration import BoxCalibration
 from facekp.finder import FINDER_NAME, FaceFinder
 from facekp.finder_model import FaceFinderNet
 from facekp.finder_weights import save_finder
-from facekp.train.hard_negatives import (HardNegative, HardNegativeCrops, load_hard_negatives, mine,
+from facekp.train.hard_negatives import (HardNegative, HardNegativeCrops, load_hard_negatives, mine, random_views,
                                          save_hard_negatives, view)
 from facekp.train.scenes import SceneComposer, SceneConfig
 from conftest import randomize_batchnorm
@@ -63,6 +63,19 @@ def test_crops_show_the_false_face_at_about_its_mined_size():
         HardNegativeCrops([photo], [])
     with pytest.raises(ValueError, match="photo 3"):
         HardNegativeCrops([photo], [HardNegative(3, 400, 0, (0.0, 0.0, 1.0, 1.0), 0.4)])
+
+
+def test_random_views_are_crops_at_the_mining_sides_any_quarter_turn_and_seeded():
+    photo = np.arange(300 * 400, dtype=np.uint32).reshape(300, 400).astype(np.float32)  # every pixel its own value
+    shown = random_views(photo, 40, np.random.default_rng(5))
+    assert len(shown) == 40 and all(v.flags.c_contiguous for v in shown)
+    assert {max(v.shape) for v in shown} <= {320, 640, 1280} and len({max(v.shape) for v in shown}) == 3
+    # A crop of 25-100% of the side keeps the photo's 4:3 sides, portrait when turned a quarter
+    ratios = [max(v.shape) / min(v.shape) for v in shown]
+    assert np.allclose(ratios, 4 / 3, atol=0.02) and {v.shape[0] > v.shape[1] for v in shown} == {True, False}
+    again = random_views(photo, 40, np.random.default_rng(5))
+    assert all(np.array_equal(a, b) for a, b in zip(shown, again))
+    assert random_views(photo, 0, np.random.default_rng(5)) == []
 
 
 def test_the_composer_takes_hard_negative_backgrounds_only_when_asked():

@@ -4,7 +4,8 @@ The examples are what ``detect`` shows the face check: the candidates a face fin
 loose score (:data:`CANDIDATE_SCORE`, under the weak faces' 0.15) on composed scenes of *training*
 identities (:class:`~facekp.train.scenes.SceneComposer`: groups, faces down to 8 px eye distance, turned
 anywhere, cut by the border, photo scenes, out-of-focus backgrounds) and on every mining view of the
-training negatives (:func:`facekp.train.hard_negatives.views`), each framed by the finder's
+training negatives (:func:`facekp.train.hard_negatives.views`) and :data:`RANDOM_VIEWS` random views of each
+(:func:`~facekp.train.hard_negatives.random_views`: crops at any scale and quarter turn), each framed by the finder's
 calibration into the 96x96 crop as :meth:`facekp.Detector.detect` frames it. A candidate is a face
 when its box centre lies within half a scene face's eye distance of that face's keypoint centroid
 (the benchmark's rule), and no face when no scene face's centroid lies within its box grown by half;
@@ -12,8 +13,8 @@ the ones between (a box on part of a face, or on several) teach nothing and are 
 
 Held out, as everywhere: scenes of the validation identities on
 :data:`~facekp.train.negatives.HELD_OUT_NEGATIVES`, and those negatives' views. The shipped threshold
-keeps :data:`KEEP_SHARE` of the held-out faces that ``detect`` keeps without it (presence from 0.9 after
-its re-framing passes).
+keeps :data:`KEEP_SHARE` of the held-out faces that ``detect`` sees (finder score from 0.15) and keeps
+without it (presence from 0.9 after its re-framing passes).
 """
 
 from __future__ import annotations
@@ -30,14 +31,14 @@ from torch.nn import functional as F
 
 from ..detector import DEFAULT_REFINE, Detector
 from ..face_check import FaceCheckConfig, FaceCheckNet, network_input, save_face_check
-from ..finder import FaceFinder
+from ..finder import WEAK_SCORE, FaceFinder
 from ..geometry import box_side_centre
 from ..preprocess import frame_crops
 from ..presence import DEFAULT_MIN_PRESENCE
 from ..weights import sha256_file
 from .data import load_dataset, split_by_identity
 from .finder_fit import box_centres
-from .hard_negatives import views
+from .hard_negatives import random_views, views
 from .negatives import negative_paths
 from .run import DEFAULT_DATA
 from .scenes import SceneComposer, SceneConfig, eye_distance, load_gray_u8
@@ -45,6 +46,8 @@ from .scenes import SceneComposer, SceneConfig, eye_distance, load_gray_u8
 #: The finder's score from which candidates become examples: under detect's weak faces (0.15), so
 #: that the check also learns the candidates just beside those detect sees.
 CANDIDATE_SCORE = 0.1
+#: Random views of each face-free photo beside its mining views (the false faces of photos cut from it).
+RANDOM_VIEWS = 40
 #: The share of held-out faces the shipped threshold keeps.
 KEEP_SHARE = 0.995
 #: The scenes of the training and of the held-out examples (scene photos and out-of-focus backgrounds
@@ -62,12 +65,14 @@ class Examples:
     labels: np.ndarray
     kinds: np.ndarray
     presence: np.ndarray | None = None
+    scores: np.ndarray | None = None  # the finder's
 
     @classmethod
     def join(cls, parts: Sequence["Examples"]) -> "Examples":
-        presence = None if any(p.presence is None for p in parts) else np.concatenate([p.presence for p in parts])
-        return cls(np.concatenate([p.crops for p in parts]), np.concatenate([p.labels for p in parts]),
-                   np.concatenate([p.kinds for p in parts]), presence)
+        joined = lambda name: None if any(getattr(p, name) is None for p in parts) else \
+            np.concatenate([getattr(p, name) for p in parts])
+        return cls(*(np.concatenate([getattr(p, name) for p in parts]) for name in ("crops", "labels", "kinds")),
+                   joined("presence"), joined("scores"))
 
 
 def label_candidates(boxes: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -91,7 +96,7 @@ def candidates(finder: FaceFinder, image: np.ndarray, faces: np.ndarray, kind: s
     """The crops of every face ``finder`` reports in the uint8 ``image`` from :data:`CANDIDATE_SCORE` up, framed
     by its calibration, labelled against ``faces`` (:func:`label_candidates`; the ambiguous ones left out);
     with a ``detector``, also the presence of each after ``detect``'s re-framing passes (no turns)."""
-    boxes, _, angles = finder(image, min_score=CANDIDATE_SCORE)
+    boxes, found, angles = finder(image, min_score=CANDIDATE_SCORE)
     labels = label_candidates(boxes, faces)
     keep = labels >= 0
     transforms = np.array([finder.calibration.frame(b, a) for b, a in zip(boxes[keep], angles[keep])]).reshape(-1, 2, 3)
@@ -101,13 +106,15 @@ def candidates(finder: FaceFinder, image: np.ndarray, faces: np.ndarray, kind: s
     if detector is not None:
         presence = detector.presence(*detector.predict_refined(gray, transforms, DEFAULT_REFINE)) if len(crops) \
             else np.empty(0, np.float32)
-    return Examples(crops, labels[keep].astype(np.float32), np.full(int(keep.sum()), kind), presence)
+    return Examples(crops, labels[keep].astype(np.float32), np.full(int(keep.sum()), kind), presence, found[keep])
 
 
 def collect(finder: FaceFinder, composer: SceneComposer, scenes: int, negatives: Sequence[np.ndarray], seed: int,
-            detector: Detector | None = None, progress: Callable[[str], None] = print) -> Examples:
-    """The examples of ``scenes`` composed scenes (seeded ``[seed, i]``) and of every view of the face-free
-    ``negatives`` (with ``detector``: and their presence, :func:`candidates`)."""
+            detector: Detector | None = None, random_per_negative: int = RANDOM_VIEWS,
+            progress: Callable[[str], None] = print) -> Examples:
+    """The examples of ``scenes`` composed scenes (seeded ``[seed, i]``) and of the face-free ``negatives``: every
+    mining view of each and ``random_per_negative`` random views (:func:`~facekp.train.hard_negatives.random_views`)
+    (with ``detector``: and their presence, :func:`candidates`)."""
     parts, start = [], time.time()
     for i in range(scenes):
         image, points = composer(np.random.default_rng([seed, i]))
@@ -115,8 +122,11 @@ def collect(finder: FaceFinder, composer: SceneComposer, scenes: int, negatives:
         if (i + 1) % 1000 == 0 or i + 1 == scenes:
             progress(f"  {i + 1}/{scenes} scenes, {sum(len(p.labels) for p in parts)} candidates, {time.time() - start:.0f} s")
     empty = np.zeros((0, 15, 2), np.float32)
-    parts += [candidates(finder, image, empty, "negative_views", detector)
-              for photo in negatives for _, _, image in views(photo)]
+    for i, photo in enumerate(negatives):
+        shown = [image for _, _, image in views(photo)]
+        shown += random_views(photo, random_per_negative, np.random.default_rng([seed, 7, i]))
+        parts += [candidates(finder, image, empty, "negative_views", detector) for image in shown]
+    progress(f"  and {len(negatives)} negatives' views: {sum(len(p.labels) for p in parts)} candidates in all")
     return Examples.join(parts)
 
 
@@ -176,10 +186,15 @@ def scores(model: FaceCheckNet, crops: np.ndarray, batch_size: int = 512) -> np.
 
 
 def held_out_figures(probabilities: np.ndarray, held: Examples, keep_share: float = KEEP_SHARE) -> dict:
-    """The threshold keeping ``keep_share`` of the held-out faces ``detect`` would keep (presence from
+    """Over the candidates ``detect`` sees (finder scores from :data:`~facekp.finder.WEAK_SCORE`, when ``held``
+    has them): the threshold keeping ``keep_share`` of the held-out faces ``detect`` would keep (presence from
     :data:`~facekp.presence.DEFAULT_MIN_PRESENCE`, when ``held`` has presence; else of all), and what it and a
     few fixed thresholds keep: of those faces, of all faces, of the false candidates of each kind and of the false
     candidates presence would pass (the false faces ``detect`` would return)."""
+    if held.scores is not None:  # the candidates detect sees: from the weak faces' score up
+        seen = held.scores >= WEAK_SCORE
+        probabilities, held = probabilities[seen], Examples(held.crops[seen], held.labels[seen], held.kinds[seen],
+                                                           None if held.presence is None else held.presence[seen])
     face = held.labels == 1
     passes = np.ones(len(face), bool) if held.presence is None else held.presence >= DEFAULT_MIN_PRESENCE
     kept_faces = probabilities[face & passes]
@@ -202,7 +217,8 @@ def held_out_figures(probabilities: np.ndarray, held: Examples, keep_share: floa
 
 
 def fit_and_ship(data: Path, negatives: Path, name: str, package_dir: Path, manifest_path: Path, *, scenes: int = 16000,
-                 val_scenes: int = 600, epochs: int = 8, seed: int = 0, force: bool = False,
+                 val_scenes: int = 600, epochs: int = 8, seed: int = 0, random_views: int = RANDOM_VIEWS,
+                 force: bool = False,
                  progress: Callable[[str], None] = print) -> dict:
     """Collect the examples with the bundled finder, train, choose the threshold on the held-out examples and write
     ``package_dir/weights/NAME.safetensors`` and the manifest's ``face_checks`` entry; returns the entry."""
@@ -214,16 +230,18 @@ def fit_and_ship(data: Path, negatives: Path, name: str, package_dir: Path, mani
     held_negs = [load_gray_u8(p) for p in negative_paths(negatives, held_out=True)]
     finder = FaceFinder(max_side=None, weak_score=None)
     progress(f"training examples: {scenes} scenes of {len(train_faces)} training faces, views of {len(train_negs)} negatives")
-    train = collect(finder, SceneComposer(train_faces, train_negs, SCENES), scenes, train_negs, seed, progress=progress)
+    train = collect(finder, SceneComposer(train_faces, train_negs, SCENES), scenes, train_negs, seed,
+                    random_per_negative=random_views, progress=progress)
     progress(f"held out: {val_scenes} scenes of {len(val_faces)} validation faces, views of {len(held_negs)} negatives")
     held = collect(finder, SceneComposer(val_faces, held_negs, SCENES), val_scenes, held_negs, seed + 1,
-                   Detector(device="cpu", face_check=False), progress)
+                   Detector(device="cpu", face_check=False), random_views, progress)
     progress(f"training on {int(train.labels.sum())} faces and {int((train.labels == 0).sum())} false candidates")
     start = time.time()
     model = train_face_check(train, epochs=epochs, seed=seed, progress=progress)
     figures = held_out_figures(scores(model, held.crops), held)
     stats = {"trained_on": {"scenes": scenes, "faces": int(train.labels.sum()), "false": int((train.labels == 0).sum()),
                             "candidate_score": CANDIDATE_SCORE, "epochs": epochs, "seed": seed,
+                            "random_views_per_negative": random_views,
                             "minutes": round((time.time() - start) / 60, 1), "finder_sha256": finder_sha256()},
              "held_out": figures}
     save_face_check(model, figures["threshold"], path, stats, overwrite=force)
@@ -252,6 +270,8 @@ def add_parser(sub) -> None:
     p.add_argument("--name", default="check-c64", help="name in the manifest's face_checks (default: check-c64)")
     p.add_argument("--scenes", type=int, default=16000, help="composed training scenes (default: 16000)")
     p.add_argument("--val-scenes", type=int, default=600, help="composed held-out scenes (default: 600)")
+    p.add_argument("--random-views", type=int, default=RANDOM_VIEWS,
+                   help=f"random views (crops, scales, quarter turns) of each negative beside its mining views (default: {RANDOM_VIEWS})")
     p.add_argument("--epochs", type=int, default=8, help="passes over the examples (default: 8)")
     p.add_argument("--seed", type=int, default=0, help="seed of the scenes and the training (default: 0)")
     p.add_argument("--package", type=Path, default=Path("facekp"), help="facekp package folder (default: ./facekp)")
@@ -265,6 +285,7 @@ def _run(args) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     entry = fit_and_ship(args.data, args.negatives, args.name, args.package, args.manifest, scenes=args.scenes,
-                         val_scenes=args.val_scenes, epochs=args.epochs, seed=args.seed, force=args.force)
+                         val_scenes=args.val_scenes, epochs=args.epochs, seed=args.seed,
+                         random_views=args.random_views, force=args.force)
     print(json.dumps({k: entry[k] for k in ("name", "file", "sha256", "size", "threshold")}
                      | {"held_out": entry["stats"]["held_out"]["at"]}, indent=2))

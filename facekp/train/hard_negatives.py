@@ -56,6 +56,24 @@ def views(photo: np.ndarray, sides: Sequence[int] = MINING_SIDES) -> Iterator[tu
             yield side, turn, view(photo, side, turn)
 
 
+def random_views(photo: np.ndarray, n: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """``n`` random views of ``photo`` (H, W): a crop of 25-100% of its side, scaled to a longer side of 320,
+    640 or 1280 px, turned by a random quarter turn and mirrored half of the time; the face-free photos a
+    user's camera gives beside the whole wallpapers :func:`views` shows."""
+    out = []
+    h, w = photo.shape
+    for _ in range(n):
+        s = rng.uniform(0.25, 1.0)
+        ch, cw = int(h * s), int(w * s)
+        y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+        f = float(rng.choice([320, 640, 1280])) / max(ch, cw)
+        image = cv2.resize(photo[y : y + ch, x : x + cw], None, fx=f, fy=f,
+                           interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR)
+        image = np.rot90(image, int(rng.integers(4)))
+        out.append(np.ascontiguousarray(image[:, ::-1] if rng.random() < 0.5 else image))
+    return out
+
+
 def mine(finder: FaceFinder, photos: list[np.ndarray], sides: tuple[int, ...] = MINING_SIDES,
          min_score: float = MINING_SCORE) -> list[HardNegative]:
     """Every face ``finder`` reports from ``min_score`` up on the face-free ``photos`` (uint8 gray),
