@@ -15,7 +15,8 @@ from facekp.face_check import FaceCheck, FaceCheckConfig, FaceCheckNet, load_fac
 from facekp.geometry import CANONICAL_SIZE, similarity_transform
 from facekp.images import load_gray
 from facekp.preprocess import frame_crops, warp
-from facekp.train.face_check import Examples, candidates, held_out_figures, label_candidates, scores, train_face_check
+from facekp.train.face_check import (Examples, candidates, held_out_figures, label_candidates, readable, scores,
+                                     train_face_check)
 from facekp.train.negatives import negative_paths
 from facekp.train.scenes import load_gray_u8
 
@@ -73,6 +74,13 @@ def test_candidates_are_labelled_face_no_face_or_left_out():
     np.testing.assert_array_equal(label_candidates(boxes, faces), [1, -1, 0, -1, 0])
     assert label_candidates(boxes, np.zeros((0, 15, 2))).tolist() == [0] * 5
     assert label_candidates(np.zeros((0, 4)), faces).shape == (0,)
+
+
+def test_only_faces_the_keypoint_network_reads_are_taught_as_faces():
+    ex = Examples(np.arange(5, dtype=np.float32)[:, None, None], np.array([1.0, 1.0, 0.0, 0.0, 1.0]),
+                  np.array(["scenes"] * 5), np.array([0.9, 0.2, 0.1, 0.95, 0.5]), np.array([0.3, 0.2, 0.2, 0.4, 0.9]))
+    kept = readable(ex)
+    assert kept.crops[:, 0, 0].tolist() == [0, 2, 3, 4] and kept.scores.tolist() == [0.3, 0.2, 0.4, 0.9]
 
 
 # -- the network and its file ----------------------------------------------------------------------

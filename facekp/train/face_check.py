@@ -9,7 +9,8 @@ training negatives (:func:`facekp.train.hard_negatives.views`) and :data:`RANDOM
 calibration into the 96x96 crop as :meth:`facekp.Detector.detect` frames it. A candidate is a face
 when its box centre lies within half a scene face's eye distance of that face's keypoint centroid
 (the benchmark's rule), and no face when no scene face's centroid lies within its box grown by half;
-the ones between (a box on part of a face, or on several) teach nothing and are left out.
+the ones between (a box on part of a face, or on several) teach nothing and are left out, and so are the
+faces the keypoint network cannot read as one (:func:`readable`).
 
 Held out, as everywhere: scenes of the validation identities on
 :data:`~facekp.train.negatives.HELD_OUT_NEGATIVES`, and those negatives' views. The shipped threshold
@@ -34,7 +35,7 @@ from ..face_check import FaceCheckConfig, FaceCheckNet, network_input, save_face
 from ..finder import WEAK_SCORE, FaceFinder
 from ..geometry import box_side_centre
 from ..preprocess import frame_crops
-from ..presence import DEFAULT_MIN_PRESENCE
+from ..presence import DEFAULT_MIN_PRESENCE, EVEN_ODDS
 from ..weights import sha256_file
 from .data import load_dataset, split_by_identity
 from .finder_fit import box_centres
@@ -95,7 +96,8 @@ def candidates(finder: FaceFinder, image: np.ndarray, faces: np.ndarray, kind: s
                detector: Detector | None = None) -> Examples:
     """The crops of every face ``finder`` reports in the uint8 ``image`` from :data:`CANDIDATE_SCORE` up, framed
     by its calibration, labelled against ``faces`` (:func:`label_candidates`; the ambiguous ones left out);
-    with a ``detector``, also the presence of each after ``detect``'s re-framing passes (no turns)."""
+    with a ``detector``, also the presence of each after ``detect``'s re-framing passes (for a face under even
+    odds there, the best of that and of ``detect``'s turns)."""
     boxes, found, angles = finder(image, min_score=CANDIDATE_SCORE)
     labels = label_candidates(boxes, faces)
     keep = labels >= 0
@@ -106,6 +108,11 @@ def candidates(finder: FaceFinder, image: np.ndarray, faces: np.ndarray, kind: s
     if detector is not None:
         presence = detector.presence(*detector.predict_refined(gray, transforms, DEFAULT_REFINE)) if len(crops) \
             else np.empty(0, np.float32)
+        low = np.flatnonzero((labels[keep] == 1) & (presence < EVEN_ODDS))
+        if len(low):  # a face framed at a wrong angle: detect's turns may still read it
+            p, q = detector.predict_turns(gray, transforms[low], DEFAULT_REFINE)
+            turned = detector.presence(p.reshape(-1, *p.shape[2:]), q.reshape(-1, q.shape[-1])).reshape(q.shape[:2])
+            presence[low] = np.maximum(presence[low], turned.max(axis=1))
     return Examples(crops, labels[keep].astype(np.float32), np.full(int(keep.sum()), kind), presence, found[keep])
 
 
@@ -128,6 +135,15 @@ def collect(finder: FaceFinder, composer: SceneComposer, scenes: int, negatives:
         parts += [candidates(finder, image, empty, "negative_views", detector) for image in shown]
     progress(f"  and {len(negatives)} negatives' views: {sum(len(p.labels) for p in parts)} candidates in all")
     return Examples.join(parts)
+
+
+def readable(examples: Examples) -> Examples:
+    """``examples`` without the faces the keypoint network cannot read as one (presence under even odds at every
+    framing ``detect`` tries): blurred to a blob, cut to a sliver. Taught as faces, they would teach the check to
+    pass blobs and slivers, which presence drops anyway."""
+    keep = (examples.labels == 0) | (examples.presence >= EVEN_ODDS)
+    return Examples(examples.crops[keep], examples.labels[keep], examples.kinds[keep], examples.presence[keep],
+                    None if examples.scores is None else examples.scores[keep])
 
 
 def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -230,16 +246,21 @@ def fit_and_ship(data: Path, negatives: Path, name: str, package_dir: Path, mani
     held_negs = [load_gray_u8(p) for p in negative_paths(negatives, held_out=True)]
     finder = FaceFinder(max_side=None, weak_score=None)
     progress(f"training examples: {scenes} scenes of {len(train_faces)} training faces, views of {len(train_negs)} negatives")
-    train = collect(finder, SceneComposer(train_faces, train_negs, SCENES), scenes, train_negs, seed,
-                    random_per_negative=random_views, progress=progress)
+    detector = Detector(device="cpu", face_check=False)
+    collected = collect(finder, SceneComposer(train_faces, train_negs, SCENES), scenes, train_negs, seed, detector,
+                        random_views, progress)
+    train = readable(collected)
+    unreadable = int(collected.labels.sum() - train.labels.sum())
     progress(f"held out: {val_scenes} scenes of {len(val_faces)} validation faces, views of {len(held_negs)} negatives")
     held = collect(finder, SceneComposer(val_faces, held_negs, SCENES), val_scenes, held_negs, seed + 1,
-                   Detector(device="cpu", face_check=False), random_views, progress)
-    progress(f"training on {int(train.labels.sum())} faces and {int((train.labels == 0).sum())} false candidates")
+                   detector, random_views, progress)
+    progress(f"training on {int(train.labels.sum())} faces ({unreadable} unreadable ones left out) and "
+             f"{int((train.labels == 0).sum())} false candidates")
     start = time.time()
     model = train_face_check(train, epochs=epochs, seed=seed, progress=progress)
     figures = held_out_figures(scores(model, held.crops), held)
-    stats = {"trained_on": {"scenes": scenes, "faces": int(train.labels.sum()), "false": int((train.labels == 0).sum()),
+    stats = {"trained_on": {"scenes": scenes, "faces": int(train.labels.sum()),
+                            "unreadable_faces_left_out": unreadable, "false": int((train.labels == 0).sum()),
                             "candidate_score": CANDIDATE_SCORE, "epochs": epochs, "seed": seed,
                             "random_views_per_negative": random_views,
                             "minutes": round((time.time() - start) / 60, 1), "finder_sha256": finder_sha256()},
