@@ -259,7 +259,8 @@ def _detect(args) -> None:
 
 def _export_onnx(args) -> None:
     from .detector import Detector
-    from .onnx import export_onnx, require_onnx
+    from .onnx import export_onnx
+    from .onnx_graph import require_onnx
 
     require_onnx()  # before the model is loaded
     inputs = fileio.files_of(args.weights) if args.weights and Path(args.weights).exists() else []

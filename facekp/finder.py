@@ -22,7 +22,7 @@ from .face_detection import gray_u8, nms, unshrink_boxes
 from .finder_model import STRIDES, FaceFinderNet, normalize
 from .images import fit_within
 from .model import fuse_conv_bn
-from .onnx import onnx_export_available
+from .onnx_graph import onnx_export_available
 
 #: The name calibrations and the manifest know the finder by.
 FINDER_NAME = "facekp_finder"
@@ -94,7 +94,7 @@ class FaceFinder:
             ``min_score``: none. Calling the finder reports only faces from ``min_score`` up.
         backend: ``"onnx"`` (onnxruntime; the bundled network ships its graph, another one is
             exported, which needs the ``onnx`` extra), ``"torch"``, or ``"auto"``: onnx for the
-            bundled network or when the graph can be exported (:func:`facekp.onnx.onnx_export_available`),
+            bundled network or when the graph can be exported (:func:`facekp.onnx_graph.onnx_export_available`),
             else torch. Both give the same maps (to float precision); onnx is about 8x faster on the CPU.
     """
 
@@ -128,9 +128,9 @@ class FaceFinder:
         self.nms_iou = nms_iou
         self._onnx = None
         if backend == "onnx" or (backend == "auto" and (graph is not None or onnx_export_available())):
-            from .finder_onnx import OnnxFinderRunner, finder_onnx_bytes
+            from .finder_onnx import finder_graph, finder_onnx_bytes
 
-            self._onnx = OnnxFinderRunner(graph.read_bytes() if graph is not None else finder_onnx_bytes(model))
+            self._onnx = finder_graph(graph.read_bytes() if graph is not None else finder_onnx_bytes(model))
         self.backend = "onnx" if self._onnx is not None else "torch"
 
     @classmethod

@@ -20,7 +20,6 @@ exporting one needs the ``onnx`` extra (``pip install "facekp[onnx]"``): torch's
 from __future__ import annotations
 
 import copy
-import importlib.util
 import hashlib
 import inspect
 import io
@@ -39,6 +38,7 @@ from .config import DetectorConfig
 from .errors import FacekpError, WeightsError
 from .images import load_gray
 from .model import StackedHourglass, fuse_conv_bn
+from .onnx_graph import require_onnx
 from .preprocess import frame_crops, letterbox_transforms, network_input
 from .weights import resolve_weights
 
@@ -51,25 +51,6 @@ METADATA_KEY = "facekp_config"
 PRECISION_KEY = "facekp_precision"
 
 INSTALL_HINT = "the ONNX backend needs onnxruntime (a facekp dependency): pip install onnxruntime"
-
-
-def require_onnx() -> None:
-    """Raise ``ImportError`` (one line, naming the extra to install) unless ``onnx`` can be imported:
-    exporting needs it (torch's exporter imports it too), so an export checks before any work."""
-    try:
-        import onnx  # noqa: F401
-    except ImportError as exc:
-        raise ImportError(f'exporting to ONNX needs the onnx package (import onnx failed: {exc}); '
-                          f'install it with: pip install "facekp[onnx]"') from exc
-
-
-def onnx_export_available() -> bool:
-    """Whether a network can be exported and run here: both ``onnx`` (torch's exporter needs it) and
-    ``onnxruntime`` are importable. ``"auto"`` backends pick onnxruntime only then."""
-    try:
-        return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))
-    except ImportError:  # a finder that refuses the name: as good as not installed
-        return False
 
 
 class _HeatmapNet(nn.Module):

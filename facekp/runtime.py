@@ -25,8 +25,8 @@ from .config import DetectorConfig
 from .errors import DeviceError, WeightsError
 from .keypoints import FLIP_INDEX
 from .model import StackedHourglass, fuse_conv_bn
-from .onnx import (INSTALL_HINT, METADATA_KEY, OUTPUT_NAMES, PRECISION_KEY, cached_onnx_bytes, embedded_config,
-                   onnx_export_available)
+from .onnx import INSTALL_HINT, METADATA_KEY, OUTPUT_NAMES, PRECISION_KEY, cached_onnx_bytes, embedded_config
+from .onnx_graph import onnx_export_available
 from .preprocess import network_input
 from .threads import onnxruntime_options, torch_threads_for
 from .weights import ManifestEntry, bundled_onnx
@@ -61,7 +61,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 def resolve_backend(backend: str, device: torch.device, precision: str = "auto", compile: bool | str = False) -> str:
     """``"auto"`` -> ``"onnx"`` on CPU for fp32 without compile when the graph can be exported and run
-    (:func:`facekp.onnx.onnx_export_available`), else ``"torch"``.
+    (:func:`facekp.onnx_graph.onnx_export_available`), else ``"torch"``.
 
     ``precision="int8"`` resolves to ``"onnx"``; it needs ``backend`` ``"onnx"`` or ``"auto"`` and the
     CPU (with ``"torch"`` it raises ``ValueError``).

@@ -188,7 +188,16 @@ def write_manifest(manifest: dict, path: str | Path) -> None:
     be one :class:`ManifestEntry` accepts (``TypeError`` otherwise, before anything is written)."""
     for m in manifest["models"]:
         ManifestEntry(**m)
-    fileio.write_text(path, json.dumps(manifest, indent=2) + "\n", overwrite=True)  # the registry: updated in place
+    # The registry: updated in place; through a link (the package's manifest links the repository's), its target.
+    fileio.write_text(Path(path).resolve(), json.dumps(manifest, indent=2) + "\n", overwrite=True)
+
+
+def put_manifest_entry(path: str | Path, key: str, entry: dict) -> None:
+    """Write ``entry`` into the ``key`` list (``"face_finders"``, ``"face_checks"``) of the manifest at
+    ``path``, in place of the entry of the same ``name`` or after the others."""
+    manifest = read_manifest(path)
+    manifest[key] = [e for e in manifest.get(key, []) if e["name"] != entry["name"]] + [entry]
+    write_manifest(manifest, path)
 
 
 def manifest_entries(path: str | Path | None = None) -> list[ManifestEntry]:

@@ -127,6 +127,46 @@ def test_the_bundled_check_is_the_manifests_with_its_sha256_and_threshold():
         load_face_check("no-such-check")
 
 
+def test_the_bundled_check_runs_its_shipped_graph_which_scores_as_torch(tmp_path, monkeypatch):
+    import facekp.weights as weights_module
+    from facekp.errors import ChecksumError
+    from facekp.face_check import load_face_check
+    from facekp.weights import bundled_path, read_manifest, sha256_file
+
+    (entry,) = read_manifest()["face_checks"]
+    graph = entry["onnx"]  # shipped, so that a plain install (no onnx extra) runs it
+    assert load_face_check().onnx == bundled_path(graph["file"]) and sha256_file(bundled_path(graph["file"])) == graph["sha256"]
+    check = FaceCheck()
+    assert check.backend == "onnx" and FaceCheck(backend="torch").backend == "torch"
+    crops = np.concatenate([_face_crops(4), _plain_crops(4)])
+    np.testing.assert_allclose(check(crops), FaceCheck(backend="torch")(crops), atol=1e-5)
+    with pytest.raises(ValueError, match="backend"):
+        FaceCheck(backend="tensorrt")
+    tampered = tmp_path / "check.onnx"
+    data = bytearray(bundled_path(graph["file"]).read_bytes())
+    data[-1] ^= 1
+    tampered.write_bytes(bytes(data))
+    real_path = weights_module.bundled_path
+    monkeypatch.setattr(weights_module, "bundled_path", lambda f: tampered if f.endswith(".onnx") else real_path(f))
+    with pytest.raises(ChecksumError, match="ONNX graph"):
+        FaceCheck()
+
+
+def test_a_check_of_ones_own_is_exported_for_onnxruntime(tmp_path):
+    pytest.importorskip("onnx")
+    torch.manual_seed(0)
+    model = FaceCheckNet(FaceCheckConfig((4, 8, 8, 8)))
+    with torch.no_grad():  # BatchNorm statistics that are not the identity, so that folding them is tested
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0)
+    path = save_face_check(model.eval(), 0.3, tmp_path / "mine.safetensors")
+    crops = _plain_crops(5)
+    mine = FaceCheck(path)
+    assert mine.backend == "onnx" and mine.threshold == 0.3
+    np.testing.assert_allclose(mine(crops), FaceCheck(path, backend="torch")(crops), atol=1e-5)
+
+
 def test_crops_of_another_size_are_refused_with_the_expected_shape():
     check = FaceCheck()
     with pytest.raises(ValueError, match=r"\(N, 96, 96\) crops, got shape \(2, 64, 64\)"):

@@ -203,6 +203,27 @@ def test_detect_turns_a_face_its_face_detector_framed_at_the_wrong_angle(bundled
     assert np.linalg.norm(face.points - upright.points, axis=1).mean() < 3.0
 
 
+def test_only_the_best_turn_of_a_face_is_refined(bundled, monkeypatch):
+    from facekp.detector import RETRY_TURNS
+
+    gray = load_gray(sample_photo_path())
+    upside_down = resolve_calibration(bundled, None).frame(np.array(HOPPER_BOX), 180.0)
+    batches = []
+    real = bundled.predict_crops
+    monkeypatch.setattr(bundled, "predict_crops", lambda crops, batch_size=None: batches.append(len(crops)) or real(crops, batch_size))
+    # The face framed upside down: every turn once in one batch, then the re-framing passes (refine + 1)
+    # for its best turn, the 180-degree one, alone.
+    points, _, presence = bundled.predict_best_turn(gray, upside_down[None], 1)
+    assert batches == [len(RETRY_TURNS), 1, 1]
+    upright = bundled.detect(sample_photo_path(), boxes=[HOPPER_BOX])[0]
+    assert presence[0] >= DEFAULT_MIN_PRESENCE and np.linalg.norm(points[0] - upright.points, axis=1).mean() < 3.0
+    # Two faces: still one batch for all their turns, and one per pass for their best ones.
+    batches.clear()
+    both = bundled.predict_best_turn(gray, np.stack([upside_down, upside_down]), 1)
+    assert batches == [2 * len(RETRY_TURNS), 2, 2]
+    np.testing.assert_allclose(both[0][1], points[0], atol=1e-2)  # px; batch sizes differ by ~1e-3 in onnxruntime
+
+
 def test_detect_keeps_a_weak_face_only_on_its_presence_and_tries_no_turns_on_it(bundled):
     from facekp.detector import WEAK_MIN_PRESENCE
     from facekp.finder import FaceFinder

@@ -20,6 +20,7 @@ from facekp.weights import (
     load_bundled,
     load_model,
     manifest_entries,
+    put_manifest_entry,
     save_model,
     read_manifest,
     sha256_file,
@@ -60,6 +61,20 @@ def test_the_real_manifest_matches_the_bundled_files():
             assert path.stat().st_size == size and sha256_file(path) == sha256.lower(), path
     _, config = load_bundled(default)
     assert config.to_dict() == default.config
+
+
+def test_an_entry_put_into_a_linked_manifest_replaces_its_namesake_and_keeps_the_link(tmp_path):
+    target = tmp_path / "weights_manifest.json"
+    target.write_text(json.dumps({"format_version": 1, "models": [], "face_checks": [{"name": "a", "v": 1}]}))
+    link = tmp_path / "package_manifest.json"
+    link.symlink_to(target.name)
+    put_manifest_entry(link, "face_checks", {"name": "a", "v": 2})
+    put_manifest_entry(link, "face_checks", {"name": "b", "v": 1})
+    put_manifest_entry(link, "face_finders", {"name": "f"})
+    assert link.is_symlink() and read_manifest(link) == read_manifest(target)
+    assert read_manifest(target) == {"format_version": 1, "models": [],
+                                     "face_checks": [{"name": "a", "v": 2}, {"name": "b", "v": 1}],
+                                     "face_finders": [{"name": "f"}]}
 
 
 def test_a_manifest_without_a_default_says_what_to_do(tiny_manifest):

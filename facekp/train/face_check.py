@@ -31,12 +31,14 @@ import torch
 from torch.nn import functional as F
 
 from ..detector import DEFAULT_REFINE, Detector
-from ..face_check import FaceCheckConfig, FaceCheckNet, network_input, save_face_check
+from .. import fileio
+from ..face_check import FaceCheckConfig, FaceCheckNet, face_check_onnx_bytes, network_input, save_face_check
 from ..finder import WEAK_SCORE, FaceFinder
 from ..geometry import box_side_centre
+from ..onnx_graph import require_onnx
 from ..preprocess import frame_crops
 from ..presence import DEFAULT_MIN_PRESENCE, EVEN_ODDS
-from ..weights import sha256_file
+from ..weights import put_manifest_entry, sha256_file
 from .data import load_dataset, split_by_identity
 from .finder_fit import box_centres
 from .hard_negatives import random_views, views
@@ -237,10 +239,13 @@ def fit_and_ship(data: Path, negatives: Path, name: str, package_dir: Path, mani
                  force: bool = False,
                  progress: Callable[[str], None] = print) -> dict:
     """Collect the examples with the bundled finder, train, choose the threshold on the held-out examples and write
-    ``package_dir/weights/NAME.safetensors`` and the manifest's ``face_checks`` entry; returns the entry."""
+    ``package_dir/weights/NAME.safetensors``, its ONNX graph ``NAME.onnx`` (needs the ``onnx`` extra) and the
+    manifest's ``face_checks`` entry; returns the entry."""
     path = Path(package_dir) / "weights" / f"{name}.safetensors"
-    if path.exists() and not force:
-        raise FileExistsError(f"{path} already exists; pass --force to replace it")
+    for existing in (path, path.with_suffix(".onnx")):
+        if existing.exists() and not force:
+            raise FileExistsError(f"{existing} already exists; pass --force to replace it")
+    require_onnx()  # the graph shipped beside the weights: refused now, not after the training
     train_faces, val_faces = split_by_identity(load_dataset(data), 0.15, seed=0)  # the keypoint model's split
     train_negs = [load_gray_u8(p) for p in negative_paths(negatives, held_out=False)]
     held_negs = [load_gray_u8(p) for p in negative_paths(negatives, held_out=True)]
@@ -266,11 +271,11 @@ def fit_and_ship(data: Path, negatives: Path, name: str, package_dir: Path, mani
                             "minutes": round((time.time() - start) / 60, 1), "finder_sha256": finder_sha256()},
              "held_out": figures}
     save_face_check(model, figures["threshold"], path, stats, overwrite=force)
+    graph = fileio.write_bytes(path.with_suffix(".onnx"), face_check_onnx_bytes(model), overwrite=force)
     entry = {"name": name, "file": path.name, "sha256": sha256_file(path), "size": path.stat().st_size,
+             "onnx": {"file": graph.name, "sha256": sha256_file(graph), "size": graph.stat().st_size},
              "threshold": round(figures["threshold"], 6), "stats": stats}
-    manifest = json.loads(Path(manifest_path).read_text())
-    manifest["face_checks"] = [e for e in manifest.get("face_checks", []) if e["name"] != name] + [entry]
-    Path(manifest_path).write_text(json.dumps(manifest, indent=2) + "\n")
+    put_manifest_entry(manifest_path, "face_checks", entry)
     return entry
 
 

@@ -20,7 +20,7 @@ from .. import fileio
 from ..finder_model import FaceFinderNet
 from ..finder_onnx import finder_onnx_bytes
 from ..finder_weights import save_finder
-from ..weights import sha256_file
+from ..weights import put_manifest_entry, sha256_file
 from .data import load_dataset, split_by_identity
 from .finder_fit import box_centres, load_finder_run, match_centres
 from .negatives import negative_paths
@@ -100,10 +100,7 @@ def export_finder(run: str | Path, name: str, package_dir: str | Path, manifest_
                           "minutes": round(float(state["train_seconds"]) / 60, 1),
                           "run_config": {k: v for k, v in config.to_dict().items() if k != "out"},
                           "thresholds_on_training_scenes": thresholds, "best_f1_min_score": best}}
-    manifest_path = Path(manifest_path)
-    manifest = json.loads(manifest_path.read_text())
-    manifest["face_finders"] = [f for f in manifest.get("face_finders", []) if f["name"] != name] + [entry]
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    put_manifest_entry(manifest_path, "face_finders", entry)
     return entry
 
 
