@@ -42,6 +42,13 @@ RETRY_MIN_PRESENCE = 0.95
 WEAK_MIN_PRESENCE = 0.95
 #: A weak face goes on to ``detect``'s re-framing passes only when its presence after one pass reaches this.
 WEAK_SCREEN_PRESENCE = 0.5
+#: A face the face check scores this high is vouched for: kept from :data:`VOUCHED_MIN_PRESENCE` (or a lower
+#: ``min_presence``) instead of ``min_presence`` or :data:`WEAK_MIN_PRESENCE`, and never stopped by the weak
+#: faces' screen. Two judges, one of the pixels and one of the points: small, blurred faces that the keypoint
+#: network reads with little confidence are what the check is surest of (chosen in ``docs/detection.md``).
+VOUCHED_CHECK = 0.99
+#: The presence a face the face check vouches for must reach.
+VOUCHED_MIN_PRESENCE = 0.5
 
 
 def _check_batch_size(batch_size: int) -> int:
@@ -53,12 +60,14 @@ def _check_batch_size(batch_size: int) -> int:
 
 class DetectOptions(NamedTuple):
     """:meth:`Detector.detect`'s options, checked and with their defaults filled in
-    (:meth:`Detector.detect_options`); ``detect(image, **options._asdict())`` uses them as they are."""
+    (:meth:`Detector.detect_options`); ``detect(image, **options._asdict())`` uses them as they are.
+    ``min_presence`` stays None for detect's default (:meth:`Detector.resolve_min_presence` gives its value),
+    which lets the face check vouch for faces (:data:`VOUCHED_CHECK`); a threshold given is kept as given."""
 
     face_detector: Any
     refine: int
     max_faces: int | None
-    min_presence: float
+    min_presence: float | None
 
 
 def _check_max_faces(max_faces: int | None) -> None:
@@ -305,7 +314,8 @@ class Detector:
             min_presence: drop the faces whose presence (:meth:`presence`) is below this (in [0, 1];
                 0 keeps all but weak faces, which always need :data:`WEAK_MIN_PRESENCE`). None:
                 :data:`facekp.presence.DEFAULT_MIN_PRESENCE` (0.9) when the model has a presence model,
-                else no filtering; a number with a model without one raises ``WeightsError``. See
+                else no filtering, and a face the face check scores from :data:`VOUCHED_CHECK` needs only
+                :data:`VOUCHED_MIN_PRESENCE`; a number with a model without one raises ``WeightsError``. See
                 ``docs/detection.md`` for what it keeps and drops.
 
         Returns:
@@ -322,6 +332,8 @@ class Detector:
                 raise ValueError("min_score thresholds a face detector's faces; it has no use with boxes given")
             refine, max_faces, min_presence = self._checked_options(refine, max_faces, min_presence)
             fd = None if face_detector is None else resolve_face_detector(face_detector)
+        vouching = min_presence is None  # a threshold given is the caller's bar for every face
+        min_presence = self.resolve_min_presence(min_presence)
         gray = load_gray(image, color)
         if max_faces == 0:
             return []
@@ -344,16 +356,19 @@ class Detector:
         calib = resolve_calibration(self, fd, calibration)
         transforms = validate.transforms(np.stack([calib.frame(b, a) for b, a in zip(boxes, angles)]))
         crops = frame_crops([gray] * len(transforms), transforms, self.config.hourglass.input_size)
+        vouched = np.zeros(len(boxes), bool)  # faces the face check is sure of
         if self.face_check is not None and not given:  # candidates the face check says hold no face go no further
-            keep = self.face_check(crops) >= self.face_check.threshold
+            checked = self.face_check(crops)
+            keep = checked >= self.face_check.threshold
+            vouched = (checked[keep] >= VOUCHED_CHECK) & vouching
             boxes, scores, angles, weak, transforms, crops = (v[keep] for v in (boxes, scores, angles, weak, transforms, crops))
             if len(boxes) == 0:
                 return []
         first = self.points_of_crops(crops, transforms)  # every face's first pass, one batch
         if weak.any():  # most weak faces are false: only the likely faces go on
-            keep = ~weak
-            keep[weak] = self.presence(first[0][weak], first[1][weak]) >= WEAK_SCREEN_PRESENCE
-            boxes, scores, angles, weak, transforms = (v[keep] for v in (boxes, scores, angles, weak, transforms))
+            keep = ~weak | vouched
+            keep[weak] |= self.presence(first[0][weak], first[1][weak]) >= WEAK_SCREEN_PRESENCE
+            boxes, scores, angles, weak, vouched, transforms = (v[keep] for v in (boxes, scores, angles, weak, vouched, transforms))
             first = tuple(v[keep] for v in first)
             if len(boxes) == 0:
                 return []
@@ -364,6 +379,7 @@ class Detector:
             points, confidence, presence = self._retry_turned(gray, transforms, refine, min_presence,
                                                               points, confidence, presence, ~weak)
             bar[weak] = max(min_presence, WEAK_MIN_PRESENCE)
+            bar[vouched] = np.minimum(bar[vouched], VOUCHED_MIN_PRESENCE)
         if refine:  # the face's own measure, finer than a face detector's guess (0 for Haar's upright search)
             angles = np.array([face_angle(p) for p in points])
         faces = [Face(tuple(float(v) for v in b), p, c, float(s), float(a), None if q is None else float(q))
@@ -381,10 +397,11 @@ class Detector:
                              *self._checked_options(refine, max_faces, min_presence))
 
     def _checked_options(self, refine: int | None, max_faces: int | None,
-                         min_presence: float | None) -> tuple[int, int | None, float]:
+                         min_presence: float | None) -> tuple[int, int | None, float | None]:
         _check_max_faces(max_faces)
         refine = DEFAULT_REFINE if refine is None else validate.integer("refine", refine, 0, 100)
-        return refine, max_faces, self.resolve_min_presence(min_presence)
+        self.resolve_min_presence(min_presence)  # checked now; None stays None (detect's default)
+        return refine, max_faces, None if min_presence is None else float(min_presence)
 
     def resolve_min_presence(self, min_presence: float | None) -> float:
         """``detect``'s threshold: checked, or its default for this model (0 without a presence model)."""

@@ -226,6 +226,7 @@ class VideoTracker:
         self.min_confidence = min_confidence
         self.face_detector, self.refine, _, self.min_presence = detector.detect_options(
             face_detector, refine, None, min_presence, min_score)
+        self._lost_below = detector.resolve_min_presence(self.min_presence)  # a followed face's presence bar
         self.calibration: BoxCalibration = resolve_calibration(detector, self.face_detector, calibration)
         self.tracker = FaceTracker(**tracker)
         self._frame = 0
@@ -252,7 +253,7 @@ class VideoTracker:
                 presence = [None] * len(live)
             else:
                 presence = self.detector.presence(points, confidence)
-                keep &= presence >= self.min_presence
+                keep &= presence >= self._lost_below
             faces = [Face(self.calibration.box_from_points(p), p, c, tr.face.score, face_angle(p),
                           None if q is None else float(q))
                      for p, c, tr, q, k in zip(points, confidence, live, presence, keep) if k]

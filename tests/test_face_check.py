@@ -260,6 +260,30 @@ def test_detect_checks_a_face_detectors_candidates_but_not_boxes_passed_in(small
         Detector(device="cpu", face_check=0.5)
 
 
+def test_a_face_the_check_is_sure_of_needs_less_presence_unless_a_threshold_is_given(monkeypatch):
+    import facekp.detector as detector_module
+    from facekp.data import sample_photo_path
+    from facekp.detector import VOUCHED_CHECK, VOUCHED_MIN_PRESENCE
+    from facekp.face_detectors import resolve_face_detector
+
+    photo = sample_photo_path()
+    checked, unchecked = Detector(device="cpu"), Detector(device="cpu", face_check=False)
+    (face,) = checked.detect(photo)
+    finder = resolve_face_detector(None)
+    boxes, _, angles = finder(photo)
+    frame = finder.calibration.frame(boxes[0], angles[0])
+    assert checked.face_check(frame_crops([load_gray(photo)], frame[None]))[0] >= VOUCHED_CHECK
+    assert VOUCHED_MIN_PRESENCE <= face.presence < 0.9999
+    # A default bar that no presence here reaches: the face the check vouches for is kept all the same ...
+    monkeypatch.setattr(detector_module, "DEFAULT_MIN_PRESENCE", 0.9999)
+    (vouched,) = checked.detect(photo)
+    np.testing.assert_allclose(vouched.points, face.points, atol=1e-4)
+    assert unchecked.detect(photo) == []  # ... and without the check, nothing is
+    # A threshold the caller gives is the bar for every face.
+    assert checked.detect(photo, min_presence=0.9999) == []
+    assert checked.detect_options(min_presence=None).min_presence is None  # the default travels as such
+
+
 def test_the_cli_turns_the_face_check_off_on_request(capsys, tmp_path, small_photo):
     from PIL import Image
 
