@@ -16,13 +16,14 @@ from .errors import InvalidImageError, WeightsError
 from .face_detection import as_detections, gray_u8, run_face_detector, usable_detections
 from .face_check import FaceCheck, resolve_face_check
 from .face_detectors import FaceDetectorLike, resolve_face_detector
-from .geometry import apply_affine, face_angle, invert_affine, turn_frame
+from .geometry import apply_affine, face_angle, invert_affine
 from .images import ImageInput, channels_first, check_color, load_gray, load_rgb, network_sized_stack
 from .model import StackedHourglass
 from .preprocess import frame_crops, letterbox_transforms
 from .presence import DEFAULT_MIN_PRESENCE, EVEN_ODDS, PresenceModel
 from .results import Face
 from .runtime import bundled_graph, make_runner, resolve_device, run_crops
+from .turns import retry_turned
 from .weights import ResolvedWeights, resolve_weights, save_model
 
 #: Re-framing passes :meth:`Detector.detect` runs by default (see ``docs/detection.md``).
@@ -31,12 +32,6 @@ DEFAULT_REFINE = 1
 #: +/-25) gets one re-framing pass more than ``refine`` (:meth:`Detector.predict_refined`): its first
 #: re-framing only turned it upright.
 SETTLE_DEGREES = 25.0
-#: The quarter turns (degrees) :meth:`Detector.detect` also tries on a face whose presence is under the
-#: threshold: a face detector's angle can be off by more than the network's +/-25 degrees of training.
-RETRY_TURNS = (90.0, 180.0, 270.0)
-#: The presence a turned framing must reach to replace the first one: three more tries give a false
-#: face three more chances, so the bar is higher than detect's (chosen in ``docs/detection.md``).
-RETRY_MIN_PRESENCE = 0.95
 #: The presence a weak face (a face detector's ``weak_score`` to ``min_score``, e.g.
 #: :data:`facekp.finder.WEAK_SCORE`) must reach at its first framing to be kept; weak faces get no turns.
 WEAK_MIN_PRESENCE = 0.95
@@ -376,8 +371,8 @@ class Detector:
         presence, bar = [None] * len(points), np.full(len(points), min_presence)
         if self.presence_model is not None:
             presence = self.presence(points, confidence)
-            points, confidence, presence = self._retry_turned(gray, transforms, refine, min_presence,
-                                                              points, confidence, presence, ~weak)
+            points, confidence, presence = retry_turned(self, gray, transforms, refine, min_presence,
+                                                        points, confidence, presence, ~weak)
             bar[weak] = max(min_presence, WEAK_MIN_PRESENCE)
             bar[vouched] = np.minimum(bar[vouched], VOUCHED_MIN_PRESENCE)
         if refine:  # the face's own measure, finer than a face detector's guess (0 for Haar's upright search)
@@ -414,55 +409,6 @@ class Detector:
             raise WeightsError(f"min_presence={min_presence} was asked for, but these weights carry no presence model "
                                "(their config.json has no 'presence' entry); fit one with `facekp-train presence`")
         return float(min_presence)
-
-    def _retry_turned(self, gray: np.ndarray, transforms: np.ndarray, refine: int, min_presence: float,
-                      points: np.ndarray, confidence: np.ndarray, presence: np.ndarray,
-                      eligible: np.ndarray) -> tuple[np.ndarray, ...]:
-        """The ``eligible`` faces whose presence is under ``min_presence`` or :data:`RETRY_MIN_PRESENCE`
-        (none when ``min_presence`` is 0) framed again at each of :data:`RETRY_TURNS` (:meth:`predict_best_turn`);
-        a face takes the points and presence of its best turn when that reaches the higher of the two (why
-        these bars and passes: ``docs/detection.md``, turning back faces)."""
-        bar = max(min_presence, RETRY_MIN_PRESENCE)
-        low = np.flatnonzero((presence < bar) & eligible & (min_presence > 0))
-        if not len(low):
-            return points, confidence, presence
-        p, q, turned = self.predict_best_turn(gray, transforms[low], refine)
-        better = turned >= bar
-        points, confidence, presence = points.copy(), confidence.copy(), presence.copy()
-        points[low[better]], confidence[low[better]], presence[low[better]] = p[better], q[better], turned[better]
-        return points, confidence, presence
-
-    def predict_best_turn(self, gray: np.ndarray, transforms: np.ndarray,
-                          refine: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Points ``(N, K, 2)``, confidences ``(N, K)`` and presence ``(N,)`` of the N faces framed by
-        ``transforms``, each at the best of the :data:`RETRY_TURNS` (needs a presence model).
-
-        Every turn is predicted once, all in one batch; each face's best turn there gets the re-framing
-        passes, one more than ``refine``: a turned frame starts farther off (the calibration's box -> centroid
-        offset was turned with the wrong angle), and one re-framing leaves ~2.5 px on a 220 px face. Only the
-        best turn goes on: five crops a face instead of nine, and the same faces found on training
-        identities (``docs/detection.md``). Its presence is not screened first: a face 40 degrees off at its
-        nearest quarter turn can score under 0.01 until the passes have turned it upright.
-        """
-        n, t = len(transforms), len(RETRY_TURNS)
-        turned = np.stack([turn_frame(m, a) for m in transforms for a in RETRY_TURNS]).reshape(-1, 2, 3)
-        p, q = self.predict_framed([gray] * len(turned), turned)
-        best = np.arange(n) * t + self.presence(p, q).reshape(n, t).argmax(axis=1)
-        points, confidence = self.predict_refined(gray, turned[best], refine + 1, (p[best], q[best]))
-        return points, confidence, self.presence(points, confidence)
-
-    def predict_turns(self, gray: np.ndarray, transforms: np.ndarray, refine: int) -> tuple[np.ndarray, np.ndarray]:
-        """Points ``(N, T, K, 2)`` and confidences ``(N, T, K)`` of the N faces framed by ``transforms``,
-        each turned by the T angles of :data:`RETRY_TURNS`, all in one batch per pass.
-
-        One re-framing pass more than ``refine``: a turned frame starts farther off (the calibration's
-        box -> centroid offset was turned with the wrong angle), and one re-framing leaves ~2.5 px on a
-        220 px face.
-        """
-        turned = np.stack([turn_frame(m, t) for m in transforms for t in RETRY_TURNS])
-        p, q = self.predict_refined(gray, turned, refine + 1)
-        n, t = len(transforms), len(RETRY_TURNS)
-        return p.reshape(n, t, *p.shape[1:]), q.reshape(n, t, q.shape[-1])
 
     def predict_refined(self, gray: np.ndarray, transforms: np.ndarray, refine: int = 0,
                         first: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -204,7 +204,7 @@ def test_detect_turns_a_face_its_face_detector_framed_at_the_wrong_angle(bundled
 
 
 def test_only_the_best_turn_of_a_face_is_refined(bundled, monkeypatch):
-    from facekp.detector import RETRY_TURNS
+    from facekp.turns import RETRY_TURNS, best_turns
 
     gray = load_gray(sample_photo_path())
     upside_down = resolve_calibration(bundled, None).frame(np.array(HOPPER_BOX), 180.0)
@@ -213,13 +213,13 @@ def test_only_the_best_turn_of_a_face_is_refined(bundled, monkeypatch):
     monkeypatch.setattr(bundled, "predict_crops", lambda crops, batch_size=None: batches.append(len(crops)) or real(crops, batch_size))
     # The face framed upside down: every turn once in one batch, then the re-framing passes (refine + 1)
     # for its best turn, the 180-degree one, alone.
-    points, _, presence = bundled.predict_best_turn(gray, upside_down[None], 1)
+    points, _, presence = best_turns(bundled, gray, upside_down[None], 1)
     assert batches == [len(RETRY_TURNS), 1, 1]
     upright = bundled.detect(sample_photo_path(), boxes=[HOPPER_BOX])[0]
     assert presence[0] >= DEFAULT_MIN_PRESENCE and np.linalg.norm(points[0] - upright.points, axis=1).mean() < 3.0
     # Two faces: still one batch for all their turns, and one per pass for their best ones.
     batches.clear()
-    both = bundled.predict_best_turn(gray, np.stack([upside_down, upside_down]), 1)
+    both = best_turns(bundled, gray, np.stack([upside_down, upside_down]), 1)
     assert batches == [2 * len(RETRY_TURNS), 2, 2]
     np.testing.assert_allclose(both[0][1], points[0], atol=1e-2)  # px; batch sizes differ by ~1e-3 in onnxruntime
 

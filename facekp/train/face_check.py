@@ -38,6 +38,7 @@ from ..geometry import box_side_centre
 from ..onnx_graph import require_onnx
 from ..preprocess import frame_crops
 from ..presence import DEFAULT_MIN_PRESENCE, EVEN_ODDS
+from ..turns import all_turns
 from ..weights import put_manifest_entry, sha256_file
 from .data import load_dataset, split_by_identity
 from .finder_fit import box_centres
@@ -112,7 +113,7 @@ def candidates(finder: FaceFinder, image: np.ndarray, faces: np.ndarray, kind: s
             else np.empty(0, np.float32)
         low = np.flatnonzero((labels[keep] == 1) & (presence < EVEN_ODDS))
         if len(low):  # a face framed at a wrong angle: detect's turns may still read it
-            p, q = detector.predict_turns(gray, transforms[low], DEFAULT_REFINE)
+            p, q = all_turns(detector, gray, transforms[low], DEFAULT_REFINE)
             turned = detector.presence(p.reshape(-1, *p.shape[2:]), q.reshape(-1, q.shape[-1])).reshape(q.shape[:2])
             presence[low] = np.maximum(presence[low], turned.max(axis=1))
     return Examples(crops, labels[keep].astype(np.float32), np.full(int(keep.sum()), kind), presence, found[keep])

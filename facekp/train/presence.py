@@ -20,10 +20,11 @@ import numpy as np
 import torch
 
 from ..calibration import BoxCalibration, resolve_calibration
-from ..detector import DEFAULT_REFINE, RETRY_TURNS, Detector
+from ..detector import DEFAULT_REFINE, Detector
 from ..face_detection import HaarFaceDetector, to_u8
 from ..geometry import apply_affine
 from ..presence import DEFAULT_MIN_PRESENCE, PresenceModel
+from ..turns import RETRY_TURNS, all_turns
 from .augment import Augmenter, cut_at_border, make_crop
 from .data import Sample
 from .hard_negatives import MINING_SIDES, views
@@ -91,7 +92,7 @@ def detect_features(detector: Detector, model: PresenceModel, grays: Sequence[np
                     face_detector: Callable, calibration: BoxCalibration) -> tuple[np.ndarray, list[int]]:
     """Presence features of every face ``face_detector`` reports in ``grays``, framed and refined as
     :meth:`Detector.detect` does, at the face detector's angle and at each of detect's
-    turns (:meth:`~facekp.Detector.predict_turns`): ``(faces, 1 + turns, features)``; and the number of faces per photo."""
+    turns (:func:`facekp.turns.all_turns`): ``(faces, 1 + turns, features)``; and the number of faces per photo."""
     feats, per_photo = [], []
     for g in grays:
         boxes, _, angles = face_detector(to_u8(g))
@@ -99,7 +100,7 @@ def detect_features(detector: Detector, model: PresenceModel, grays: Sequence[np
         if len(boxes):
             frames = [calibration.frame(b, a) for b, a in zip(boxes, angles)]
             first = detector.predict_refined(g, np.stack(frames), DEFAULT_REFINE)
-            p, q = detector.predict_turns(g, np.stack(frames), DEFAULT_REFINE)
+            p, q = all_turns(detector, g, np.stack(frames), DEFAULT_REFINE)
             turned = model.features(p.reshape(-1, *p.shape[2:]), q.reshape(-1, q.shape[-1])).reshape(*q.shape[:2], -1)
             feats.append(np.concatenate([model.features(*first)[:, None], turned], axis=1))
     return (np.concatenate(feats) if feats else np.empty((0, 1 + len(RETRY_TURNS), model.num_keypoints + 1))), per_photo
