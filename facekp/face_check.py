@@ -31,7 +31,7 @@ from torch import nn
 
 from .errors import WeightsError
 from .geometry import CANONICAL_SIZE
-from .onnx_graph import OnnxGraph, graph_bytes, onnx_export_available
+from .onnx_graph import OnnxGraph, graph_bytes, onnx_export_available, onnxruntime_importable
 from .preprocess import standardize
 from .weights import read_described, read_manifest, verified_bundled
 
@@ -155,7 +155,8 @@ class FaceCheck:
             keypoint network runs, in [0, 1) (None: the weights' own).
         backend: ``"onnx"`` (onnxruntime: the bundled check ships its graph, other weights are exported,
             which needs the ``onnx`` extra), ``"torch"``, or ``"auto"``: onnx for the bundled check or when
-            the graph can be exported (:func:`facekp.onnx_graph.onnx_export_available`), else torch. Both
+            the graph can be exported (:func:`facekp.onnx_graph.onnx_export_available`), when onnxruntime
+            imports, else torch. Both
             give the same scores to float precision.
     """
 
@@ -170,7 +171,8 @@ class FaceCheck:
             raise ValueError(f"the face check threshold must lie in [0, 1), got {threshold}")
         self.stats = loaded.stats
         self._onnx = None
-        if backend == "onnx" or (backend == "auto" and (loaded.onnx is not None or onnx_export_available())):
+        if backend == "onnx" or (backend == "auto" and onnxruntime_importable()
+                                 and (loaded.onnx is not None or onnx_export_available())):
             graph = loaded.onnx.read_bytes() if loaded.onnx is not None else face_check_onnx_bytes(self.model)
             self._onnx = OnnxGraph(graph, _INPUT_NAME, [_OUTPUT_NAME])
         self.backend = "onnx" if self._onnx is not None else "torch"

@@ -45,6 +45,15 @@ def onnx_export_available() -> bool:
         return False
 
 
+def onnxruntime_importable() -> bool:
+    """Whether ``import onnxruntime`` works here (``"auto"`` backends fall back to torch when it does not)."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def graph_bytes(model: nn.Module, example: torch.Tensor, input_name: str, output_names: Sequence[str],
                 dynamic_axes: Mapping[str, Mapping[int, str]]) -> bytes:
     """``model`` (a copy: BatchNorm folded, eval mode, CPU) as an ONNX graph traced on ``example``; the axes of
@@ -66,7 +75,11 @@ class OnnxGraph:
     """
 
     def __init__(self, model: bytes, input_name: str, output_names: Sequence[str], threads: int = 1) -> None:
-        import onnxruntime as ort
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise ImportError(f"running an ONNX graph needs onnxruntime, a facekp dependency (import onnxruntime failed: "
+                              f"{exc}); install it with: pip install onnxruntime") from exc
 
         options = onnxruntime_options(threads)
         options.inter_op_num_threads = 1

@@ -152,6 +152,22 @@ def test_the_bundled_check_runs_its_shipped_graph_which_scores_as_torch(tmp_path
         FaceCheck()
 
 
+def test_without_onnxruntime_the_check_runs_on_torch_or_says_how_to_install(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name == "onnxruntime":
+            raise ImportError("No module named 'onnxruntime'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    assert FaceCheck().backend == "torch"
+    with pytest.raises(ImportError, match="pip install onnxruntime"):
+        FaceCheck(backend="onnx")
+
+
 def test_a_check_of_ones_own_is_exported_for_onnxruntime(tmp_path):
     pytest.importorskip("onnx")
     torch.manual_seed(0)
