@@ -1,6 +1,6 @@
 """A picture of the face-finding benchmark's hard cases: the same photos through each face detector.
 
-    python benchmarks/hard_cases.py [--out docs/face-finding-cases.png] [--detectors haar facekp]
+    python benchmarks/hard_cases.py [--out docs/face-finding-cases.png] [--detectors haar facekp] [--force]
 
 Columns: validation photos turned by 30, 60 and 90 degrees, a composed group with small faces and a
 held-out face-free photo (the kinds of ``benchmarks/face_finding.py``, validation identities only);
@@ -29,9 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--negatives", type=Path, default=DATA / "negatives")
     parser.add_argument("--detectors", nargs="+", default=["haar", "facekp"])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "face-finding-cases.png")
+    parser.add_argument("--force", action="store_true", help="replace --out if it exists")
     args = parser.parse_args(argv)
 
-    from facekp import Detector, draw
+    from facekp import Detector, draw, fileio
+
+    fileio.check_output(args.out, overwrite=args.force)  # refused before any work
     from facekp.train.data import load_pts_folder, split_by_identity
     from facekp.train.negatives import negative_paths
     from facekp.train.scenes import load_gray_u8
@@ -52,9 +55,8 @@ def main(argv: list[str] | None = None) -> int:
                         cv2.LINE_AA)
             cells.append(cell)
         rows.append(np.concatenate(cells, axis=1))
-    from PIL import Image
-
-    Image.fromarray(np.concatenate(rows, axis=0)).save(args.out)
+    _, png = cv2.imencode(".png", cv2.cvtColor(np.concatenate(rows, axis=0), cv2.COLOR_RGB2BGR))
+    fileio.write_bytes(args.out, png.tobytes(), overwrite=args.force)
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 

@@ -209,3 +209,29 @@ def tiny_manifest(tmp_path, monkeypatch, tiny_weights):
     entry = weights_module.find_entry("tiny")
     assert entry.path == tiny_weights, "ManifestEntry.path no longer resolves absolute files; adapt this fixture"
     return write
+
+
+@pytest.fixture
+def no_onnxruntime(monkeypatch):
+    """``import onnxruntime`` fails for the test's duration, as on an install without it."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name == "onnxruntime":
+            raise ImportError("No module named 'onnxruntime'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+
+
+def tamper_bundled_graphs(monkeypatch, graph: Path, tmp_path: Path) -> None:
+    """Every bundled ``.onnx`` file is read from a copy of ``graph`` with its last bit flipped (a file changed
+    after it was published); the other bundled files stay themselves."""
+    tampered = tmp_path / graph.name
+    data = bytearray(graph.read_bytes())
+    data[-1] ^= 1
+    tampered.write_bytes(bytes(data))
+    real_path = weights_module.bundled_path
+    monkeypatch.setattr(weights_module, "bundled_path", lambda f: tampered if f.endswith(".onnx") else real_path(f))

@@ -20,7 +20,7 @@ from facekp.train.face_check import (Examples, candidates, held_out_figures, lab
 from facekp.train.negatives import negative_paths
 from facekp.train.scenes import load_gray_u8
 
-from conftest import HOPPER_BOX, ROOT
+from conftest import HOPPER_BOX, ROOT, tamper_bundled_graphs
 from test_presence import NEGATIVES, requires_negatives
 
 FACE_CROP = ROOT / "examples" / "face_crop.jpg"
@@ -128,7 +128,6 @@ def test_the_bundled_check_is_the_manifests_with_its_sha256_and_threshold():
 
 
 def test_the_bundled_check_runs_its_shipped_graph_which_scores_as_torch(tmp_path, monkeypatch):
-    import facekp.weights as weights_module
     from facekp.errors import ChecksumError
     from facekp.face_check import load_face_check
     from facekp.weights import bundled_path, read_manifest, sha256_file
@@ -142,27 +141,12 @@ def test_the_bundled_check_runs_its_shipped_graph_which_scores_as_torch(tmp_path
     np.testing.assert_allclose(check(crops), FaceCheck(backend="torch")(crops), atol=1e-5)
     with pytest.raises(ValueError, match="backend"):
         FaceCheck(backend="tensorrt")
-    tampered = tmp_path / "check.onnx"
-    data = bytearray(bundled_path(graph["file"]).read_bytes())
-    data[-1] ^= 1
-    tampered.write_bytes(bytes(data))
-    real_path = weights_module.bundled_path
-    monkeypatch.setattr(weights_module, "bundled_path", lambda f: tampered if f.endswith(".onnx") else real_path(f))
+    tamper_bundled_graphs(monkeypatch, bundled_path(graph["file"]), tmp_path)
     with pytest.raises(ChecksumError, match="ONNX graph"):
         FaceCheck()
 
 
-def test_without_onnxruntime_the_check_runs_on_torch_or_says_how_to_install(monkeypatch):
-    import builtins
-
-    real_import = builtins.__import__
-
-    def fake_import(name, *args, **kwargs):
-        if name == "onnxruntime":
-            raise ImportError("No module named 'onnxruntime'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", fake_import)
+def test_without_onnxruntime_the_check_runs_on_torch_or_says_how_to_install(no_onnxruntime):
     assert FaceCheck().backend == "torch"
     with pytest.raises(ImportError, match="pip install onnxruntime"):
         FaceCheck(backend="onnx")

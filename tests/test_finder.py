@@ -24,7 +24,7 @@ from facekp.train.finder_fit import (FinderFitConfig, FinderTrainer, encode_targ
                                      make_batch)
 from facekp.train.scenes import SceneComposer, SceneConfig, eye_distance
 from facekp.weights import sha256_file
-from conftest import randomize_batchnorm
+from conftest import randomize_batchnorm, tamper_bundled_graphs
 from synthetic import MEAN_FACE, blob_face
 
 TINY = FinderConfig(stem=4, stages=(4, 4, 8, 8), neck=4)
@@ -355,7 +355,6 @@ def test_bundled_finders_match_the_manifest_and_load():
 
 def test_the_bundled_finder_runs_its_own_graph_which_gives_the_torch_maps(tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
-    import facekp.weights as weights_module
     from facekp.finder_weights import load_finder
 
     finder = FaceFinder()
@@ -364,13 +363,7 @@ def test_the_bundled_finder_runs_its_own_graph_which_gives_the_torch_maps(tmp_pa
     for a, b in zip(FaceFinder(backend="torch").maps(photo), finder.maps(photo)):
         np.testing.assert_allclose(a, b, atol=1e-3)
     # A changed graph file is refused, not run.
-    bundled = load_finder()
-    tampered = tmp_path / "finder.onnx"
-    data = bytearray(bundled.onnx.read_bytes())
-    data[-1] ^= 1
-    tampered.write_bytes(bytes(data))
-    real_path = weights_module.bundled_path
-    monkeypatch.setattr(weights_module, "bundled_path", lambda f: tampered if f.endswith(".onnx") else real_path(f))
+    tamper_bundled_graphs(monkeypatch, load_finder().onnx, tmp_path)
     with pytest.raises(ChecksumError, match="ONNX graph"):
         FaceFinder()
 

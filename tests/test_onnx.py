@@ -129,17 +129,7 @@ def test_onnx_backend_options_are_checked(tiny_model_dir):
     assert Detector(tiny_model_dir, device="cpu", backend="onnx", precision="auto").precision == "fp32"
 
 
-def test_onnx_backend_missing_onnxruntime_says_how_to_install(tiny_model_dir, monkeypatch):
-    import builtins
-
-    real_import = builtins.__import__
-
-    def fake_import(name, *args, **kwargs):
-        if name == "onnxruntime":
-            raise ImportError("No module named 'onnxruntime'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", fake_import)
+def test_onnx_backend_missing_onnxruntime_says_how_to_install(tiny_model_dir, no_onnxruntime):
     with pytest.raises(ImportError, match="pip install onnxruntime"):  # a facekp dependency, named alone
         Detector(tiny_model_dir, device="cpu", backend="onnx")
 
