@@ -46,6 +46,12 @@ VOUCHED_CHECK = 0.99
 VOUCHED_MIN_PRESENCE = 0.5
 
 
+def vouched_by(checked: np.ndarray, vouching: bool) -> np.ndarray:
+    """``(N,)`` bool: the faces whose face check scores ``checked`` vouch for them (from :data:`VOUCHED_CHECK`;
+    none unless ``vouching``, which ``detect``'s default threshold is)."""
+    return (np.asarray(checked) >= VOUCHED_CHECK) & bool(vouching)
+
+
 def _check_batch_size(batch_size: int) -> int:
     """``batch_size`` as an int, or ``ValueError`` unless it is a positive integer."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -355,7 +361,7 @@ class Detector:
         if self.face_check is not None and not given:  # candidates the face check says hold no face go no further
             checked = self.face_check(crops)
             keep = checked >= self.face_check.threshold
-            vouched = (checked[keep] >= VOUCHED_CHECK) & vouching
+            vouched = vouched_by(checked[keep], vouching)
             boxes, scores, angles, weak, transforms, crops = (v[keep] for v in (boxes, scores, angles, weak, transforms, crops))
             if len(boxes) == 0:
                 return []
@@ -397,6 +403,16 @@ class Detector:
         refine = DEFAULT_REFINE if refine is None else validate.integer("refine", refine, 0, 100)
         self.resolve_min_presence(min_presence)  # checked now; None stays None (detect's default)
         return refine, max_faces, None if min_presence is None else float(min_presence)
+
+    def presence_bars(self, crops: np.ndarray, min_presence: float | None) -> np.ndarray:
+        """``(N,)``: the presence each face framed into ``crops`` (``(N, S, S)``) must reach to be kept, as
+        :meth:`detect` decides it for a face detector's faces: ``min_presence`` resolved, lowered to
+        :data:`VOUCHED_MIN_PRESENCE` where the face check vouches for the crop (``min_presence`` None only)."""
+        bars = np.full(len(crops), self.resolve_min_presence(min_presence))
+        if self.face_check is not None and min_presence is None and len(crops):
+            vouched = vouched_by(self.face_check(crops), True)
+            bars[vouched] = np.minimum(bars[vouched], VOUCHED_MIN_PRESENCE)
+        return bars
 
     def resolve_min_presence(self, min_presence: float | None) -> float:
         """``detect``'s threshold: checked, or its default for this model (0 without a presence model)."""

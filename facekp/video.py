@@ -35,6 +35,7 @@ from .face_detection import box_iou
 from .face_detectors import FaceDetectorLike
 from .geometry import box_side_centre, face_angle
 from .images import load_gray
+from .preprocess import frame_crops
 from .results import Face
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -202,7 +203,9 @@ class VideoTracker:
             0.55 (median 0.84), blank, flat or noise frames 0.13 to 0.42.
         min_presence: with a model that has a presence model (:mod:`facekp.presence`), a face followed
             that way whose presence falls below this is lost too; a lost face makes the next frame run
-            the face detector. Also ``detect``'s threshold on detection frames. None: ``detect``'s default.
+            the face detector. Also ``detect``'s threshold on detection frames. None: ``detect``'s default,
+            under which a face the face check vouches for needs only its lower bar
+            (:meth:`facekp.Detector.presence_bars`), between detections as on them.
         face_detector, min_score, calibration, refine: as in :meth:`Detector.detect`.
         **tracker: settings of :class:`FaceTracker`.
     """
@@ -226,7 +229,6 @@ class VideoTracker:
         self.min_confidence = min_confidence
         self.face_detector, self.refine, _, self.min_presence = detector.detect_options(
             face_detector, refine, None, min_presence, min_score)
-        self._lost_below = detector.resolve_min_presence(self.min_presence)  # a followed face's presence bar
         self.calibration: BoxCalibration = resolve_calibration(detector, self.face_detector, calibration)
         self.tracker = FaceTracker(**tracker)
         self._frame = 0
@@ -243,17 +245,18 @@ class VideoTracker:
             self._lost = False
         else:
             gray = load_gray(frame)
-            transforms = np.stack([
+            transforms = validate.transforms(np.stack([
                 reframe(tr.face.points, self.calibration.frame(tr.face.box, tr.face.angle))
                 for tr in live
-            ])
-            points, confidence = self.detector.predict_framed([gray] * len(live), transforms)
+            ]))
+            crops = frame_crops([gray] * len(live), transforms, self.detector.config.hourglass.input_size)
+            points, confidence = self.detector.points_of_crops(crops, transforms)
             keep = confidence.mean(axis=1) >= self.min_confidence
             if self.detector.presence_model is None:
                 presence = [None] * len(live)
-            else:
+            else:  # the bar detect would set, the face check's vouching included
                 presence = self.detector.presence(points, confidence)
-                keep &= presence >= self._lost_below
+                keep &= presence >= self.detector.presence_bars(crops, self.min_presence)
             faces = [Face(self.calibration.box_from_points(p), p, c, tr.face.score, face_angle(p),
                           None if q is None else float(q))
                      for p, c, tr, q, k in zip(points, confidence, live, presence, keep) if k]

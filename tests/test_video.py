@@ -229,6 +229,20 @@ def test_video_tracker_follows_faces_between_detections(clip, bundled):
         VideoTracker(bundled, detect_every=0, face_detector="haar")
 
 
+def test_video_tracker_keeps_a_face_the_check_vouches_for_between_detections(clip, bundled, monkeypatch):
+    import facekp.detector as detector_module
+
+    # A default bar no presence reaches: only the face check's vouching keeps the face, on detection
+    # frames and, with the same rule, on the frames in between.
+    monkeypatch.setattr(detector_module, "DEFAULT_MIN_PRESENCE", 0.9999)
+    frames = list(track_video(clip, bundled, detect_every=4, smooth=False, face_detector="haar"))
+    assert all(len(frame.faces) == 1 for frame in frames) and {f.faces[0].track_id for f in frames} == {0}
+    unchecked = Detector(device="cpu", face_check=False)
+    assert all(len(frame.faces) == 0 for frame in track_video(clip, unchecked, detect_every=4, face_detector="haar"))
+    # A threshold given is the bar for every frame's faces.
+    assert all(len(f.faces) == 0 for f in track_video(clip, bundled, detect_every=4, face_detector="haar", min_presence=0.9999))
+
+
 def test_video_tracker_drops_a_face_whose_confidence_falls(clip, bundled):
     """The face vanishes (a flat grey frame) between detections: a track below min_confidence ends."""
     face, *_ = [f.image for f in read_frames(clip, max_frames=1)]
