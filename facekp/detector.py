@@ -37,19 +37,13 @@ SETTLE_DEGREES = 25.0
 WEAK_MIN_PRESENCE = 0.95
 #: A weak face goes on to ``detect``'s re-framing passes only when its presence after one pass reaches this.
 WEAK_SCREEN_PRESENCE = 0.5
-#: A face the face check scores this high is vouched for: kept from :data:`VOUCHED_MIN_PRESENCE` (or a lower
-#: ``min_presence``) instead of ``min_presence`` or :data:`WEAK_MIN_PRESENCE`, and never stopped by the weak
-#: faces' screen. Two judges, one of the pixels and one of the points: small, blurred faces that the keypoint
+#: Under ``detect``'s default threshold, a face the face check scores this high is vouched for: kept from
+#: :data:`VOUCHED_MIN_PRESENCE` instead of the default or :data:`WEAK_MIN_PRESENCE`, and never stopped by the
+#: weak faces' screen. Two judges, one of the pixels and one of the points: small, blurred faces that the keypoint
 #: network reads with little confidence are what the check is surest of (chosen in ``docs/detection.md``).
 VOUCHED_CHECK = 0.99
 #: The presence a face the face check vouches for must reach.
 VOUCHED_MIN_PRESENCE = 0.5
-
-
-def vouched_by(checked: np.ndarray, vouching: bool) -> np.ndarray:
-    """``(N,)`` bool: the faces whose face check scores ``checked`` vouch for them (from :data:`VOUCHED_CHECK`;
-    none unless ``vouching``, which ``detect``'s default threshold is)."""
-    return (np.asarray(checked) >= VOUCHED_CHECK) & bool(vouching)
 
 
 def _check_batch_size(batch_size: int) -> int:
@@ -361,7 +355,7 @@ class Detector:
         if self.face_check is not None and not given:  # candidates the face check says hold no face go no further
             checked = self.face_check(crops)
             keep = checked >= self.face_check.threshold
-            vouched = vouched_by(checked[keep], vouching)
+            vouched = (checked[keep] >= VOUCHED_CHECK) & vouching
             boxes, scores, angles, weak, transforms, crops = (v[keep] for v in (boxes, scores, angles, weak, transforms, crops))
             if len(boxes) == 0:
                 return []
@@ -404,15 +398,15 @@ class Detector:
         self.resolve_min_presence(min_presence)  # checked now; None stays None (detect's default)
         return refine, max_faces, None if min_presence is None else float(min_presence)
 
-    def presence_bars(self, crops: np.ndarray, min_presence: float | None) -> np.ndarray:
-        """``(N,)``: the presence each face framed into ``crops`` (``(N, S, S)``) must reach to be kept, as
-        :meth:`detect` decides it for a face detector's faces: ``min_presence`` resolved, lowered to
-        :data:`VOUCHED_MIN_PRESENCE` where the face check vouches for the crop (``min_presence`` None only)."""
-        bars = np.full(len(crops), self.resolve_min_presence(min_presence))
-        if self.face_check is not None and min_presence is None and len(crops):
-            vouched = vouched_by(self.face_check(crops), True)
-            bars[vouched] = np.minimum(bars[vouched], VOUCHED_MIN_PRESENCE)
-        return bars
+    def kept_by_presence(self, crops: np.ndarray, presence: np.ndarray, min_presence: float | None) -> np.ndarray:
+        """``(N,)`` bool: which faces framed into ``crops`` (``(N, S, S)``) with ``presence`` (N,) :meth:`detect`'s
+        bar keeps: ``min_presence`` resolved, or under the default (None) :data:`VOUCHED_MIN_PRESENCE` for a face
+        the face check vouches for (it scores only the faces under the default bar)."""
+        keep = presence >= self.resolve_min_presence(min_presence)
+        doubted = np.flatnonzero(~keep & (presence >= VOUCHED_MIN_PRESENCE))
+        if self.face_check is not None and min_presence is None and len(doubted):
+            keep[doubted] = self.face_check(crops[doubted]) >= VOUCHED_CHECK
+        return keep
 
     def resolve_min_presence(self, min_presence: float | None) -> float:
         """``detect``'s threshold: checked, or its default for this model (0 without a presence model)."""

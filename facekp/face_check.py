@@ -31,7 +31,7 @@ from torch import nn
 
 from .errors import WeightsError
 from .geometry import CANONICAL_SIZE
-from .onnx_graph import OnnxGraph, graph_bytes, onnx_export_available, onnxruntime_importable
+from .onnx_graph import OnnxGraph, graph_bytes, graph_to_run
 from .preprocess import standardize
 from .weights import read_described, read_manifest, verified_bundled
 
@@ -155,26 +155,20 @@ class FaceCheck:
             keypoint network runs, in [0, 1) (None: the weights' own).
         backend: ``"onnx"`` (onnxruntime: the bundled check ships its graph, other weights are exported,
             which needs the ``onnx`` extra), ``"torch"``, or ``"auto"``: onnx for the bundled check or when
-            the graph can be exported (:func:`facekp.onnx_graph.onnx_export_available`), when onnxruntime
-            imports, else torch. Both
-            give the same scores to float precision.
+            the graph can be exported, when onnxruntime imports, else torch
+            (:func:`facekp.onnx_graph.graph_to_run`). Both give the same scores to float precision.
     """
 
     def __init__(self, weights: str | Path | None = None, threshold: float | None = None,
                  backend: str = "auto") -> None:
-        if backend not in ("auto", "torch", "onnx"):
-            raise ValueError(f"backend must be 'auto', 'torch' or 'onnx', got {backend!r}")
         loaded = load_face_check() if weights is None else load_face_check_file(weights)
         self.model = loaded.model
         self.threshold = loaded.threshold if threshold is None else float(threshold)
         if not 0.0 <= self.threshold < 1.0:
             raise ValueError(f"the face check threshold must lie in [0, 1), got {threshold}")
         self.stats = loaded.stats
-        self._onnx = None
-        if backend == "onnx" or (backend == "auto" and onnxruntime_importable()
-                                 and (loaded.onnx is not None or onnx_export_available())):
-            graph = loaded.onnx.read_bytes() if loaded.onnx is not None else face_check_onnx_bytes(self.model)
-            self._onnx = OnnxGraph(graph, _INPUT_NAME, [_OUTPUT_NAME])
+        graph = graph_to_run(backend, loaded.onnx, lambda: face_check_onnx_bytes(self.model))
+        self._onnx = None if graph is None else OnnxGraph(graph, _INPUT_NAME, [_OUTPUT_NAME])
         self.backend = "onnx" if self._onnx is not None else "torch"
 
     def __call__(self, crops: np.ndarray) -> np.ndarray:

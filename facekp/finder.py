@@ -20,9 +20,10 @@ import torch
 from .calibration import BoxCalibration
 from .face_detection import gray_u8, nms, unshrink_boxes
 from .finder_model import STRIDES, FaceFinderNet, normalize
+from .finder_onnx import finder_graph, finder_onnx_bytes
 from .images import fit_within
 from .model import fuse_conv_bn
-from .onnx_graph import onnx_export_available
+from .onnx_graph import graph_to_run
 
 #: The name calibrations and the manifest know the finder by.
 FINDER_NAME = "facekp_finder"
@@ -94,8 +95,8 @@ class FaceFinder:
             ``min_score``: none. Calling the finder reports only faces from ``min_score`` up.
         backend: ``"onnx"`` (onnxruntime; the bundled network ships its graph, another one is
             exported, which needs the ``onnx`` extra), ``"torch"``, or ``"auto"``: onnx for the
-            bundled network or when the graph can be exported (:func:`facekp.onnx_graph.onnx_export_available`),
-            else torch. Both give the same maps (to float precision); onnx is about 8x faster on the CPU.
+            bundled network or when the graph can be exported, when onnxruntime imports, else torch
+            (:func:`facekp.onnx_graph.graph_to_run`). Both give the same maps (to float precision); onnx is about 8x faster on the CPU.
     """
 
     name = FINDER_NAME
@@ -107,8 +108,6 @@ class FaceFinder:
         for name, value in (("min_score", min_score), ("weak_score", weak_score)):
             if value is not None and not 0.0 < value < 1.0:
                 raise ValueError(f"{name} must lie in (0, 1), got {value}")
-        if backend not in ("auto", "torch", "onnx"):
-            raise ValueError(f"backend must be 'auto', 'torch' or 'onnx', got {backend!r}")
         if max_side is not None and max_side < 32:
             raise ValueError(f"max_side must be at least 32 (or None), got {max_side}")
         graph = None  # the bundled network's own ONNX graph, when that network runs
@@ -126,11 +125,8 @@ class FaceFinder:
         self.weak_score = weak_score if weak_score is not None and weak_score < self.min_score else None
         self.max_side = max_side
         self.nms_iou = nms_iou
-        self._onnx = None
-        if backend == "onnx" or (backend == "auto" and (graph is not None or onnx_export_available())):
-            from .finder_onnx import finder_graph, finder_onnx_bytes
-
-            self._onnx = finder_graph(graph.read_bytes() if graph is not None else finder_onnx_bytes(model))
+        onnx = graph_to_run(backend, graph, lambda: finder_onnx_bytes(model))
+        self._onnx = None if onnx is None else finder_graph(onnx)
         self.backend = "onnx" if self._onnx is not None else "torch"
 
     @classmethod

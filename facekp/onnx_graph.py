@@ -13,7 +13,8 @@ import copy
 import importlib.util
 import io
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,6 +25,8 @@ from .threads import onnxruntime_options
 
 #: The opset the small graphs are exported with.
 OPSET = 17
+#: The backends a small network runs on (:func:`graph_to_run`).
+BACKENDS = ("auto", "torch", "onnx")
 
 
 def require_onnx() -> None:
@@ -52,6 +55,18 @@ def onnxruntime_importable() -> bool:
     except ImportError:
         return False
     return True
+
+
+def graph_to_run(backend: str, bundled: Path | None, export: Callable[[], bytes]) -> bytes | None:
+    """The ONNX graph a small network runs on ``backend``, or None for torch: with ``"onnx"`` the ``bundled``
+    graph file (verified by the caller) or else ``export()``; with ``"auto"`` the same when onnxruntime imports
+    and the graph is bundled or can be exported (:func:`onnx_export_available`), else None."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be 'auto', 'torch' or 'onnx', got {backend!r}")
+    if backend == "torch" or (backend == "auto" and not (onnxruntime_importable()
+                                                          and (bundled is not None or onnx_export_available()))):
+        return None
+    return bundled.read_bytes() if bundled is not None else export()
 
 
 def graph_bytes(model: nn.Module, example: torch.Tensor, input_name: str, output_names: Sequence[str],

@@ -205,7 +205,7 @@ class VideoTracker:
             that way whose presence falls below this is lost too; a lost face makes the next frame run
             the face detector. Also ``detect``'s threshold on detection frames. None: ``detect``'s default,
             under which a face the face check vouches for needs only its lower bar
-            (:meth:`facekp.Detector.presence_bars`), between detections as on them.
+            (:meth:`facekp.Detector.kept_by_presence`), between detections as on them.
         face_detector, min_score, calibration, refine: as in :meth:`Detector.detect`.
         **tracker: settings of :class:`FaceTracker`.
     """
@@ -256,7 +256,7 @@ class VideoTracker:
                 presence = [None] * len(live)
             else:  # the bar detect would set, the face check's vouching included
                 presence = self.detector.presence(points, confidence)
-                keep &= presence >= self.detector.presence_bars(crops, self.min_presence)
+                keep &= self.detector.kept_by_presence(crops, presence, self.min_presence)
             faces = [Face(self.calibration.box_from_points(p), p, c, tr.face.score, face_angle(p),
                           None if q is None else float(q))
                      for p, c, tr, q, k in zip(points, confidence, live, presence, keep) if k]

@@ -243,9 +243,8 @@ def fit_and_ship(data: Path, negatives: Path, name: str, package_dir: Path, mani
     ``package_dir/weights/NAME.safetensors``, its ONNX graph ``NAME.onnx`` (needs the ``onnx`` extra) and the
     manifest's ``face_checks`` entry; returns the entry."""
     path = Path(package_dir) / "weights" / f"{name}.safetensors"
-    for existing in (path, path.with_suffix(".onnx")):
-        if existing.exists() and not force:
-            raise FileExistsError(f"{existing} already exists; pass --force to replace it")
+    for out in (path, path.with_suffix(".onnx")):
+        fileio.check_output(out, overwrite=force)  # refused before any work
     require_onnx()  # the graph shipped beside the weights: refused now, not after the training
     train_faces, val_faces = split_by_identity(load_dataset(data), 0.15, seed=0)  # the keypoint model's split
     train_negs = [load_gray_u8(p) for p in negative_paths(negatives, held_out=False)]
