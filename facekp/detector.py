@@ -44,6 +44,12 @@ WEAK_SCREEN_PRESENCE = 0.5
 VOUCHED_CHECK = 0.99
 #: The presence a face the face check vouches for must reach.
 VOUCHED_MIN_PRESENCE = 0.5
+#: The face check's score a weak face needs to reach the keypoint network (or the check's threshold, if higher):
+#: most weak faces are false, and each costs a pass (chosen in ``docs/detection.md``, the face check).
+WEAK_MIN_CHECK = 0.85
+#: The face check's score a face needs for ``detect``'s quarter turns (:mod:`facekp.turns`): five crops more a
+#: face, spent mostly on false ones otherwise.
+TURN_MIN_CHECK = 0.5
 
 
 def _check_batch_size(batch_size: int) -> int:
@@ -352,18 +358,23 @@ class Detector:
         transforms = validate.transforms(np.stack([calib.frame(b, a) for b, a in zip(boxes, angles)]))
         crops = frame_crops([gray] * len(transforms), transforms, self.config.hourglass.input_size)
         vouched = np.zeros(len(boxes), bool)  # faces the face check is sure of
+        turnable = ~weak  # faces detect may turn back (weak faces get no turns)
         if self.face_check is not None and not given:  # candidates the face check says hold no face go no further
             checked = self.face_check(crops)
-            keep = checked >= self.face_check.threshold
-            vouched = (checked[keep] >= VOUCHED_CHECK) & vouching
+            threshold = self.face_check.threshold
+            keep = checked >= np.where(weak, max(threshold, WEAK_MIN_CHECK), threshold)
+            checked = checked[keep]
+            vouched = (checked >= VOUCHED_CHECK) & vouching
             boxes, scores, angles, weak, transforms, crops = (v[keep] for v in (boxes, scores, angles, weak, transforms, crops))
+            turnable = ~weak & (checked >= TURN_MIN_CHECK)
             if len(boxes) == 0:
                 return []
         first = self.points_of_crops(crops, transforms)  # every face's first pass, one batch
         if weak.any():  # most weak faces are false: only the likely faces go on
             keep = ~weak | vouched
             keep[weak] |= self.presence(first[0][weak], first[1][weak]) >= WEAK_SCREEN_PRESENCE
-            boxes, scores, angles, weak, vouched, transforms = (v[keep] for v in (boxes, scores, angles, weak, vouched, transforms))
+            boxes, scores, angles, weak, vouched, turnable, transforms = (
+                v[keep] for v in (boxes, scores, angles, weak, vouched, turnable, transforms))
             first = tuple(v[keep] for v in first)
             if len(boxes) == 0:
                 return []
@@ -372,7 +383,7 @@ class Detector:
         if self.presence_model is not None:
             presence = self.presence(points, confidence)
             points, confidence, presence = retry_turned(self, gray, transforms, refine, min_presence,
-                                                        points, confidence, presence, ~weak)
+                                                        points, confidence, presence, turnable)
             bar[weak] = max(min_presence, WEAK_MIN_PRESENCE)
             bar[vouched] = np.minimum(bar[vouched], VOUCHED_MIN_PRESENCE)
         if refine:  # the face's own measure, finer than a face detector's guess (0 for Haar's upright search)

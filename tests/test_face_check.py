@@ -284,6 +284,45 @@ def test_a_face_the_check_is_sure_of_needs_less_presence_unless_a_threshold_is_g
     assert checked.detect_options(min_presence=None).min_presence is None  # the default travels as such
 
 
+def test_weak_faces_and_the_turns_need_the_checks_word(monkeypatch):
+    import facekp.detector as detector_module
+    from facekp.data import sample_photo_path
+    from facekp.detector import TURN_MIN_CHECK, WEAK_MIN_CHECK
+    from facekp.finder import FaceFinder
+
+    photo = sample_photo_path()
+    checked, unchecked = Detector(device="cpu"), Detector(device="cpu", face_check=False)
+    calibration = FaceFinder().calibration
+
+    def check_of(angle: float) -> float:  # the check's score of the sample face framed at this angle
+        return float(checked.face_check(frame_crops([load_gray(photo)], calibration.frame(np.array(HOPPER_BOX), angle)[None]))[0])
+
+    class OneBox:  # the sample face's box at a fixed score and angle, with the finder's weak faces
+        min_score, weak_score, calibration = 0.5, 0.1, FaceFinder().calibration
+
+        def __init__(self, score: float, angle: float) -> None:
+            self.score, self.angle = score, angle
+
+        def __call__(self, image, min_score=None):
+            keep = np.array([self.score >= (self.min_score if min_score is None else min_score)])
+            return np.array([HOPPER_BOX])[keep], np.array([self.score])[keep], np.array([self.angle])[keep]
+
+    # A weak face the check passes with WEAK_MIN_CHECK goes on and is kept; a bar it misses stops it before the
+    # keypoint network, and without the check there is no such bar.
+    assert check_of(0.0) >= WEAK_MIN_CHECK
+    assert len(checked.detect(photo, face_detector=OneBox(0.3, 0.0))) == 1
+    monkeypatch.setattr(detector_module, "WEAK_MIN_CHECK", 1.01)
+    assert checked.detect(photo, face_detector=OneBox(0.3, 0.0)) == []
+    assert len(checked.detect(photo, face_detector=OneBox(0.6, 0.0))) == 1  # not a weak one: the bar is not for it
+    assert len(unchecked.detect(photo, face_detector=OneBox(0.3, 0.0))) == 1
+    # The face framed upside down is turned back when the check scores it from TURN_MIN_CHECK ...
+    assert check_of(180.0) >= TURN_MIN_CHECK
+    assert len(checked.detect(photo, face_detector=OneBox(0.6, 180.0))) == 1
+    monkeypatch.setattr(detector_module, "TURN_MIN_CHECK", 1.01)  # ... and not when the check doubts it
+    assert checked.detect(photo, face_detector=OneBox(0.6, 180.0)) == []
+    assert len(unchecked.detect(photo, face_detector=OneBox(0.6, 180.0))) == 1
+
+
 def test_the_cli_turns_the_face_check_off_on_request(capsys, tmp_path, small_photo):
     from PIL import Image
 
