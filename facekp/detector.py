@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from . import validate
+from .candidates import VOUCHED_CHECK, VOUCHED_MIN_PRESENCE, Candidates
 from .calibration import CalibrationLike, reframe, resolve_calibration
 from .codec import HeatmapCodec
 from .errors import InvalidImageError, WeightsError
@@ -32,24 +33,6 @@ DEFAULT_REFINE = 1
 #: +/-25) gets one re-framing pass more than ``refine`` (:meth:`Detector.predict_refined`): its first
 #: re-framing only turned it upright.
 SETTLE_DEGREES = 25.0
-#: The presence a weak face (a face detector's ``weak_score`` to ``min_score``, e.g.
-#: :data:`facekp.finder.WEAK_SCORE`) must reach at its first framing to be kept; weak faces get no turns.
-WEAK_MIN_PRESENCE = 0.95
-#: A weak face goes on to ``detect``'s re-framing passes only when its presence after one pass reaches this.
-WEAK_SCREEN_PRESENCE = 0.5
-#: Under ``detect``'s default threshold, a face the face check scores this high is vouched for: kept from
-#: :data:`VOUCHED_MIN_PRESENCE` instead of the default or :data:`WEAK_MIN_PRESENCE`, and never stopped by the
-#: weak faces' screen. Two judges, one of the pixels and one of the points: small, blurred faces that the keypoint
-#: network reads with little confidence are what the check is surest of (chosen in ``docs/detection.md``).
-VOUCHED_CHECK = 0.99
-#: The presence a face the face check vouches for must reach.
-VOUCHED_MIN_PRESENCE = 0.5
-#: The face check's score a weak face needs to reach the keypoint network (or the check's threshold, if higher):
-#: most weak faces are false, and each costs a pass (chosen in ``docs/detection.md``, the face check).
-WEAK_MIN_CHECK = 0.85
-#: The face check's score a face needs for ``detect``'s quarter turns (:mod:`facekp.turns`): five crops more a
-#: face, spent mostly on false ones otherwise.
-TURN_MIN_CHECK = 0.5
 
 
 def _check_batch_size(batch_size: int) -> int:
@@ -63,7 +46,8 @@ class DetectOptions(NamedTuple):
     """:meth:`Detector.detect`'s options, checked and with their defaults filled in
     (:meth:`Detector.detect_options`); ``detect(image, **options._asdict())`` uses them as they are.
     ``min_presence`` stays None for detect's default (:meth:`Detector.resolve_min_presence` gives its value),
-    which lets the face check vouch for faces (:data:`VOUCHED_CHECK`); a threshold given is kept as given."""
+    which lets the face check vouch for faces (:data:`facekp.candidates.VOUCHED_CHECK`); a threshold given is
+    kept as given."""
 
     face_detector: Any
     refine: int
@@ -302,8 +286,8 @@ class Detector:
                 None: :data:`facekp.face_detectors.DEFAULT_FACE_DETECTOR`.
             min_score: the ``"facekp"`` finder's face-probability threshold, in (0, 1) (None: its
                 weights' own, and the weak faces scored from :data:`facekp.finder.WEAK_SCORE` up to it
-                are kept when their presence reaches :data:`WEAK_MIN_PRESENCE`; a threshold given here
-                has no weak faces under it); refused with other face detectors.
+                are kept when their presence reaches :data:`facekp.candidates.WEAK_MIN_PRESENCE`; a
+                threshold given here has no weak faces under it); refused with other face detectors.
             calibration: how boxes map to the network's frame (:class:`facekp.calibration.BoxCalibration`
                 or its dict); default: the model config's ``box_to_frame``, else the calibration
                 fitted for the Haar detector (which also applies to ``boxes`` passed in).
@@ -313,11 +297,12 @@ class Detector:
             color: the channel order of a colour array or tensor, ``"rgb"`` or ``"bgr"``
                 (OpenCV's); files and PIL images ignore it.
             min_presence: drop the faces whose presence (:meth:`presence`) is below this (in [0, 1];
-                0 keeps all but weak faces, which always need :data:`WEAK_MIN_PRESENCE`). None:
-                :data:`facekp.presence.DEFAULT_MIN_PRESENCE` (0.9) when the model has a presence model,
-                else no filtering, and a face the face check scores from :data:`VOUCHED_CHECK` needs only
-                :data:`VOUCHED_MIN_PRESENCE`; a number with a model without one raises ``WeightsError``. See
-                ``docs/detection.md`` for what it keeps and drops.
+                0 keeps all but weak faces, which always need :data:`facekp.candidates.WEAK_MIN_PRESENCE`).
+                None: :data:`facekp.presence.DEFAULT_MIN_PRESENCE` (0.9) when the model has a presence
+                model, else no filtering, and a face the face check scores from
+                :data:`facekp.candidates.VOUCHED_CHECK` needs only :data:`facekp.candidates.VOUCHED_MIN_PRESENCE`;
+                a number with a model without one raises ``WeightsError``. See ``docs/detection.md`` for what
+                it keeps and drops (:mod:`facekp.candidates` holds the bars).
 
         Returns:
             A list of :class:`facekp.Face` (``box``, ``points`` (15, 2), ``confidence``
@@ -357,39 +342,28 @@ class Detector:
         calib = resolve_calibration(self, fd, calibration)
         transforms = validate.transforms(np.stack([calib.frame(b, a) for b, a in zip(boxes, angles)]))
         crops = frame_crops([gray] * len(transforms), transforms, self.config.hourglass.input_size)
-        vouched = np.zeros(len(boxes), bool)  # faces the face check is sure of
-        turnable = ~weak  # faces detect may turn back (weak faces get no turns)
+        faces = Candidates.framed(boxes, scores, angles, weak, transforms, crops)
         if self.face_check is not None and not given:  # candidates the face check says hold no face go no further
-            checked = self.face_check(crops)
-            threshold = self.face_check.threshold
-            keep = checked >= np.where(weak, max(threshold, WEAK_MIN_CHECK), threshold)
-            checked = checked[keep]
-            vouched = (checked >= VOUCHED_CHECK) & vouching
-            boxes, scores, angles, weak, transforms, crops = (v[keep] for v in (boxes, scores, angles, weak, transforms, crops))
-            turnable = ~weak & (checked >= TURN_MIN_CHECK)
-            if len(boxes) == 0:
+            faces = faces.checked(self.face_check, vouching)
+        if len(faces.boxes) == 0:
+            return []
+        first = self.points_of_crops(faces.crops, faces.transforms)  # every face's first pass, one batch
+        if faces.weak.any():  # most weak faces are false: only the likely faces go on
+            keep = faces.screen(self.presence(*first))
+            faces, first = faces.take(keep), tuple(v[keep] for v in first)
+            if len(faces.boxes) == 0:
                 return []
-        first = self.points_of_crops(crops, transforms)  # every face's first pass, one batch
-        if weak.any():  # most weak faces are false: only the likely faces go on
-            keep = ~weak | vouched
-            keep[weak] |= self.presence(first[0][weak], first[1][weak]) >= WEAK_SCREEN_PRESENCE
-            boxes, scores, angles, weak, vouched, turnable, transforms = (
-                v[keep] for v in (boxes, scores, angles, weak, vouched, turnable, transforms))
-            first = tuple(v[keep] for v in first)
-            if len(boxes) == 0:
-                return []
-        points, confidence = self.predict_refined(gray, transforms, refine, first)
-        presence, bar = [None] * len(points), np.full(len(points), min_presence)
+        points, confidence = self.predict_refined(gray, faces.transforms, refine, first)
+        presence, bar = [None] * len(points), faces.presence_bars(min_presence)
         if self.presence_model is not None:
             presence = self.presence(points, confidence)
-            points, confidence, presence = retry_turned(self, gray, transforms, refine, min_presence,
-                                                        points, confidence, presence, turnable)
-            bar[weak] = max(min_presence, WEAK_MIN_PRESENCE)
-            bar[vouched] = np.minimum(bar[vouched], VOUCHED_MIN_PRESENCE)
+            points, confidence, presence = retry_turned(self, gray, faces.transforms, refine, min_presence,
+                                                        points, confidence, presence, faces.turnable)
+        angles = faces.angles
         if refine:  # the face's own measure, finer than a face detector's guess (0 for Haar's upright search)
             angles = np.array([face_angle(p) for p in points])
         faces = [Face(tuple(float(v) for v in b), p, c, float(s), float(a), None if q is None else float(q))
-                 for b, p, c, s, a, q, least in zip(boxes, points, confidence, scores, angles, presence, bar)
+                 for b, p, c, s, a, q, least in zip(faces.boxes, points, confidence, faces.scores, angles, presence, bar)
                  if q is None or q >= least]
         return faces[:max_faces]
 
@@ -411,8 +385,9 @@ class Detector:
 
     def kept_by_presence(self, crops: np.ndarray, presence: np.ndarray, min_presence: float | None) -> np.ndarray:
         """``(N,)`` bool: which faces framed into ``crops`` (``(N, S, S)``) with ``presence`` (N,) :meth:`detect`'s
-        bar keeps: ``min_presence`` resolved, or under the default (None) :data:`VOUCHED_MIN_PRESENCE` for a face
-        the face check vouches for (it scores only the faces under the default bar)."""
+        bar keeps: ``min_presence`` resolved, or under the default (None)
+        :data:`facekp.candidates.VOUCHED_MIN_PRESENCE` for a face the face check vouches for (it scores only the
+        faces under the default bar)."""
         keep = presence >= self.resolve_min_presence(min_presence)
         doubted = np.flatnonzero(~keep & (presence >= VOUCHED_MIN_PRESENCE))
         if self.face_check is not None and min_presence is None and len(doubted):

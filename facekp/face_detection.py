@@ -55,7 +55,7 @@ class FaceDetector(Protocol):
         weak_score, min_score: optional, together (as :class:`facekp.finder.FaceFinder` has them): a
             detector with a ``weak_score`` (not None) is called with ``min_score=weak_score`` as a
             keyword, and the faces it then reports under its ``min_score`` are weak ones, which
-            ``detect`` keeps only at a high presence (:data:`facekp.detector.WEAK_MIN_PRESENCE`).
+            ``detect`` keeps only at a high presence (:data:`facekp.candidates.WEAK_MIN_PRESENCE`).
 
     Plain callables are accepted too; the attributes are then read as absent (no name, no own
     calibration, RGB input).

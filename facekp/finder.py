@@ -31,7 +31,7 @@ FINDER_NAME = "facekp_finder"
 DEFAULT_MIN_SCORE = 0.5
 #: Faces scored from this up to ``min_score`` are "weak": :meth:`facekp.Detector.detect` keeps one
 #: only when the keypoint network's presence at its first framing is high
-#: (:data:`facekp.detector.WEAK_MIN_PRESENCE`), and tries no turns on it.
+#: (:data:`facekp.candidates.WEAK_MIN_PRESENCE`), and tries no turns on it.
 WEAK_SCORE = 0.15
 
 

@@ -300,8 +300,10 @@ def _from_array(arr: np.ndarray, color: str = "rgb") -> np.ndarray:
         if lo < 0.0 or hi > 1.0:
             arr = np.clip(arr, 0.0, 1.0)
     if arr.ndim == 3:
-        to_gray = cv2.COLOR_BGR2GRAY if color == "bgr" else cv2.COLOR_RGB2GRAY
-        arr = cv2.cvtColor(np.ascontiguousarray(arr[:, :, :3]), to_gray)
+        # BGR is reordered rather than converted with COLOR_BGR2GRAY, whose other summation order
+        # differs in the last float bit: the same pixels give the same gray image, bit for bit.
+        rgb = arr[:, :, 2::-1] if color == "bgr" else arr[:, :, :3]
+        arr = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
     return np.ascontiguousarray(arr)
 
 

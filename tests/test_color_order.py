@@ -30,8 +30,7 @@ def crop_bgr() -> np.ndarray:
 def test_predict_bgr_matches_the_same_pixels_in_rgb(bundled, crop_bgr):
     rgb = np.ascontiguousarray(crop_bgr[:, :, ::-1])
     got = bundled.predict(crop_bgr, color="bgr")
-    # Equal up to float rounding: OpenCV sums the weighted channels in the other order.
-    np.testing.assert_allclose(got, bundled.predict(rgb), atol=1e-3)
+    np.testing.assert_array_equal(got, bundled.predict(rgb))  # the same pixels, the same gray image, bit for bit
     # The same pixels, decoded by OpenCV instead of PIL: the same face, to well under a pixel.
     assert np.abs(got - bundled.predict(CROP)).max() < 0.25
     # Taken as RGB, the swapped channels give another gray image and other points: the option matters.
@@ -42,8 +41,9 @@ def test_predict_batch_and_tensors_take_bgr(bundled, crop_bgr):
     rgb = np.ascontiguousarray(crop_bgr[:, :, ::-1])
     want = bundled.predict_batch([rgb, rgb[::2, ::2]])
     got = bundled.predict_batch([crop_bgr, crop_bgr[::2, ::2]], color="bgr")
-    np.testing.assert_allclose(got, want, atol=1e-3)
+    np.testing.assert_array_equal(got, want)
     chw = torch.from_numpy(np.ascontiguousarray(crop_bgr.transpose(2, 0, 1)))
+    # One crop against a batch of two: the network's float sums may differ in the last bits.
     np.testing.assert_allclose(bundled.predict(chw, color="bgr"), want[0], atol=1e-3)
 
 
@@ -53,7 +53,7 @@ def test_detect_and_draw_take_bgr(bundled):
     faces = bundled.detect(bgr, color="bgr")
     want = bundled.detect(rgb)
     assert len(faces) == len(want) == 1
-    np.testing.assert_allclose(faces[0].points, want[0].points, atol=1e-3)
+    np.testing.assert_array_equal(faces[0].points, want[0].points)
     assert faces[0].box == want[0].box  # the Haar cascade sees the same uint8 gray image
     drawn = draw(bgr, faces, color="bgr")  # BGR in, BGR out: ready for cv2.imwrite
     np.testing.assert_array_equal(drawn, draw(rgb, faces)[:, :, ::-1])

@@ -262,8 +262,8 @@ def test_detect_checks_a_face_detectors_candidates_but_not_boxes_passed_in(small
 
 def test_a_face_the_check_is_sure_of_needs_less_presence_unless_a_threshold_is_given(monkeypatch):
     import facekp.detector as detector_module
+    from facekp.candidates import VOUCHED_CHECK, VOUCHED_MIN_PRESENCE
     from facekp.data import sample_photo_path
-    from facekp.detector import VOUCHED_CHECK, VOUCHED_MIN_PRESENCE
     from facekp.face_detectors import resolve_face_detector
 
     photo = sample_photo_path()
@@ -285,9 +285,9 @@ def test_a_face_the_check_is_sure_of_needs_less_presence_unless_a_threshold_is_g
 
 
 def test_weak_faces_and_the_turns_need_the_checks_word(monkeypatch):
-    import facekp.detector as detector_module
+    import facekp.candidates as candidates_module
+    from facekp.candidates import TURN_MIN_CHECK, WEAK_MIN_CHECK
     from facekp.data import sample_photo_path
-    from facekp.detector import TURN_MIN_CHECK, WEAK_MIN_CHECK
     from facekp.finder import FaceFinder
 
     photo = sample_photo_path()
@@ -311,14 +311,14 @@ def test_weak_faces_and_the_turns_need_the_checks_word(monkeypatch):
     # keypoint network, and without the check there is no such bar.
     assert check_of(0.0) >= WEAK_MIN_CHECK
     assert len(checked.detect(photo, face_detector=OneBox(0.3, 0.0))) == 1
-    monkeypatch.setattr(detector_module, "WEAK_MIN_CHECK", 1.01)
+    monkeypatch.setattr(candidates_module, "WEAK_MIN_CHECK", 1.01)
     assert checked.detect(photo, face_detector=OneBox(0.3, 0.0)) == []
     assert len(checked.detect(photo, face_detector=OneBox(0.6, 0.0))) == 1  # not a weak one: the bar is not for it
     assert len(unchecked.detect(photo, face_detector=OneBox(0.3, 0.0))) == 1
     # The face framed upside down is turned back when the check scores it from TURN_MIN_CHECK ...
     assert check_of(180.0) >= TURN_MIN_CHECK
     assert len(checked.detect(photo, face_detector=OneBox(0.6, 180.0))) == 1
-    monkeypatch.setattr(detector_module, "TURN_MIN_CHECK", 1.01)  # ... and not when the check doubts it
+    monkeypatch.setattr(candidates_module, "TURN_MIN_CHECK", 1.01)  # ... and not when the check doubts it
     assert checked.detect(photo, face_detector=OneBox(0.6, 180.0)) == []
     assert len(unchecked.detect(photo, face_detector=OneBox(0.6, 180.0))) == 1
 

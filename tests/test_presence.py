@@ -225,7 +225,7 @@ def test_only_the_best_turn_of_a_face_is_refined(bundled, monkeypatch):
 
 
 def test_detect_keeps_a_weak_face_only_on_its_presence_and_tries_no_turns_on_it(bundled):
-    from facekp.detector import WEAK_MIN_PRESENCE
+    from facekp.candidates import WEAK_MIN_PRESENCE
     from facekp.finder import FaceFinder
 
     photo = sample_photo_path()
