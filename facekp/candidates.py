@@ -53,8 +53,8 @@ class Candidates(NamedTuple):
     turnable: np.ndarray
 
     @classmethod
-    def framed(cls, boxes: np.ndarray, scores: np.ndarray, angles: np.ndarray, weak: np.ndarray,
-               transforms: np.ndarray, crops: np.ndarray) -> Candidates:
+    def framed(cls, boxes: np.ndarray, scores: np.ndarray, angles: np.ndarray, transforms: np.ndarray,
+               crops: np.ndarray, weak: np.ndarray) -> Candidates:
         """Candidates no judge has seen yet: none vouched for, every one but the weak turnable."""
         return cls(boxes, scores, angles, transforms, crops, weak, np.zeros(len(boxes), bool), ~weak)
 

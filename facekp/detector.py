@@ -342,28 +342,27 @@ class Detector:
         calib = resolve_calibration(self, fd, calibration)
         transforms = validate.transforms(np.stack([calib.frame(b, a) for b, a in zip(boxes, angles)]))
         crops = frame_crops([gray] * len(transforms), transforms, self.config.hourglass.input_size)
-        faces = Candidates.framed(boxes, scores, angles, weak, transforms, crops)
+        cands = Candidates.framed(boxes, scores, angles, transforms, crops, weak)
         if self.face_check is not None and not given:  # candidates the face check says hold no face go no further
-            faces = faces.checked(self.face_check, vouching)
-        if len(faces.boxes) == 0:
+            cands = cands.checked(self.face_check, vouching)
+        if len(cands.boxes) == 0:
             return []
-        first = self.points_of_crops(faces.crops, faces.transforms)  # every face's first pass, one batch
-        if faces.weak.any():  # most weak faces are false: only the likely faces go on
-            keep = faces.screen(self.presence(*first))
-            faces, first = faces.take(keep), tuple(v[keep] for v in first)
-            if len(faces.boxes) == 0:
+        first = self.points_of_crops(cands.crops, cands.transforms)  # every face's first pass, one batch
+        if cands.weak.any():  # most weak faces are false: only the likely faces go on
+            keep = cands.screen(self.presence(*first))
+            cands, first = cands.take(keep), tuple(v[keep] for v in first)
+            if len(cands.boxes) == 0:
                 return []
-        points, confidence = self.predict_refined(gray, faces.transforms, refine, first)
-        presence, bar = [None] * len(points), faces.presence_bars(min_presence)
+        points, confidence = self.predict_refined(gray, cands.transforms, refine, first)
+        presence, bar = [None] * len(points), cands.presence_bars(min_presence)
         if self.presence_model is not None:
             presence = self.presence(points, confidence)
-            points, confidence, presence = retry_turned(self, gray, faces.transforms, refine, min_presence,
-                                                        points, confidence, presence, faces.turnable)
-        angles = faces.angles
-        if refine:  # the face's own measure, finer than a face detector's guess (0 for Haar's upright search)
-            angles = np.array([face_angle(p) for p in points])
+            points, confidence, presence = retry_turned(self, gray, cands.transforms, refine, min_presence,
+                                                        points, confidence, presence, cands.turnable)
+        # After a refine pass, the face's own measure: finer than a face detector's guess (0 for Haar's upright search).
+        angles = np.array([face_angle(p) for p in points]) if refine else cands.angles
         faces = [Face(tuple(float(v) for v in b), p, c, float(s), float(a), None if q is None else float(q))
-                 for b, p, c, s, a, q, least in zip(faces.boxes, points, confidence, faces.scores, angles, presence, bar)
+                 for b, p, c, s, a, q, least in zip(cands.boxes, points, confidence, cands.scores, angles, presence, bar)
                  if q is None or q >= least]
         return faces[:max_faces]
 

@@ -104,6 +104,11 @@ def load_rgb(image: ImageInput, color: str = "rgb") -> np.ndarray:
         arr = np.clip(np.round(scaled), 0, 255).astype(np.uint8)
     if arr.ndim == 2:
         return np.repeat(arr[:, :, None], 3, axis=2)
+    return _rgb_channels(arr, color)
+
+
+def _rgb_channels(arr: np.ndarray, color: str) -> np.ndarray:
+    """The R, G, B channels of an (H, W, 3 or 4) ``color``-ordered array, in that order, C-contiguous."""
     return np.ascontiguousarray(arr[:, :, 2::-1] if color == "bgr" else arr[:, :, :3])
 
 
@@ -302,8 +307,7 @@ def _from_array(arr: np.ndarray, color: str = "rgb") -> np.ndarray:
     if arr.ndim == 3:
         # BGR is reordered rather than converted with COLOR_BGR2GRAY, whose other summation order
         # differs in the last float bit: the same pixels give the same gray image, bit for bit.
-        rgb = arr[:, :, 2::-1] if color == "bgr" else arr[:, :, :3]
-        arr = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
+        arr = cv2.cvtColor(_rgb_channels(arr, color), cv2.COLOR_RGB2GRAY)
     return np.ascontiguousarray(arr)
 
 

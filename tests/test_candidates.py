@@ -10,13 +10,13 @@ from facekp.candidates import VOUCHED_MIN_PRESENCE, WEAK_MIN_PRESENCE, WEAK_SCRE
 def _candidates(weak, vouched) -> Candidates:
     n = len(weak)
     faces = Candidates.framed(np.arange(4 * n, dtype=float).reshape(n, 4), np.linspace(0.2, 0.9, n), np.zeros(n),
-                              np.array(weak), np.zeros((n, 2, 3)), np.zeros((n, 96, 96), np.float32))
+                              np.zeros((n, 2, 3)), np.zeros((n, 96, 96), np.float32), np.array(weak))
     return faces._replace(vouched=np.array(vouched))
 
 
 def test_framed_candidates_are_turnable_unless_weak_and_take_keeps_every_field_in_step():
-    faces = Candidates.framed(np.zeros((3, 4)), np.array([0.9, 0.2, 0.6]), np.zeros(3), np.array([False, True, False]),
-                              np.zeros((3, 2, 3)), np.zeros((3, 8, 8)))
+    faces = Candidates.framed(np.zeros((3, 4)), np.array([0.9, 0.2, 0.6]), np.zeros(3), np.zeros((3, 2, 3)),
+                              np.zeros((3, 8, 8)), np.array([False, True, False]))
     assert faces.turnable.tolist() == [True, False, True] and not faces.vouched.any()
     taken = faces.take(np.array([2, 0]))
     assert taken.scores.tolist() == [0.6, 0.9] and all(len(v) == 2 for v in taken)
